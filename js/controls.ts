@@ -1,0 +1,330 @@
+/**
+ * The header (which layer, its shape and health) and the control bar (layer slider, colormap, scale,
+ * sample, sort). Controls report user input through handlers and are told the model's state through
+ * `update`, which never calls a handler back. Names are text: only `textContent` touches them.
+ *
+ * @example
+ *   const controls = createControls(bar, { onLayer: (name) => show(name), ... });
+ *   controls.update(stateFromModel());
+ */
+import { COLORMAPS, type ColormapName } from "./colormaps";
+import type { LayerMeta, Prediction, SortKey } from "./protocol";
+import type { Scope } from "./scale";
+
+/** Everything the controls display, as read from the model's traits. */
+export interface ControlState {
+  layers: readonly LayerMeta[];
+  layer: string;
+  colormap: ColormapName;
+  scale: Scope;
+  symmetric: boolean;
+  sample: number;
+  numSamples: number;
+  predictions: readonly (readonly Prediction[])[];
+  sort: SortKey;
+  topK: number;
+}
+
+/** What the user changed. `onLayer` is called at most once per animation frame while dragging. */
+export interface ControlHandlers {
+  onLayer(name: string): void;
+  onColormap(name: ColormapName): void;
+  onScale(scope: Scope): void;
+  onSymmetric(on: boolean): void;
+  onSample(index: number): void;
+  onSort(sort: SortKey): void;
+  onTopK(k: number): void;
+}
+
+export interface Controls {
+  readonly element: HTMLElement;
+  update(state: ControlState): void;
+  destroy(): void;
+}
+
+const COLORMAP_LABELS: Record<ColormapName, string> = {
+  gray: "Gray",
+  viridis: "Viridis",
+  magma: "Magma",
+  diverging: "Diverging",
+};
+
+const SCOPES: readonly [Scope, string][] = [
+  ["channel", "Per channel"],
+  ["layer", "Per layer"],
+  ["global", "Global"],
+];
+
+const SORTS: readonly [SortKey, string][] = [
+  ["index", "Channel index"],
+  ["mean", "Mean activation"],
+  ["max", "Max activation"],
+  ["zeros", "Fraction of zeros"],
+  ["gradcam", "Grad-CAM weight"],
+];
+
+/**
+ * `C × H × W` of a layer (the batch dimension left out).
+ *
+ * @example
+ *   formatShape([1, 64, 56, 56]); // "64 × 56 × 56"
+ */
+export function formatShape(shape: readonly number[]): string {
+  return shape.slice(1).join(" × ");
+}
+
+/**
+ * The header's health line from a layer's batch-wide counts.
+ *
+ * @example
+ *   healthSummary(meta); // "12 of 64 channels dead · 2 with NaN/Inf"
+ */
+export function healthSummary(meta: LayerMeta): string {
+  const c = meta.shape[1];
+  const parts: string[] = [];
+  if (meta.dead > 0) parts.push(`${meta.dead} of ${c} channels dead`);
+  if (meta.constant > 0) parts.push(`${meta.constant} constant`);
+  if (meta.nonfinite > 0) parts.push(`${meta.nonfinite} with NaN/Inf`);
+  return parts.length > 0 ? parts.join(" · ") : `all ${c} channels alive`;
+}
+
+/**
+ * The grid's tile order: channels sorted by a statistic (largest first, ties by index), cut to the
+ * first `topK` (0 = all). Null means "every channel in index order", the grid's default.
+ *
+ * @example
+ *   tileOrder("mean", data.stats, data.channels, 8, null); // Int32Array of the 8 most active channels
+ */
+export function tileOrder(
+  sort: SortKey,
+  stats: Float32Array,
+  channels: number,
+  topK: number,
+  gradcamWeights: Float32Array | null,
+): Int32Array | null {
+  const key = (c: number): number => {
+    switch (sort) {
+      case "mean":
+        return stats[6 * c + 2];
+      case "max":
+        return stats[6 * c + 1];
+      case "zeros":
+        return stats[6 * c + 3];
+      case "gradcam":
+        return gradcamWeights !== null && c < gradcamWeights.length ? gradcamWeights[c] : 0;
+      case "index":
+        return -c;
+    }
+  };
+  const k = topK > 0 ? Math.min(topK, channels) : channels;
+  if (sort === "index" && k === channels) return null;
+  const order = Array.from({ length: channels }, (_, c) => c);
+  const keys = order.map((c) => {
+    const v = key(c);
+    return Number.isNaN(v) ? -Infinity : v;
+  });
+  order.sort((a, b) => keys[b] - keys[a] || a - b);
+  return Int32Array.from(order.slice(0, k));
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(tag: K, className: string, text?: string): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function select<T extends string>(label: string, options: readonly [T, string][], onChange: (v: T) => void): HTMLSelectElement {
+  const s = el("select", "fm-select");
+  s.setAttribute("aria-label", label);
+  s.title = label;
+  for (const [value, text] of options) {
+    const o = document.createElement("option");
+    o.value = value;
+    o.textContent = text;
+    s.append(o);
+  }
+  s.addEventListener("change", () => onChange(s.value as T));
+  return s;
+}
+
+function field(label: string, control: HTMLElement): HTMLLabelElement {
+  const wrap = el("label", "fm-field");
+  wrap.append(el("span", "fm-field-label", label), control);
+  return wrap;
+}
+
+/**
+ * Builds the control bar inside `container`.
+ *
+ * @example
+ *   const controls = createControls(bar, handlers);
+ *   controls.update({ layers, layer: "conv1", colormap: "gray", ... });
+ */
+export function createControls(container: HTMLElement, handlers: ControlHandlers): Controls {
+  const element = el("div", "fm-controls");
+  let layers: readonly LayerMeta[] = [];
+  let frame = 0;
+
+  const layerRow = el("div", "fm-layer-row");
+  const slider = el("input", "fm-slider");
+  slider.type = "range";
+  slider.min = "0";
+  slider.step = "1";
+  slider.setAttribute("aria-label", "Layer");
+  const label = el("output", "fm-layer-label");
+  const labelName = el("span", "fm-layer-name");
+  const labelType = el("span", "fm-badge");
+  const labelShape = el("span", "fm-layer-shape");
+  const labelPos = el("span", "fm-layer-pos");
+  label.append(labelPos, labelName, labelType, labelShape);
+  layerRow.append(slider, label);
+
+  const showLabel = (index: number): void => {
+    const meta = layers[index];
+    labelName.textContent = meta?.name ?? "";
+    labelType.textContent = meta?.type ?? "";
+    labelType.hidden = meta === undefined;
+    labelShape.textContent = meta === undefined ? "" : formatShape(meta.shape);
+    labelPos.textContent = meta === undefined ? "" : `${index + 1}/${layers.length}`;
+    slider.setAttribute("aria-valuetext", meta === undefined ? "" : `${meta.name} (${meta.type}, ${formatShape(meta.shape)})`);
+  };
+  // Dragging fires `input` far more often than a layer can be fetched: the label follows every event,
+  // the layer change goes out once per frame with the latest position.
+  const onSlide = (): void => {
+    showLabel(slider.valueAsNumber);
+    if (frame !== 0) return;
+    frame = requestAnimationFrame(() => {
+      frame = 0;
+      const meta = layers[slider.valueAsNumber];
+      if (meta !== undefined) handlers.onLayer(meta.name);
+    });
+  };
+  slider.addEventListener("input", onSlide);
+
+  const colormap = select(
+    "Colormap",
+    COLORMAPS.map((c) => [c, COLORMAP_LABELS[c]] as [ColormapName, string]),
+    handlers.onColormap,
+  );
+  const scale = select("Scale", SCOPES, handlers.onScale);
+  const symmetric = el("input", "fm-checkbox");
+  symmetric.type = "checkbox";
+  symmetric.addEventListener("change", () => handlers.onSymmetric(symmetric.checked));
+  const symmetricField = el("label", "fm-field fm-toggle");
+  symmetricField.append(symmetric, el("span", "fm-field-label", "Symmetric ±"));
+  symmetricField.title = "Centre the scale on zero";
+
+  const sample = el("select", "fm-select");
+  sample.setAttribute("aria-label", "Sample");
+  sample.addEventListener("change", () => handlers.onSample(Number(sample.value)));
+  const sampleField = field("Sample", sample);
+
+  const sort = select("Sort tiles", SORTS, handlers.onSort);
+  const topK = el("input", "fm-number");
+  topK.type = "number";
+  topK.min = "0";
+  topK.step = "1";
+  topK.setAttribute("aria-label", "Show top k");
+  topK.title = "Show only the first k tiles after sorting (0 = all)";
+  topK.addEventListener("change", () => {
+    const k = Math.max(0, Math.floor(topK.valueAsNumber || 0));
+    topK.value = String(k);
+    handlers.onTopK(k);
+  });
+
+  const options = el("div", "fm-options");
+  options.append(
+    field("Colormap", colormap),
+    field("Scale", scale),
+    symmetricField,
+    sampleField,
+    field("Sort", sort),
+    field("Top k", topK),
+  );
+  element.append(layerRow, options);
+  container.append(element);
+
+  let sampleSignature = "";
+  let layersRef: readonly LayerMeta[] | null = null;
+
+  return {
+    element,
+    update(state: ControlState): void {
+      if (state.layers !== layersRef) {
+        layersRef = state.layers;
+        layers = state.layers;
+        slider.max = String(Math.max(0, layers.length - 1));
+        slider.disabled = layers.length < 2;
+      }
+      const index = layers.findIndex((l) => l.name === state.layer);
+      // While a drag is between frames, the slider is ahead of the model: leave it where the user is.
+      if (frame === 0 && index >= 0 && slider.valueAsNumber !== index) slider.value = String(index);
+      if (frame === 0) showLabel(index >= 0 ? index : slider.valueAsNumber);
+
+      colormap.value = state.colormap;
+      scale.value = state.scale;
+      symmetric.checked = state.symmetric;
+      sort.value = state.sort;
+      if (document.activeElement !== topK) topK.value = String(state.topK);
+
+      const signature = JSON.stringify([state.numSamples, state.predictions]);
+      if (signature !== sampleSignature) {
+        sampleSignature = signature;
+        sample.replaceChildren();
+        for (let i = 0; i < state.numSamples; i++) {
+          const o = document.createElement("option");
+          o.value = String(i);
+          const top = state.predictions[i]?.[0];
+          o.textContent = top === undefined ? `#${i}` : `#${i} · ${top.label} ${Math.round(top.prob * 100)}%`;
+          sample.append(o);
+        }
+      }
+      sampleField.hidden = state.numSamples <= 1;
+      sample.value = String(state.sample);
+    },
+    destroy(): void {
+      cancelAnimationFrame(frame);
+      frame = 0;
+      element.remove();
+    },
+  };
+}
+
+export interface Header {
+  readonly element: HTMLElement;
+  /** Shows a layer's identity and health; `downsample` > 1 adds a badge saying the grid is pooled. */
+  update(meta: LayerMeta | undefined, downsample: number): void;
+}
+
+/**
+ * The line above the grid: layer name, module type, shape, downsample badge and health summary.
+ *
+ * @example
+ *   const header = createHeader(root);
+ *   header.update(meta, data.downsample);
+ */
+export function createHeader(container: HTMLElement): Header {
+  const element = el("div", "fm-header");
+  const name = el("span", "fm-title");
+  const type = el("span", "fm-badge");
+  const shape = el("span", "fm-shape");
+  const down = el("span", "fm-badge fm-badge-warn");
+  const health = el("span", "fm-health");
+  element.append(name, type, shape, down, health);
+  container.append(element);
+  return {
+    element,
+    update(meta: LayerMeta | undefined, downsample: number): void {
+      name.textContent = meta?.name ?? "";
+      type.textContent = meta?.type ?? "";
+      type.hidden = meta === undefined;
+      shape.textContent = meta === undefined ? "" : formatShape(meta.shape);
+      down.hidden = !(downsample > 1);
+      down.textContent = `1/${downsample} resolution`;
+      down.title = "The grid shows average-pooled maps to fit the budget; the channel view is exact.";
+      health.textContent = meta === undefined ? "" : healthSummary(meta);
+      health.classList.toggle("fm-health-bad", meta !== undefined && meta.dead + meta.constant + meta.nonfinite > 0);
+    },
+  };
+}

@@ -1,0 +1,601 @@
+/**
+ * The channel view ("drill-down"): one feature map at full resolution with its exact float32 values, a
+ * histogram, statistics, the filter that produced it and the map laid over the input image.
+ *
+ * @example
+ *   const detail = createDetail(panel, context);
+ *   detail.show(5);        // request channel 5 of the current layer and open
+ *   detail.show(null);     // close
+ */
+import { colormapLUT, type ColormapName, NAN_COLOR } from "./colormaps";
+import { formatValue, displayRange, type Scope, toUnit } from "./scale";
+import { isDropped, type LayerMeta, type Requester } from "./protocol";
+import { themeColors } from "./theme";
+
+/** What the channel view reads from the widget (always the current state). */
+export interface DetailContext {
+  requester: Requester;
+  revision(): number;
+  sample(): number;
+  layer(): LayerMeta | undefined;
+  colormap(): ColormapName;
+  scope(): Scope;
+  symmetric(): boolean;
+  globalRange(): [number, number];
+  /** Channel flags of the shown layer (bit 1 dead, 2 constant, 4 non-finite), when loaded. */
+  flags(channel: number): number | undefined;
+  /** The user moved to another channel (prev/next) or closed the view (null). */
+  onNavigate(channel: number | null): void;
+}
+
+export interface Detail {
+  readonly element: HTMLElement;
+  /** The channel shown, or null when closed. */
+  readonly channel: number | null;
+  /** Opens (or switches to) a channel of the current layer, or closes with null. Refetches when the layer, sample or revision changed. */
+  show(channel: number | null): void;
+  /** Redraws with the current colormap, scale and theme (no refetch). */
+  redraw(): void;
+  /** Handles ←, → and Esc; returns whether the key was used. */
+  handleKey(ev: KeyboardEvent): boolean;
+  destroy(): void;
+}
+
+/** Statistics of one channel over its exact values. */
+export interface ChannelStats {
+  min: number;
+  max: number;
+  mean: number;
+  std: number;
+  zeros: number;
+  nan: number;
+  inf: number;
+}
+
+/**
+ * Min, max, mean and standard deviation over the finite values; `zeros` is the fraction of exact zeros.
+ * With no finite value, min = max = 0 (as the kernel reports).
+ *
+ * @example
+ *   channelStats(new Float32Array([0, 1, NaN])); // {min: 0, max: 1, mean: 0.5, std: 0.5, zeros: 1/3, nan: 1, inf: 0}
+ */
+export function channelStats(values: Float32Array): ChannelStats {
+  let min = Infinity;
+  let max = -Infinity;
+  let sum = 0;
+  let sumSq = 0;
+  let finite = 0;
+  let zeros = 0;
+  let nan = 0;
+  let inf = 0;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (Number.isNaN(v)) nan++;
+    else if (!Number.isFinite(v)) inf++;
+    else {
+      if (v < min) min = v;
+      if (v > max) max = v;
+      if (v === 0) zeros++;
+      sum += v;
+      sumSq += v * v;
+      finite++;
+    }
+  }
+  const mean = finite > 0 ? sum / finite : 0;
+  const variance = finite > 0 ? Math.max(0, sumSq / finite - mean * mean) : 0;
+  return {
+    min: finite > 0 ? min : 0,
+    max: finite > 0 ? max : 0,
+    mean,
+    std: Math.sqrt(variance),
+    zeros: values.length > 0 ? zeros / values.length : 0,
+    nan,
+    inf,
+  };
+}
+
+/**
+ * The shortest decimal that reads back as the same float32: the value as the kernel holds it.
+ *
+ * @example
+ *   exactValue(Math.fround(0.1)); // "0.1"
+ */
+export function exactValue(v: number): string {
+  if (!Number.isFinite(v)) return formatValue(v);
+  for (let p = 1; p < 9; p++) {
+    const s = v.toPrecision(p);
+    if (Math.fround(Number(s)) === v) return String(Number(s));
+  }
+  return String(Number(v.toPrecision(9)));
+}
+
+/**
+ * Counts of finite values in `bins` equal bins over [min, max] (a constant map puts everything in one).
+ *
+ * @example
+ *   histogram(new Float32Array([0, 0, 1]), 2, 0, 1); // Uint32Array [2, 1]
+ */
+export function histogram(values: Float32Array, bins: number, min: number, max: number): Uint32Array {
+  const counts = new Uint32Array(bins);
+  const span = max - min;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (!Number.isFinite(v)) continue;
+    const b = span > 0 ? Math.min(bins - 1, Math.floor(((v - min) / span) * bins)) : 0;
+    counts[b]++;
+  }
+  return counts;
+}
+
+/** Paints values into RGBA pixels through a colormap over [lo, hi]; NaN gets NAN_COLOR. */
+function paint(values: Float32Array, lut: Uint8Array, lo: number, hi: number, out: Uint8ClampedArray): void {
+  for (let i = 0; i < values.length; i++) {
+    const t = toUnit(values[i], lo, hi);
+    const o = 4 * i;
+    if (Number.isNaN(t)) {
+      out[o] = NAN_COLOR[0];
+      out[o + 1] = NAN_COLOR[1];
+      out[o + 2] = NAN_COLOR[2];
+      out[o + 3] = NAN_COLOR[3];
+    } else {
+      const j = 4 * Math.round(t * 255);
+      out[o] = lut[j];
+      out[o + 1] = lut[j + 1];
+      out[o + 2] = lut[j + 2];
+      out[o + 3] = 255;
+    }
+  }
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(tag: K, className: string, text?: string): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function button(text: string, label: string, onClick: () => void): HTMLButtonElement {
+  const b = el("button", "fm-button", text);
+  b.type = "button";
+  b.setAttribute("aria-label", label);
+  b.title = label;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+interface Loaded {
+  key: string;
+  layer: string;
+  channel: number;
+  height: number;
+  width: number;
+  values: Float32Array;
+  stats: ChannelStats;
+  filter: { data: Float32Array; cin: number; kh: number; kw: number; rgb: boolean } | null;
+}
+
+interface InputImage {
+  key: string;
+  height: number;
+  width: number;
+  pixels: Uint8Array;
+}
+
+const HIST_BINS = 64;
+
+/**
+ * Builds the channel view inside `container` (hidden until a channel is shown).
+ *
+ * @example
+ *   const detail = createDetail(root, { requester, revision: () => model.get("revision"), ... });
+ */
+export function createDetail(container: HTMLElement, ctx: DetailContext): Detail {
+  const element = el("section", "fm-detail");
+  element.setAttribute("aria-label", "Channel detail");
+  element.hidden = true;
+
+  const head = el("div", "fm-detail-head");
+  const title = el("span", "fm-detail-title");
+  const prev = button("‹", "Previous channel", () => step(-1));
+  const next = button("›", "Next channel", () => step(1));
+  const close = button("×", "Close channel view", () => ctx.onNavigate(null));
+  const nav = el("span", "fm-detail-nav");
+  nav.append(prev, next, close);
+  head.append(title, nav);
+
+  const message = el("div", "fm-detail-message");
+  message.setAttribute("role", "status");
+
+  const mapBox = el("div", "fm-detail-map");
+  const map = el("canvas", "fm-pixelated");
+  map.setAttribute("aria-label", "Channel map");
+  const value = el("output", "fm-value");
+  value.setAttribute("aria-label", "Value");
+  value.textContent = "Point at the map to read a value";
+  mapBox.append(map, value);
+
+  const side = el("div", "fm-detail-side");
+  const histCanvas = el("canvas", "fm-hist");
+  histCanvas.setAttribute("aria-label", "Histogram of values");
+  const histCaption = el("div", "fm-caption");
+  const stats = el("dl", "fm-stats");
+  const filterBox = el("div", "fm-detail-filter");
+  const filterCanvas = el("canvas", "fm-pixelated");
+  filterCanvas.setAttribute("aria-label", "Filter weights");
+  const filterCaption = el("div", "fm-caption");
+  filterBox.append(el("div", "fm-section-title", "Filter"), filterCanvas, filterCaption);
+  const overlayBox = el("div", "fm-detail-overlay");
+  const overlay = el("canvas", "fm-overlay");
+  overlay.setAttribute("aria-label", "Map over the input image");
+  const opacity = el("input", "fm-slider");
+  opacity.type = "range";
+  opacity.min = "0";
+  opacity.max = "1";
+  opacity.step = "0.05";
+  opacity.value = "0.6";
+  opacity.setAttribute("aria-label", "Overlay opacity");
+  const overlayCaption = el("div", "fm-caption");
+  const opacityField = el("label", "fm-field");
+  opacityField.append(el("span", "fm-field-label", "Opacity"), opacity);
+  overlayBox.append(el("div", "fm-section-title", "On the input"), overlay, opacityField, overlayCaption);
+  side.append(
+    el("div", "fm-section-title", "Histogram"),
+    histCanvas,
+    histCaption,
+    el("div", "fm-section-title", "Statistics"),
+    stats,
+    filterBox,
+  );
+  const body = el("div", "fm-detail-body");
+  body.append(mapBox, side, overlayBox);
+  element.append(head, message, body);
+  container.append(element);
+
+  let channel: number | null = null;
+  let loaded: Loaded | null = null;
+  let input: InputImage | null = null;
+  let wanted = "";
+  let range: [number, number] = [0, 1];
+
+  const keyOf = (ch: number): string => {
+    const layer = ctx.layer();
+    return JSON.stringify([ctx.revision(), ctx.sample(), layer?.name ?? "", ch]);
+  };
+
+  function channelCount(): number {
+    return ctx.layer()?.shape[1] ?? 0;
+  }
+
+  function step(delta: number): void {
+    if (channel === null) return;
+    const target = channel + delta;
+    if (target >= 0 && target < channelCount()) ctx.onNavigate(target);
+  }
+
+  function setMessage(text: string, isError = false): void {
+    message.textContent = text;
+    message.hidden = text === "";
+    message.classList.toggle("fm-error-text", isError);
+  }
+
+  function updateTitle(): void {
+    const layer = ctx.layer();
+    title.textContent = channel === null ? "" : `${layer?.name ?? ""} — channel ${channel} of ${channelCount()}`;
+    prev.disabled = channel === null || channel <= 0;
+    next.disabled = channel === null || channel >= channelCount() - 1;
+  }
+
+  function fetchChannel(ch: number): void {
+    const layer = ctx.layer();
+    if (layer === undefined) return;
+    const key = keyOf(ch);
+    wanted = key;
+    setMessage(`Loading channel ${ch}…`);
+    element.dataset.state = "loading";
+    // The previous channel stays while the next one loads (no flicker when stepping), visibly dimmed.
+    body.classList.add("fm-stale");
+    ctx.requester
+      .request("channel", { layer: layer.name, sample: ctx.sample(), channel: ch }, { purpose: "detail" })
+      .then(
+        (reply) => {
+          if (wanted !== key) return;
+          const shape = reply.meta.shape as [number, number];
+          const values = reply.arrays.values?.data;
+          if (!(values instanceof Float32Array) || values.length !== shape[0] * shape[1]) {
+            throw new Error(`channel reply for ${layer.name} channel ${ch} has no float32 values of shape ${JSON.stringify(shape)}`);
+          }
+          const f = reply.arrays.filter;
+          loaded = {
+            key,
+            layer: layer.name,
+            channel: ch,
+            height: shape[0],
+            width: shape[1],
+            values,
+            stats: channelStats(values),
+            filter:
+              f !== undefined && f.data instanceof Float32Array && f.shape.length === 3
+                ? { data: f.data, cin: f.shape[0], kh: f.shape[1], kw: f.shape[2], rgb: reply.meta.rgb === true }
+                : null,
+          };
+          setMessage("");
+          element.dataset.state = "ready";
+          body.classList.remove("fm-stale");
+          body.hidden = false;
+          draw();
+        },
+      )
+      .catch((e: unknown) => {
+        if (isDropped(e) || wanted !== key) return;
+        element.dataset.state = "error";
+        // No picture of another channel under this channel's error.
+        body.hidden = true;
+        loaded = null;
+        // Showing the same channel again retries it.
+        wanted = "";
+        setMessage(`Could not load channel ${ch} of ${layer.name}: ${(e as Error).message}`, true);
+      });
+  }
+
+  function fetchInput(): void {
+    const key = JSON.stringify([ctx.revision(), ctx.sample()]);
+    if (input?.key === key) return;
+    input = null;
+    overlayCaption.textContent = "Loading the input image…";
+    ctx.requester.request("input", { sample: ctx.sample() }, { purpose: "input" }).then(
+      (reply) => {
+        const shape = reply.meta.shape as [number, number, number];
+        const pixels = reply.arrays.image?.data;
+        if (!(pixels instanceof Uint8Array) || pixels.length !== shape[0] * shape[1] * 3) {
+          overlayCaption.textContent = "The input reply carried no RGB image.";
+          return;
+        }
+        input = { key, height: shape[0], width: shape[1], pixels };
+        overlayCaption.textContent = `Input ${shape[1]} × ${shape[0]}; the map is stretched to cover it.`;
+        drawOverlay();
+      },
+      (e: unknown) => {
+        if (!isDropped(e)) overlayCaption.textContent = `No input image: ${(e as Error).message}`;
+      },
+    );
+  }
+
+  function draw(): void {
+    if (loaded === null) return;
+    const layer = ctx.layer();
+    const [gMin, gMax] = ctx.globalRange();
+    range = displayRange(
+      ctx.scope(),
+      ctx.symmetric(),
+      loaded.stats.min,
+      loaded.stats.max,
+      layer?.min ?? loaded.stats.min,
+      layer?.max ?? loaded.stats.max,
+      gMin,
+      gMax,
+    );
+    map.width = loaded.width;
+    map.height = loaded.height;
+    const image = new ImageData(loaded.width, loaded.height);
+    paint(loaded.values, colormapLUT(ctx.colormap()), range[0], range[1], image.data);
+    map.getContext("2d")?.putImageData(image, 0, 0);
+    map.style.aspectRatio = `${loaded.width} / ${loaded.height}`;
+    drawHistogram();
+    drawStats();
+    drawFilter();
+    drawOverlay();
+  }
+
+  function drawHistogram(): void {
+    if (loaded === null) return;
+    const colors = themeColors(element);
+    const dpr = window.devicePixelRatio || 1;
+    const cssW = Math.max(160, histCanvas.clientWidth || 240);
+    const cssH = 72;
+    histCanvas.width = Math.round(cssW * dpr);
+    histCanvas.height = Math.round(cssH * dpr);
+    const g = histCanvas.getContext("2d");
+    if (g === null) return;
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.clearRect(0, 0, cssW, cssH);
+    const { min, max } = loaded.stats;
+    const counts = histogram(loaded.values, HIST_BINS, min, max);
+    // Log heights: a ReLU map's spike at zero would otherwise flatten every other bin.
+    const top = Math.log1p(Math.max(1, ...counts));
+    const plotH = cssH - 14;
+    const barW = cssW / HIST_BINS;
+    g.fillStyle = colors.accent;
+    counts.forEach((c, i) => {
+      const h = (Math.log1p(c) / top) * plotH;
+      g.fillRect(i * barW, plotH - h, Math.max(1, barW - 0.5), h);
+    });
+    g.fillStyle = colors.muted;
+    g.font = "10px system-ui, sans-serif";
+    g.textBaseline = "bottom";
+    g.textAlign = "left";
+    g.fillText(formatValue(min), 0, cssH);
+    g.textAlign = "right";
+    g.fillText(formatValue(max), cssW, cssH);
+    if (min < 0 && max > 0) {
+      const x = ((0 - min) / (max - min)) * cssW;
+      g.strokeStyle = colors.fg;
+      g.setLineDash([3, 2]);
+      g.beginPath();
+      g.moveTo(x + 0.5, 0);
+      g.lineTo(x + 0.5, plotH);
+      g.stroke();
+      g.setLineDash([]);
+      // The zero label only where it does not collide with the min/max labels at the ends.
+      if (x > 36 && x < cssW - 36) {
+        g.textAlign = "center";
+        g.fillText("0", x, cssH);
+      }
+    }
+    histCaption.textContent = `${loaded.values.length} values in ${HIST_BINS} bins (log counts)`;
+  }
+
+  function drawStats(): void {
+    if (loaded === null) return;
+    const s = loaded.stats;
+    const rows: [string, string][] = [
+      ["min", exactValue(s.min)],
+      ["max", exactValue(s.max)],
+      ["mean", formatValue(s.mean)],
+      ["std", formatValue(s.std)],
+      ["zeros", `${(s.zeros * 100).toFixed(1)}%`],
+      ["size", `${loaded.height} × ${loaded.width}`],
+    ];
+    if (s.nan > 0) rows.push(["NaN", String(s.nan)]);
+    if (s.inf > 0) rows.push(["±Inf", String(s.inf)]);
+    const flags = ctx.flags(loaded.channel) ?? 0;
+    if (flags & 1) rows.push(["health", "dead: zero for every input"]);
+    else if (flags & 2) rows.push(["health", "constant for every input"]);
+    stats.replaceChildren();
+    for (const [k, v] of rows) stats.append(el("dt", "", k), el("dd", "", v));
+  }
+
+  function drawFilter(): void {
+    const f = loaded?.filter ?? null;
+    filterBox.hidden = f === null;
+    if (f === null) return;
+    let m = 0;
+    for (let i = 0; i < f.data.length; i++) if (Number.isFinite(f.data[i])) m = Math.max(m, Math.abs(f.data[i]));
+    const g = filterCanvas.getContext("2d");
+    if (g === null) return;
+    if (f.rgb && f.cin === 3) {
+      // The first conv's kernel as a picture: 0.5 grey is a zero weight, each channel scaled by max |w|.
+      const image = new ImageData(f.kw, f.kh);
+      for (let y = 0; y < f.kh; y++) {
+        for (let x = 0; x < f.kw; x++) {
+          for (let c = 0; c < 3; c++) {
+            const w = f.data[(c * f.kh + y) * f.kw + x];
+            image.data[4 * (y * f.kw + x) + c] = Math.round(255 * (0.5 + (m > 0 ? w / (2 * m) : 0)));
+          }
+          image.data[4 * (y * f.kw + x) + 3] = 255;
+        }
+      }
+      filterCanvas.width = f.kw;
+      filterCanvas.height = f.kh;
+      g.putImageData(image, 0, 0);
+      filterCanvas.style.width = `${Math.min(160, f.kw * 24)}px`;
+      filterCaption.textContent = `${f.kh} × ${f.kw} RGB kernel (grey = 0, max |w| = ${formatValue(m)})`;
+      return;
+    }
+    // One small tile of kh × kw weights per input channel, 1 px apart, on a diverging map centred on 0.
+    const cols = Math.ceil(Math.sqrt(f.cin));
+    const rowsN = Math.ceil(f.cin / cols);
+    const tileW = f.kw + 1;
+    const tileH = f.kh + 1;
+    filterCanvas.width = cols * tileW - 1;
+    filterCanvas.height = rowsN * tileH - 1;
+    const image = new ImageData(filterCanvas.width, filterCanvas.height);
+    const lut = colormapLUT("diverging");
+    const lo = m > 0 ? -m : -1;
+    const hi = m > 0 ? m : 1;
+    for (let c = 0; c < f.cin; c++) {
+      const ox = (c % cols) * tileW;
+      const oy = Math.floor(c / cols) * tileH;
+      for (let y = 0; y < f.kh; y++) {
+        for (let x = 0; x < f.kw; x++) {
+          const t = toUnit(f.data[(c * f.kh + y) * f.kw + x], lo, hi);
+          const o = 4 * ((oy + y) * image.width + ox + x);
+          const j = 4 * Math.round((Number.isNaN(t) ? 0.5 : t) * 255);
+          image.data[o] = lut[j];
+          image.data[o + 1] = lut[j + 1];
+          image.data[o + 2] = lut[j + 2];
+          image.data[o + 3] = 255;
+        }
+      }
+    }
+    g.putImageData(image, 0, 0);
+    filterCanvas.style.width = `${Math.min(280, filterCanvas.width * Math.max(1, Math.floor(280 / filterCanvas.width)))}px`;
+    filterCaption.textContent = `${f.cin} input channel${f.cin === 1 ? "" : "s"} × ${f.kh} × ${f.kw} weights (blue < 0 < red, max |w| = ${formatValue(m)})`;
+  }
+
+  function drawOverlay(): void {
+    const g = overlay.getContext("2d");
+    if (g === null || loaded === null || input === null) {
+      overlayBox.classList.toggle("fm-empty", input === null);
+      return;
+    }
+    overlayBox.classList.remove("fm-empty");
+    overlay.width = input.width;
+    overlay.height = input.height;
+    const image = new ImageData(input.width, input.height);
+    for (let i = 0, n = input.width * input.height; i < n; i++) {
+      image.data[4 * i] = input.pixels[3 * i];
+      image.data[4 * i + 1] = input.pixels[3 * i + 1];
+      image.data[4 * i + 2] = input.pixels[3 * i + 2];
+      image.data[4 * i + 3] = 255;
+    }
+    g.putImageData(image, 0, 0);
+    g.globalAlpha = opacity.valueAsNumber;
+    // Nearest-neighbour like the map itself: each activation covers the input patch it stands for.
+    g.imageSmoothingEnabled = false;
+    g.drawImage(map, 0, 0, input.width, input.height);
+    g.globalAlpha = 1;
+  }
+
+  const onPointer = (ev: PointerEvent): void => {
+    if (loaded === null) return;
+    const rect = map.getBoundingClientRect();
+    const col = Math.floor(((ev.clientX - rect.left) / rect.width) * loaded.width);
+    const row = Math.floor(((ev.clientY - rect.top) / rect.height) * loaded.height);
+    if (row < 0 || col < 0 || row >= loaded.height || col >= loaded.width) return;
+    const v = loaded.values[row * loaded.width + col];
+    value.textContent = `${exactValue(v)} at (row ${row}, col ${col})`;
+  };
+  const onLeave = (): void => {
+    value.textContent = "Point at the map to read a value";
+  };
+  map.addEventListener("pointermove", onPointer);
+  map.addEventListener("pointerleave", onLeave);
+  opacity.addEventListener("input", drawOverlay);
+
+  return {
+    element,
+    get channel(): number | null {
+      return channel;
+    },
+    show(ch: number | null): void {
+      const n = channelCount();
+      if (ch === null || ch < 0 || ch >= n) {
+        channel = null;
+        wanted = "";
+        element.hidden = true;
+        if (ch !== null) ctx.onNavigate(null);
+        return;
+      }
+      channel = ch;
+      element.hidden = false;
+      updateTitle();
+      if (loaded?.key !== keyOf(ch) && wanted !== keyOf(ch)) fetchChannel(ch);
+      fetchInput();
+    },
+    redraw(): void {
+      if (channel !== null) draw();
+    },
+    handleKey(ev: KeyboardEvent): boolean {
+      if (channel === null) return false;
+      if (ev.key === "Escape") {
+        ctx.onNavigate(null);
+        return true;
+      }
+      const target = ev.target as HTMLElement | null;
+      // Arrow keys belong to whatever input has focus (the layer slider, a select).
+      if (target !== null && /^(INPUT|SELECT|TEXTAREA)$/.test(target.tagName)) return false;
+      if (ev.key === "ArrowLeft" || ev.key === "ArrowRight") {
+        step(ev.key === "ArrowLeft" ? -1 : 1);
+        return true;
+      }
+      return false;
+    },
+    destroy(): void {
+      wanted = "";
+      map.removeEventListener("pointermove", onPointer);
+      map.removeEventListener("pointerleave", onLeave);
+      opacity.removeEventListener("input", drawOverlay);
+      element.remove();
+    },
+  };
+}

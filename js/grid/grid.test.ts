@@ -1,0 +1,329 @@
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { userEvent } from "vitest/browser";
+import { NAN_COLOR, colormapLUT } from "../colormaps";
+import { type Grid, type LayerData, createGrid } from "./grid";
+
+const grids: Grid[] = [];
+afterEach(() => {
+  for (const g of grids.splice(0)) g.destroy();
+  vi.restoreAllMocks();
+  document.body.replaceChildren();
+});
+
+function container(width = 400): HTMLElement {
+  const el = document.createElement("div");
+  el.style.width = `${width}px`;
+  document.body.append(el);
+  return el;
+}
+
+function make(width = 400, opts: Parameters<typeof createGrid>[1] = {}): Grid {
+  const g = createGrid(container(width), opts);
+  grids.push(g);
+  return g;
+}
+
+/**
+ * A layer of C channels of H×W zeros with one peak per channel at (c % H, (2c) % W), values q on
+ * [0, 1] per channel. Channel 1 is flagged dead.
+ */
+function peakLayer(C: number, H: number, W: number, name = "conv1"): LayerData {
+  const values = new Uint8Array(C * H * W);
+  const stats = new Float32Array(6 * C);
+  const flags = new Uint8Array(C);
+  for (let c = 0; c < C; c++) {
+    values[c * H * W + (c % H) * W + ((2 * c) % W)] = 254;
+    stats.set([0, 1, 1 / (H * W), 1 - 1 / (H * W), 0, 0], 6 * c);
+  }
+  if (C > 1) flags[1] = 1;
+  return { layer: name, channels: C, height: H, width: W, fullHeight: H, fullWidth: W, downsample: 1, values, stats, flags, layerMin: 0, layerMax: 1 };
+}
+
+const drawn = (g: Grid): Promise<string> => new Promise((resolve) => g.onDrawn(resolve));
+/** Resolves after the grid's pending frame: rAF callbacks run in the order they were requested. */
+const nextFrame = (): Promise<void> => new Promise((resolve) => requestAnimationFrame(() => resolve()));
+
+function pictureCanvas(g: Grid): HTMLCanvasElement {
+  const c = [...g.element.querySelectorAll<HTMLCanvasElement>("canvas.fm-grid-picture")].find((x) => !x.hidden);
+  if (c === undefined) throw new Error("no visible picture canvas");
+  return c;
+}
+
+/** RGBA at a client point of the visible picture; must be called inside the frame (WebGL buffers are not kept). */
+function pixelAt(g: Grid, clientX: number, clientY: number): number[] {
+  const canvas = pictureCanvas(g);
+  const rect = canvas.getBoundingClientRect();
+  const x = Math.floor((clientX - rect.left) * (canvas.width / rect.width));
+  const y = Math.floor((clientY - rect.top) * (canvas.height / rect.height));
+  const gl = g.backend === "webgl2" ? canvas.getContext("webgl2") : null;
+  if (gl !== null) {
+    const out = new Uint8Array(4);
+    gl.readPixels(x, canvas.height - 1 - y, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, out);
+    return Array.from(out);
+  }
+  return Array.from(canvas.getContext("2d")!.getImageData(x, y, 1, 1).data);
+}
+
+/** Client point at the centre of data pixel (row, col) of a channel's tile. */
+function pixelCentre(g: Grid, channel: number, row: number, col: number, H: number, W: number): [number, number] {
+  const r = g.tileClientRect(channel)!;
+  return [r.left + ((col + 0.5) * r.width) / W, r.top + ((row + 0.5) * r.height) / H];
+}
+
+/** Checks, inside the next frame, that each channel's peak is white on screen and hit-tests back to itself. */
+async function expectPeaks(g: Grid, C: number, H: number, W: number, top: number[] = [255, 255, 255, 255]): Promise<void> {
+  const seen: number[][] = [];
+  // A WebGL drawing buffer is only readable in the frame that drew it: ask for a frame, read right after.
+  g.setOptions({});
+  await new Promise<void>((resolve) =>
+    requestAnimationFrame(() => {
+      for (let c = 0; c < C; c++) seen.push(pixelAt(g, ...pixelCentre(g, c, c % H, (2 * c) % W, H, W)));
+      resolve();
+    }),
+  );
+  for (let c = 0; c < C; c++) {
+    expect(seen[c]).toEqual(top);
+    const hit = g.hitTest(...pixelCentre(g, c, c % H, (2 * c) % W, H, W));
+    expect(hit).toMatchObject({ channel: c, row: c % H, col: (2 * c) % W, value: 1 });
+  }
+}
+
+describe("createGrid", () => {
+  it("lays out every channel, labels the canvas and draws with WebGL2", async () => {
+    const g = make(400);
+    expect(g.backend).toBe("webgl2");
+    expect(g.canvas.getAttribute("aria-label")).toBe("Feature maps");
+    const done = drawn(g);
+    g.setLayer(peakLayer(6, 8, 8));
+    expect(await done).toBe("conv1");
+    expect([g.canvas.dataset.columns, g.canvas.dataset.rows]).toEqual(["3", "2"]);
+    expect(g.canvas.getBoundingClientRect().width).toBe(400);
+    expect(g.canvas.width).toBe(Math.round(400 * devicePixelRatio));
+    await expectPeaks(g, 6, 8, 8);
+  });
+
+  it("reports a layer drawn only once it is visible", async () => {
+    const box = container(400);
+    box.style.display = "none";
+    const g = createGrid(box, {});
+    grids.push(g);
+    const names: string[] = [];
+    g.onDrawn((name) => names.push(name));
+    g.setLayer(peakLayer(4, 8, 8, "hidden.layer"));
+    await nextFrame();
+    await nextFrame();
+    expect(names).toEqual([]);
+    const done = drawn(g);
+    box.style.display = "block";
+    expect(await done).toBe("hidden.layer");
+    expect(g.canvas.dataset.columns).toBe("2");
+  });
+
+  it("re-draws on colormap, scale and order changes without re-uploading values", async () => {
+    const uploads = [
+      vi.spyOn(WebGL2RenderingContext.prototype, "texImage3D"),
+      vi.spyOn(WebGL2RenderingContext.prototype, "texSubImage3D"),
+    ];
+    const draws = vi.spyOn(WebGL2RenderingContext.prototype, "drawArraysInstanced");
+    const g = make(400);
+    g.setLayer(peakLayer(6, 8, 8));
+    await nextFrame();
+    const uploaded = uploads.map((s) => s.mock.calls.length);
+    expect(uploaded).toEqual([1, 0]);
+    expect(draws).toHaveBeenCalledTimes(1);
+
+    g.setOptions({ colormap: "magma" });
+    const lut = colormapLUT("magma");
+    await expectPeaks(g, 6, 8, 8, [...lut.subarray(1020, 1024)]);
+    g.setOptions({ scope: "layer", symmetric: true, order: Int32Array.from([5, 4, 3, 2, 1, 0]) });
+    await nextFrame();
+    expect(g.tileClientRect(5)!.left).toBeLessThan(g.tileClientRect(0)!.left);
+    // Symmetric [-1, 1]: the peak value 1 is still the top of the map.
+    await expectPeaks(g, 6, 8, 8, [...lut.subarray(1020, 1024)]);
+    expect(uploads.map((s) => s.mock.calls.length)).toEqual(uploaded);
+    expect(draws.mock.calls.length).toBeGreaterThanOrEqual(3);
+  });
+
+  it("shows top-k tiles only, in the given order", async () => {
+    const g = make(400, { order: Int32Array.from([3, 0]) });
+    g.setLayer(peakLayer(6, 8, 8));
+    await nextFrame();
+    expect([g.canvas.dataset.columns, g.canvas.dataset.rows]).toEqual(["2", "1"]);
+    expect(g.tileClientRect(1)).toBeNull();
+    const r = g.tileClientRect(3)!;
+    expect(g.hitTest(r.left + 1, r.top + 1)).toMatchObject({ channel: 3, tileIndex: 0 });
+  });
+
+  it("renders a 2048-channel layer", async () => {
+    const g = make(700);
+    g.setLayer(peakLayer(2048, 4, 4));
+    await nextFrame();
+    expect(Number(g.canvas.dataset.columns) * Number(g.canvas.dataset.rows)).toBeGreaterThanOrEqual(2048);
+    expect(g.tileClientRect(2047)).not.toBeNull();
+    await expectPeaks(g, 2048, 4, 4);
+  });
+
+  it("zooms around the pointer with the wheel, pans by dragging and resets on double-click", async () => {
+    const g = make(400);
+    g.setLayer(peakLayer(4, 8, 8));
+    await nextFrame();
+    const before = g.tileClientRect(3)!;
+    const rect = g.canvas.getBoundingClientRect();
+    const centre: [number, number] = [rect.left + rect.width / 2, rect.top + rect.height / 2];
+    const under = g.hitTest(...centre);
+    await userEvent.wheel(g.canvas, { delta: { y: -200 } });
+    await nextFrame();
+    const zoomed = g.tileClientRect(3)!;
+    expect(zoomed.width).toBeGreaterThan(before.width * 1.2);
+    expect(g.hitTest(...centre)).toEqual(under);
+
+    await userEvent.dragAndDrop(g.canvas, g.canvas, {
+      sourcePosition: { x: 200, y: 100 },
+      targetPosition: { x: 230, y: 120 },
+    } as object);
+    await nextFrame();
+    const panned = g.tileClientRect(3)!;
+    expect(panned.left - zoomed.left).toBeCloseTo(30, 0);
+    expect(panned.top - zoomed.top).toBeCloseTo(20, 0);
+
+    await userEvent.dblClick(g.canvas);
+    await nextFrame();
+    expect(g.tileClientRect(3)).toEqual(before);
+  });
+
+  it("prints pixel values once pixels are large", async () => {
+    const g = make(400);
+    const layer = peakLayer(1, 4, 4);
+    g.setLayer(layer);
+    await nextFrame();
+    // 400 px / 4 pixels = 100 px per pixel: the values are written in the overlay.
+    const ctx = g.canvas.getContext("2d")!;
+    const spy = vi.spyOn(ctx, "fillText");
+    g.setOptions({ colormap: "gray" });
+    await nextFrame();
+    const texts = spy.mock.calls.map((c) => c[0]);
+    expect(texts.filter((t) => t === "1")).toHaveLength(1);
+    expect(texts.filter((t) => t === "0")).toHaveLength(16 - 1 + 1); // 15 zeros, plus the channel label "0"
+  });
+
+  it("shows a text-only tooltip with stats on hover, marking dead channels", async () => {
+    const g = make(400);
+    const hovers: (number | null)[] = [];
+    g.onHover((h) => hovers.push(h?.channel ?? null));
+    g.setLayer(peakLayer(4, 8, 8));
+    await nextFrame();
+    const r = g.tileClientRect(1)!;
+    const cr = g.canvas.getBoundingClientRect();
+    await userEvent.hover(g.canvas, { position: { x: r.left - cr.left + 5, y: r.top - cr.top + 5 } } as object);
+    await nextFrame();
+    const tip = g.element.querySelector<HTMLElement>(".fm-grid-tooltip")!;
+    expect(tip.hidden).toBe(false);
+    expect(tip.textContent).toContain("Channel 1 · dead");
+    expect(tip.textContent).toContain("zeros 98.4%");
+    expect(tip.querySelectorAll("*").length).toBe(tip.children.length);
+    expect(hovers.at(-1)).toBe(1);
+  });
+
+  it("clicks report the channel and pixel; Enter on a focused tile clicks it", async () => {
+    const g = make(400);
+    const clicks: [number, number, number, boolean][] = [];
+    g.onClick((h, ev) => clicks.push([h.channel, h.row, h.col, ev.shiftKey]));
+    g.setLayer(peakLayer(4, 8, 8));
+    await nextFrame();
+    const [x, y] = pixelCentre(g, 2, 2, 4, 8, 8);
+    const cr = g.canvas.getBoundingClientRect();
+    await userEvent.click(g.canvas, { position: { x: x - cr.left, y: y - cr.top } } as object);
+    expect(clicks).toEqual([[2, 2, 4, false]]);
+    g.focusTile(3);
+    g.canvas.focus();
+    await userEvent.keyboard("{ArrowLeft}{Enter}");
+    expect(clicks.at(-1)?.[0]).toBe(2);
+    await userEvent.keyboard("{ArrowDown}{Enter}");
+    expect(clicks.at(-1)?.[0]).toBe(2); // already on the last row
+    await userEvent.keyboard("{ArrowUp}{Enter}");
+    expect(clicks.at(-1)?.[0]).toBe(0);
+  });
+
+  it("falls back to Canvas 2D on context loss and returns to WebGL2 on restore", async () => {
+    const g = make(400);
+    g.setLayer(peakLayer(3, 8, 8));
+    await nextFrame();
+    const glCanvas = pictureCanvas(g);
+    const ext = glCanvas.getContext("webgl2")!.getExtension("WEBGL_lose_context")!;
+    const lost = new Promise((r) => glCanvas.addEventListener("webglcontextlost", r, { once: true }));
+    ext.loseContext();
+    await lost;
+    expect(g.backend).toBe("canvas2d");
+    await expectPeaks(g, 3, 8, 8);
+    const restored = new Promise((r) => glCanvas.addEventListener("webglcontextrestored", r, { once: true }));
+    ext.restoreContext();
+    await restored;
+    expect(g.backend).toBe("webgl2");
+    await expectPeaks(g, 3, 8, 8);
+  });
+
+  it("draws with Canvas 2D when WebGL2 is unavailable", async () => {
+    const original = HTMLCanvasElement.prototype.getContext;
+    vi.spyOn(HTMLCanvasElement.prototype, "getContext").mockImplementation(function (this: HTMLCanvasElement, id: string, o?: unknown) {
+      return id === "webgl2" ? null : (original.call(this, id, o) as never);
+    } as typeof original);
+    vi.spyOn(console, "warn").mockImplementation(() => undefined);
+    const g = make(400);
+    expect(g.backend).toBe("canvas2d");
+    g.setLayer(peakLayer(5, 8, 8));
+    await expectPeaks(g, 5, 8, 8);
+  });
+
+  it("draws non-finite values in the NaN colour", async () => {
+    const g = make(400);
+    const layer = peakLayer(1, 2, 2);
+    layer.values[3] = 255;
+    g.setLayer(layer);
+    let px: number[] = [];
+    await new Promise<void>((resolve) =>
+      requestAnimationFrame(() => {
+        px = pixelAt(g, ...pixelCentre(g, 0, 1, 1, 2, 2));
+        resolve();
+      }),
+    );
+    expect(px).toEqual([...NAN_COLOR]);
+    expect(g.hitTest(...pixelCentre(g, 0, 1, 1, 2, 2))?.value).toBeNaN();
+  });
+
+  it("rejects a malformed layer with what was wrong", () => {
+    const g = make(400);
+    const bad = { ...peakLayer(2, 4, 4), stats: new Float32Array(6) };
+    expect(() => g.setLayer(bad)).toThrow(/"conv1".*stats has 6 entries, expected 12/);
+  });
+
+  it("destroy removes its DOM, listeners and observer and frees the GL context", async () => {
+    const adds: [EventTarget, string, unknown, AddEventListenerOptions | boolean | undefined][] = [];
+    const removes: [EventTarget, string, unknown][] = [];
+    const realAdd = EventTarget.prototype.addEventListener;
+    const realRemove = EventTarget.prototype.removeEventListener;
+    vi.spyOn(EventTarget.prototype, "addEventListener").mockImplementation(function (this: EventTarget, type, fn, o) {
+      adds.push([this, type, fn, o]);
+      realAdd.call(this, type, fn, o);
+    });
+    vi.spyOn(EventTarget.prototype, "removeEventListener").mockImplementation(function (this: EventTarget, type, fn, o) {
+      removes.push([this, type, fn]);
+      realRemove.call(this, type, fn, o);
+    });
+    const disconnect = vi.spyOn(ResizeObserver.prototype, "disconnect");
+    const box = container(400);
+    const g = createGrid(box, {});
+    g.setLayer(peakLayer(3, 8, 8));
+    await nextFrame();
+    const gl = pictureCanvas(g).getContext("webgl2")!;
+    g.destroy();
+    expect(adds.length).toBeGreaterThan(5);
+    const leaked = adds.filter(([t, type, fn, o]) => {
+      const aborted = typeof o === "object" && o.signal?.aborted === true;
+      return !aborted && !removes.some(([t2, type2, fn2]) => t2 === t && type2 === type && fn2 === fn);
+    });
+    expect(leaked.map(([, type]) => type)).toEqual([]);
+    expect(disconnect).toHaveBeenCalled();
+    expect(gl.isContextLost()).toBe(true);
+    expect(box.childElementCount).toBe(0);
+  });
+});

@@ -1,0 +1,176 @@
+/**
+ * The 2D layer drawn over the picture: channel numbers, badges, dead-channel marks, selection and focus
+ * outlines, and the value of each pixel once pixels are large enough to hold it. Only visible tiles are
+ * visited, so 2048 tiles cost nothing while their labels are too small to draw.
+ *
+ * @example
+ *   drawOverlay(ctx, { layout, view, dpr, order, layer, ranges, lut, theme, selected, focused, badges });
+ */
+import { dequantize, formatValue, toUnit } from "../scale";
+import { type Layout, type View, VALUE_LABEL_MIN_PX, tileOrigin, visibleCells } from "./layout";
+
+/** Colours and fonts of the overlay, read from JupyterLab's CSS variables. */
+export interface Theme {
+  background: string;
+  label: string;
+  accent: string;
+  dead: string;
+  font: string;
+  mono: string;
+}
+
+const THEME_VARS: Record<keyof Theme, [string, string]> = {
+  background: ["--jp-layout-color0", "#ffffff"],
+  label: ["--jp-ui-font-color1", "rgba(0, 0, 0, 0.87)"],
+  accent: ["--jp-brand-color1", "#1976d2"],
+  dead: ["--jp-error-color1", "#d32f2f"],
+  font: ["--jp-ui-font-family", "system-ui, -apple-system, 'Segoe UI', sans-serif"],
+  mono: ["--jp-code-font-family", "ui-monospace, Menlo, Consolas, monospace"],
+};
+
+/**
+ * Reads the theme from the CSS variables in effect at `el` (JupyterLab sets them on the body), with
+ * light-theme fallbacks outside JupyterLab.
+ */
+export function readTheme(el: Element): Theme {
+  const style = getComputedStyle(el);
+  const theme = {} as Theme;
+  for (const key of Object.keys(THEME_VARS) as (keyof Theme)[]) {
+    const [name, fallback] = THEME_VARS[key];
+    const value = style.getPropertyValue(name).trim();
+    theme[key] = value === "" ? fallback : value;
+  }
+  return theme;
+}
+
+/** The quantized layer as the overlay needs it. */
+export interface OverlayLayer {
+  height: number;
+  width: number;
+  values: Uint8Array;
+  flags: Uint8Array;
+}
+
+export interface OverlayState {
+  layout: Layout;
+  view: View;
+  dpr: number;
+  order: Int32Array;
+  layer: OverlayLayer;
+  /** Per channel [qmin, qmax, lo, hi], as given to the renderer. */
+  ranges: Float32Array;
+  lut: Uint8Array;
+  theme: Theme;
+  selected: ReadonlySet<number>;
+  focused: number | null;
+  badges: Float32Array | null;
+}
+
+/** Tiles narrower than this (CSS px on screen) get no channel number: it would cover the picture. */
+const LABEL_MIN_TILE_PX = 26;
+const BADGE_MIN_TILE_PX = 64;
+
+function roundRect(ctx: CanvasRenderingContext2D, x: number, y: number, w: number, h: number): void {
+  ctx.beginPath();
+  ctx.roundRect(x, y, w, h, 2);
+  ctx.fill();
+}
+
+function tag(ctx: CanvasRenderingContext2D, text: string, x: number, y: number, alignRight: boolean, theme: Theme): void {
+  const w = ctx.measureText(text).width + 6;
+  const left = alignRight ? x - w : x;
+  ctx.globalAlpha = 0.75;
+  ctx.fillStyle = theme.background;
+  roundRect(ctx, left, y, w, 13);
+  ctx.globalAlpha = 1;
+  ctx.fillStyle = theme.label;
+  ctx.fillText(text, left + 3, y + 10);
+}
+
+function drawValues(ctx: CanvasRenderingContext2D, s: OverlayState, channel: number, x0: number, y0: number, px: number): void {
+  const { layer, layout, ranges, lut, theme } = s;
+  const { width, height, values } = layer;
+  const cx0 = Math.max(0, Math.floor(-x0 / px));
+  const cx1 = Math.min(width - 1, Math.floor((layout.viewportWidth - x0) / px));
+  const cy0 = Math.max(0, Math.floor(-y0 / px));
+  const cy1 = Math.min(height - 1, Math.floor((layout.viewportHeight - y0) / px));
+  if (cx0 > cx1 || cy0 > cy1) return;
+  const [qmin, qmax, lo, hi] = ranges.subarray(4 * channel, 4 * channel + 4);
+  const size = Math.min(14, Math.max(8, Math.floor(px / 3.2)));
+  ctx.font = `${size}px ${theme.mono}`;
+  ctx.textAlign = "center";
+  ctx.textBaseline = "middle";
+  const base = channel * width * height;
+  for (let r = cy0; r <= cy1; r++) {
+    for (let c = cx0; c <= cx1; c++) {
+      const q = values[base + r * width + c];
+      const v = dequantize(q, qmin, qmax);
+      const text = formatValue(v);
+      if (ctx.measureText(text).width > px - 2) continue;
+      // Dark text on light pixels and the reverse, judged from the colour the pixel is drawn in.
+      let light = false;
+      if (q !== 255) {
+        const i = 4 * Math.floor(toUnit(v, lo, hi) * 255 + 0.5);
+        light = 0.299 * lut[i] + 0.587 * lut[i + 1] + 0.114 * lut[i + 2] > 140;
+      }
+      ctx.fillStyle = light ? "#000" : "#fff";
+      ctx.fillText(text, x0 + (c + 0.5) * px, y0 + (r + 0.5) * px);
+    }
+  }
+  ctx.textAlign = "left";
+  ctx.textBaseline = "alphabetic";
+}
+
+/** Draws the overlay for one frame into a canvas of `round(viewport × dpr)` device px. */
+export function drawOverlay(ctx: CanvasRenderingContext2D, s: OverlayState): void {
+  const { layout, view, dpr, order, theme } = s;
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.clearRect(0, 0, ctx.canvas.width, ctx.canvas.height);
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  const n = Math.min(order.length, layout.count);
+  const tw = layout.tileWidth * view.k;
+  const th = layout.tileHeight * view.k;
+  const px = layout.scale * view.k;
+  const { c0, c1, r0, r1 } = visibleCells(layout, view);
+  ctx.font = `11px ${theme.font}`;
+  for (let r = r0; r <= r1; r++) {
+    for (let col = c0; col <= c1; col++) {
+      const i = r * layout.columns + col;
+      if (i >= n) break;
+      const channel = order[i];
+      const [wx, wy] = tileOrigin(layout, i);
+      const x0 = wx * view.k + view.x;
+      const y0 = wy * view.k + view.y;
+      if (px >= VALUE_LABEL_MIN_PX) {
+        drawValues(ctx, s, channel, x0, y0, px);
+        ctx.font = `11px ${theme.font}`;
+      }
+      if ((s.layer.flags[channel] & 1) !== 0) {
+        ctx.strokeStyle = theme.dead;
+        ctx.lineWidth = 1.5;
+        ctx.beginPath();
+        ctx.moveTo(x0, y0);
+        ctx.lineTo(x0 + tw, y0 + th);
+        ctx.moveTo(x0 + tw, y0);
+        ctx.lineTo(x0, y0 + th);
+        ctx.stroke();
+      }
+      if (tw >= LABEL_MIN_TILE_PX) tag(ctx, String(channel), Math.max(0, x0) + 1, Math.max(0, y0) + 1, false, theme);
+      if (s.badges !== null && tw >= BADGE_MIN_TILE_PX && channel < s.badges.length) {
+        tag(ctx, formatValue(s.badges[channel]), Math.min(layout.viewportWidth, x0 + tw) - 1, Math.max(0, y0) + 1, true, theme);
+      }
+      if (s.selected.has(channel)) {
+        ctx.strokeStyle = theme.accent;
+        ctx.lineWidth = 2;
+        ctx.strokeRect(x0 + 1, y0 + 1, tw - 2, th - 2);
+      }
+      if (s.focused === channel) {
+        ctx.strokeStyle = theme.label;
+        ctx.lineWidth = 1.5;
+        ctx.setLineDash([3, 2]);
+        ctx.strokeRect(x0 - 0.75, y0 - 0.75, tw + 1.5, th + 1.5);
+        ctx.setLineDash([]);
+      }
+    }
+  }
+}

@@ -1,0 +1,313 @@
+import { afterEach, describe, expect, it, vi } from "vitest";
+import {
+  decodeArray,
+  decodeArrays,
+  isDropped,
+  type LayerMeta,
+  type MessageModel,
+  type Reply,
+  RequestDropped,
+  RequestError,
+  Requester,
+  toLayerData,
+} from "./protocol";
+
+/** A DataView over `bytes` placed at `offset` inside a larger buffer, as a comm message may deliver it. */
+function viewAt(bytes: Uint8Array, offset: number): DataView {
+  const backing = new Uint8Array(offset + bytes.length + 3);
+  backing.fill(0xee);
+  backing.set(bytes, offset);
+  return new DataView(backing.buffer, offset, bytes.length);
+}
+
+function bytesOf(a: ArrayBufferView): Uint8Array {
+  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength).slice();
+}
+
+describe("decodeArray", () => {
+  const floats = new Float32Array([1.5, -2.25, NaN, Infinity, 3e-8, 0]);
+
+  it("views aligned float32 data without copying", () => {
+    const view = viewAt(bytesOf(floats), 8);
+    const out = decodeArray({ name: "values", dtype: "float32", shape: [2, 3] }, view);
+    expect(out).toBeInstanceOf(Float32Array);
+    expect(Array.from(out)).toEqual(Array.from(floats));
+    expect(out.buffer).toBe(view.buffer);
+    expect(out.byteOffset).toBe(8);
+  });
+
+  it("copies float32 data at an odd offset and keeps every value", () => {
+    const view = viewAt(bytesOf(floats), 3);
+    const out = decodeArray({ name: "values", dtype: "float32", shape: [6] }, view);
+    expect(Array.from(out)).toEqual(Array.from(floats));
+    expect(out.buffer).not.toBe(view.buffer);
+  });
+
+  it("copies int32 data at an offset that is even but not a multiple of 4", () => {
+    const ints = new Int32Array([-1, 2147483647, 7]);
+    const out = decodeArray({ name: "order", dtype: "int32", shape: [3] }, viewAt(bytesOf(ints), 2));
+    expect(Array.from(out)).toEqual([-1, 2147483647, 7]);
+  });
+
+  it("views uint8 data at any offset", () => {
+    const view = viewAt(new Uint8Array([0, 127, 254, 255]), 5);
+    const out = decodeArray({ name: "values", dtype: "uint8", shape: [4] }, view);
+    expect(Array.from(out)).toEqual([0, 127, 254, 255]);
+    expect(out.buffer).toBe(view.buffer);
+  });
+
+  it("names the array, shape and byte counts when the buffer does not match", () => {
+    const view = viewAt(new Uint8Array(10), 0);
+    expect(() => decodeArray({ name: "stats", dtype: "float32", shape: [2, 6] }, view)).toThrow(
+      /"stats" of shape \[2, 6\] float32 needs 48 bytes; its buffer has 10/,
+    );
+  });
+
+  it("rejects an unknown dtype by name", () => {
+    expect(() => decodeArray({ name: "x", dtype: "float64" as never, shape: [1] }, new ArrayBuffer(8))).toThrow(
+      /dtype "float64"/,
+    );
+  });
+
+  it("decodes a reply's list of arrays by name and checks the count", () => {
+    const specs = [
+      { name: "a", dtype: "uint8" as const, shape: [2] },
+      { name: "b", dtype: "uint32" as const, shape: [1] },
+    ];
+    const out = decodeArrays(specs, [viewAt(new Uint8Array([1, 2]), 1), viewAt(bytesOf(new Uint32Array([9])), 4)]);
+    expect(Array.from(out.a.data)).toEqual([1, 2]);
+    expect(Array.from(out.b.data)).toEqual([9]);
+    expect(() => decodeArrays(specs, [])).toThrow(/2 arrays but carries 0 buffers/);
+  });
+});
+
+type Handler = (msg: unknown, buffers: DataView[]) => void;
+
+/** Just enough of an anywidget model: records what is sent, lets the test deliver replies. */
+class FakeModel implements MessageModel {
+  sent: Record<string, unknown>[] = [];
+  handlers: Handler[] = [];
+  send(content: unknown): void {
+    this.sent.push(content as Record<string, unknown>);
+  }
+  on(_event: "msg:custom", cb: Handler): void {
+    this.handlers.push(cb);
+  }
+  off(_event: "msg:custom", cb: Handler): void {
+    this.handlers = this.handlers.filter((h) => h !== cb);
+  }
+  reply(request: Record<string, unknown>, extra: Record<string, unknown> = {}, buffers: DataView[] = []): void {
+    const msg = {
+      type: "reply",
+      v: 1,
+      id: request.id,
+      kind: request.kind,
+      ok: true,
+      meta: { revision: request.revision },
+      arrays: [],
+      ...extra,
+    };
+    for (const h of this.handlers) h(msg, buffers);
+  }
+}
+
+function settled<T>(p: Promise<T>): Promise<{ value?: T; error?: unknown }> {
+  return p.then(
+    (value) => ({ value }),
+    (error: unknown) => ({ error }),
+  );
+}
+
+describe("Requester", () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it("sends a request envelope and resolves with the decoded reply", async () => {
+    const model = new FakeModel();
+    const r = new Requester(model, { revision: () => 4 });
+    const p = r.request("input", { sample: 1 });
+    const req = model.sent[0];
+    expect(req).toMatchObject({ type: "request", kind: "input", sample: 1, revision: 4 });
+    expect(typeof req.id).toBe("number");
+    model.reply(req, { arrays: [{ name: "image", dtype: "uint8", shape: [1, 1, 3] }] }, [
+      viewAt(new Uint8Array([10, 20, 30]), 1),
+    ]);
+    const reply = await p;
+    expect(Array.from(reply.arrays.image.data)).toEqual([10, 20, 30]);
+    expect(reply.meta.revision).toBe(4);
+  });
+
+  it("keeps one request at the kernel per purpose; the latest wins", async () => {
+    const model = new FakeModel();
+    const r = new Requester(model, { revision: () => 0 });
+    const a = settled(r.request("layer", { layer: "a" }, { purpose: "layer" }));
+    const b = settled(r.request("layer", { layer: "b" }, { purpose: "layer" }));
+    const c = settled(r.request("layer", { layer: "c" }, { purpose: "layer" }));
+    // Only "a" went out; "b" was replaced by "c" before it was ever sent.
+    expect(model.sent.map((m) => m.layer)).toEqual(["a"]);
+    expect(((await a).error as RequestDropped).reason).toBe("superseded");
+    expect(((await b).error as RequestDropped).reason).toBe("superseded");
+    model.reply(model.sent[0]);
+    expect(model.sent.map((m) => m.layer)).toEqual(["a", "c"]);
+    model.reply(model.sent[1], { meta: { revision: 0, layer: "c" } });
+    expect(((await c).value as Reply).meta.layer).toBe("c");
+  });
+
+  it("lets different purposes run side by side", () => {
+    const model = new FakeModel();
+    const r = new Requester(model, { revision: () => 0 });
+    void settled(r.request("layer", { layer: "a" }, { purpose: "layer" }));
+    void settled(r.request("layer", { layer: "b" }, { purpose: "prefetch" }));
+    expect(model.sent.map((m) => m.layer)).toEqual(["a", "b"]);
+  });
+
+  it("drops a reply computed for an older revision", async () => {
+    const model = new FakeModel();
+    let revision = 1;
+    const r = new Requester(model, { revision: () => revision });
+    const p = settled(r.request("layer", { layer: "a" }));
+    revision = 2;
+    model.reply(model.sent[0], { meta: { revision: 1 } });
+    const { error } = await p;
+    expect(isDropped(error)).toBe(true);
+    expect((error as RequestDropped).reason).toBe("stale");
+  });
+
+  it("drops a reply whose meta names another revision than the one requested", async () => {
+    const model = new FakeModel();
+    const r = new Requester(model, { revision: () => 3 });
+    const p = settled(r.request("layer", { layer: "a" }));
+    model.reply(model.sent[0], { meta: { revision: 2 } });
+    expect(((await p).error as RequestDropped).reason).toBe("stale");
+  });
+
+  it("rejects at once on abort, and frees the purpose only when the kernel's reply arrives", async () => {
+    const model = new FakeModel();
+    const r = new Requester(model, { revision: () => 0 });
+    const ctl = new AbortController();
+    const p = settled(r.request("channel", { channel: 1 }, { purpose: "detail", signal: ctl.signal }));
+    ctl.abort();
+    expect(((await p).error as RequestDropped).reason).toBe("aborted");
+    const q = settled(r.request("channel", { channel: 2 }, { purpose: "detail" }));
+    expect(model.sent).toHaveLength(1);
+    model.reply(model.sent[0]);
+    expect(model.sent.map((m) => m.channel)).toEqual([1, 2]);
+    model.reply(model.sent[1]);
+    expect((await q).value).toBeDefined();
+  });
+
+  it("never sends a queued request that was aborted", async () => {
+    const model = new FakeModel();
+    const r = new Requester(model, { revision: () => 0 });
+    void settled(r.request("layer", { layer: "a" }, { purpose: "layer" }));
+    const ctl = new AbortController();
+    const b = settled(r.request("layer", { layer: "b" }, { purpose: "layer", signal: ctl.signal }));
+    ctl.abort();
+    expect(((await b).error as RequestDropped).reason).toBe("aborted");
+    model.reply(model.sent[0]);
+    expect(model.sent).toHaveLength(1);
+  });
+
+  it("rejects with the kernel's error text", async () => {
+    const model = new FakeModel();
+    const r = new Requester(model, { revision: () => 0 });
+    const p = settled(r.request("layer", { layer: "nope" }));
+    model.reply(model.sent[0], { ok: false, error: 'unknown layer "nope"', meta: undefined });
+    const { error } = await p;
+    expect(error).toBeInstanceOf(RequestError);
+    expect((error as Error).message).toBe('unknown layer "nope"');
+  });
+
+  it("turns a reply whose buffers do not match its arrays into an error, not a crash", async () => {
+    const model = new FakeModel();
+    const r = new Requester(model, { revision: () => 0 });
+    const p = settled(r.request("channel", {}));
+    model.reply(model.sent[0], { arrays: [{ name: "values", dtype: "float32", shape: [4] }] }, [viewAt(new Uint8Array(4), 0)]);
+    expect(((await p).error as Error).message).toMatch(/malformed channel reply: .*needs 16 bytes/);
+  });
+
+  it("ignores replies it did not ask for (another view's ids) and other messages", async () => {
+    const model = new FakeModel();
+    const r = new Requester(model, { revision: () => 0 });
+    const p = r.request("input", {});
+    const req = model.sent[0];
+    model.reply({ ...req, id: (req.id as number) + 1000 });
+    model.reply({ ...req, kind: "layer" });
+    for (const h of model.handlers) h({ type: "something-else" }, []);
+    for (const h of model.handlers) h(null, []);
+    model.reply(req, { meta: { revision: 0, tag: "mine" } });
+    expect((await p).meta.tag).toBe("mine");
+  });
+
+  it("reports a slow reply as kernel busy, and not busy once it arrives", () => {
+    vi.useFakeTimers();
+    const model = new FakeModel();
+    const busy: boolean[] = [];
+    const r = new Requester(model, { revision: () => 0, onBusy: (b) => busy.push(b), busyDelayMs: 1500 });
+    void settled(r.request("layer", {}, { purpose: "layer" }));
+    vi.advanceTimersByTime(1499);
+    expect(busy).toEqual([]);
+    vi.advanceTimersByTime(2);
+    expect(busy).toEqual([true]);
+    expect(r.isBusy).toBe(true);
+    model.reply(model.sent[0]);
+    expect(busy).toEqual([true, false]);
+  });
+
+  it("removes its listener and drops pending requests on dispose", async () => {
+    const model = new FakeModel();
+    const r = new Requester(model, { revision: () => 0 });
+    expect(model.handlers).toHaveLength(1);
+    const p = settled(r.request("layer", {}, { purpose: "layer" }));
+    r.dispose();
+    expect(model.handlers).toHaveLength(0);
+    expect(((await p).error as RequestDropped).reason).toBe("disposed");
+    expect(((await settled(r.request("input", {}))).error as RequestDropped).reason).toBe("disposed");
+  });
+});
+
+describe("toLayerData", () => {
+  const meta: LayerMeta = {
+    name: "conv1",
+    module: "conv1",
+    call: 1,
+    type: "Conv2d",
+    shape: [1, 2, 4, 4],
+    dtype: "float32",
+    min: -1,
+    max: 3,
+    dead: 0,
+    constant: 0,
+    nonfinite: 0,
+    kind: "conv",
+    pre: null,
+    post: null,
+    filter: true,
+  };
+
+  function layerReply(stored: number[], values: number): Reply {
+    const [c] = stored;
+    return {
+      id: 1,
+      kind: "layer",
+      meta: { layer: "conv1", revision: 0, sample: 0, shape: [2, 4, 4], stored, downsample: 2, channels: null },
+      arrays: {
+        values: { name: "values", dtype: "uint8", shape: stored, data: new Uint8Array(values) },
+        stats: { name: "stats", dtype: "float32", shape: [c, 6], data: new Float32Array(c * 6) },
+        flags: { name: "flags", dtype: "uint8", shape: [c], data: new Uint8Array(c) },
+      },
+    };
+  }
+
+  it("carries stored and full sizes, the downsample factor and the batch range", () => {
+    const data = toLayerData(layerReply([2, 2, 2], 8), meta);
+    expect(data).toMatchObject({ layer: "conv1", channels: 2, height: 2, width: 2, fullHeight: 4, fullWidth: 4 });
+    expect(data.downsample).toBe(2);
+    expect([data.layerMin, data.layerMax]).toEqual([-1, 3]);
+  });
+
+  it("names the array whose length does not match meta.stored", () => {
+    expect(() => toLayerData(layerReply([2, 2, 2], 7), meta)).toThrow(/array "values" is uint8 \[2, 2, 2\]; expected 8 values/);
+  });
+});

@@ -1,0 +1,481 @@
+/**
+ * The browser side of the wire contract (docs/protocol.md): trait types, the array codec for reply
+ * buffers, and the request client that keeps at most one request in flight per purpose.
+ *
+ * @example
+ *   const requester = new Requester(model, { revision: () => model.get("revision") });
+ *   const reply = await requester.request("layer", { layer: "conv1", sample: 0 }, { purpose: "layer" });
+ *   const data = toLayerData(reply, metaOf("conv1")); // ready for grid.setLayer
+ */
+import type { ColormapName } from "./colormaps";
+import type { LayerData } from "./grid/grid";
+import type { Scope } from "./scale";
+
+/** Version of the reply envelope this client understands (`v` in every reply). */
+export const PROTOCOL_VERSION = 1;
+
+/** One captured layer, as the kernel lists it in the `layers` trait. */
+export interface LayerMeta {
+  name: string;
+  module: string;
+  call: number;
+  type: string;
+  shape: [number, number, number, number];
+  dtype: string;
+  min: number;
+  max: number;
+  dead: number;
+  constant: number;
+  nonfinite: number;
+  kind: "conv" | "norm" | "act" | "pool" | "linear" | "block" | "other";
+  pre: string | null;
+  post: string | null;
+  filter: boolean;
+}
+
+/** One entry of a sample's top-5 in the `predictions` trait. */
+export interface Prediction {
+  index: number;
+  label: string;
+  prob: number;
+}
+
+export type SortKey = "index" | "mean" | "max" | "zeros" | "gradcam";
+
+/** Kernel-side state, shown above the grid when it is not "ready". */
+export interface KernelStatus {
+  state: "ready" | "busy" | "error";
+  message: string;
+}
+
+/** Every synced trait of FeatureMapWidget, as the front end sees it. */
+export interface Traits {
+  layers: LayerMeta[];
+  layer: string;
+  channel: number | null;
+  sample: number;
+  num_samples: number;
+  colormap: ColormapName;
+  scale: Scope;
+  symmetric: boolean;
+  revision: number;
+  status: KernelStatus;
+  predictions: Prediction[][];
+  sort: SortKey;
+  top_k: number;
+  selected: number[];
+  height: number;
+}
+
+export type DType = "uint8" | "float32" | "int32" | "uint32";
+export type TypedArray = Uint8Array | Float32Array | Int32Array | Uint32Array;
+
+/** How a reply describes the array in the buffer with the same index. */
+export interface ArraySpec {
+  name: string;
+  dtype: DType;
+  shape: number[];
+}
+
+/** A decoded reply array: its description plus a typed view (or copy) of its bytes. */
+export interface DecodedArray extends ArraySpec {
+  data: TypedArray;
+}
+
+const ARRAY_TYPES = {
+  uint8: Uint8Array,
+  float32: Float32Array,
+  int32: Int32Array,
+  uint32: Uint32Array,
+} as const;
+
+/**
+ * Builds the typed array a reply buffer holds, without copying when the buffer's offset is aligned to
+ * the element size (typed arrays cannot start at an unaligned offset; then the bytes are copied once).
+ *
+ * @example
+ *   const f = decodeArray({ name: "values", dtype: "float32", shape: [2, 3] }, dataView); // Float32Array(6)
+ */
+export function decodeArray(spec: ArraySpec, buffer: DataView | ArrayBufferView | ArrayBuffer): TypedArray {
+  const Ctor = ARRAY_TYPES[spec.dtype];
+  if (Ctor === undefined) {
+    throw new Error(
+      `reply array "${spec.name}" has dtype "${String(spec.dtype)}"; expected one of ${Object.keys(ARRAY_TYPES).join(", ")}`,
+    );
+  }
+  const count = spec.shape.reduce((a, b) => a * b, 1);
+  const size = Ctor.BYTES_PER_ELEMENT;
+  // Comm buffers are never SharedArrayBuffers.
+  const raw = (buffer instanceof ArrayBuffer ? buffer : buffer.buffer) as ArrayBuffer;
+  const offset = buffer instanceof ArrayBuffer ? 0 : buffer.byteOffset;
+  const length = buffer.byteLength;
+  if (length !== count * size) {
+    throw new Error(
+      `reply array "${spec.name}" of shape [${spec.shape.join(", ")}] ${spec.dtype} needs ${count * size} bytes; its buffer has ${length}`,
+    );
+  }
+  if (offset % size === 0) return new Ctor(raw, offset, count);
+  const copy = new Uint8Array(raw, offset, length).slice();
+  return new Ctor(copy.buffer, 0, count);
+}
+
+/**
+ * Decodes every array of a reply: `buffers[i]` holds `specs[i]`.
+ *
+ * @example
+ *   const { values, stats } = decodeArrays(msg.arrays, buffers);
+ */
+export function decodeArrays(
+  specs: readonly ArraySpec[],
+  buffers: readonly (DataView | ArrayBufferView | ArrayBuffer)[],
+): Record<string, DecodedArray> {
+  if (specs.length !== buffers.length) {
+    throw new Error(`reply lists ${specs.length} arrays but carries ${buffers.length} buffers`);
+  }
+  const out: Record<string, DecodedArray> = {};
+  specs.forEach((spec, i) => {
+    out[spec.name] = { ...spec, data: decodeArray(spec, buffers[i]) };
+  });
+  return out;
+}
+
+export type RequestKind = "layer" | "channel" | "input" | "gradcam";
+
+/** A successful reply, decoded. */
+export interface Reply {
+  id: number;
+  kind: RequestKind;
+  meta: Record<string, unknown>;
+  arrays: Record<string, DecodedArray>;
+}
+
+/** The kernel answered with `ok: false`, or its reply could not be decoded. */
+export class RequestError extends Error {
+  readonly kind: RequestKind;
+  constructor(kind: RequestKind, message: string) {
+    super(message);
+    this.name = "RequestError";
+    this.kind = kind;
+  }
+}
+
+export type DropReason = "superseded" | "aborted" | "stale" | "disposed";
+
+/**
+ * The reply will never be used: a newer request for the same purpose, an abort, a new revision or a
+ * closed view. Callers ignore these (see {@link isDropped}); they are not errors to show.
+ */
+export class RequestDropped extends Error {
+  readonly reason: DropReason;
+  constructor(reason: DropReason) {
+    super(`request dropped (${reason})`);
+    this.name = "RequestDropped";
+    this.reason = reason;
+  }
+}
+
+/**
+ * Whether a rejection only means "this answer is no longer wanted".
+ *
+ * @example
+ *   requester.request(...).catch((e) => { if (!isDropped(e)) showError(e); });
+ */
+export function isDropped(error: unknown): error is RequestDropped {
+  return error instanceof RequestDropped;
+}
+
+/** The part of an anywidget model the requester needs (a fake one in tests). */
+export interface MessageModel {
+  send(content: unknown, callbacks?: unknown, buffers?: ArrayBuffer[] | ArrayBufferView[]): void;
+  on(event: "msg:custom", callback: (msg: any, buffers: DataView[]) => void): void;
+  off(event: "msg:custom", callback: (msg: any, buffers: DataView[]) => void): void;
+}
+
+export interface RequesterOptions {
+  /** The revision the view knows; sent with every request, and replies for another one are dropped. */
+  revision: () => number;
+  /** Called with true when a reply is slower than `busyDelayMs` (the kernel is running a cell), false when all came back. */
+  onBusy?: (busy: boolean) => void;
+  busyDelayMs?: number;
+}
+
+export interface RequestOptions {
+  /** Requests sharing a purpose replace each other: only the latest one's reply is used. */
+  purpose?: string;
+  signal?: AbortSignal;
+}
+
+interface Pending {
+  id: number;
+  kind: RequestKind;
+  revision: number;
+  content: Record<string, unknown>;
+  purpose: string | undefined;
+  resolve: (reply: Reply) => void;
+  reject: (error: Error) => void;
+  settled: boolean;
+  slow: boolean;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  unlisten: () => void;
+}
+
+interface Slot {
+  inflight: Pending | null;
+  queued: Pending | null;
+}
+
+/**
+ * Sends `{type: "request", id, kind, revision, ...args}` and resolves with the matching reply.
+ *
+ * Per purpose at most one request is at the kernel and one waits behind it; a newer request replaces the
+ * waiting one and makes the one at the kernel be dropped on arrival. So scrubbing through 50 layers
+ * while a cell runs costs the kernel two layers, not 50, once it is free again.
+ *
+ * @example
+ *   const r = new Requester(model, { revision: () => model.get("revision"), onBusy: showBusy });
+ *   const reply = await r.request("channel", { layer, sample, channel: 3 }, { purpose: "detail" });
+ *   r.dispose();
+ */
+export class Requester {
+  private readonly model: MessageModel;
+  private readonly options: RequesterOptions;
+  private readonly pending = new Map<number, Pending>();
+  private readonly slots = new Map<string, Slot>();
+  // Every view of a widget receives every reply; a random start keeps two views' ids apart.
+  private nextId = 1 + Math.floor(Math.random() * 2 ** 30);
+  private busy = false;
+  private disposed = false;
+  private readonly listener = (msg: unknown, buffers: DataView[]): void => this.onMessage(msg, buffers);
+
+  constructor(model: MessageModel, options: RequesterOptions) {
+    this.model = model;
+    this.options = options;
+    model.on("msg:custom", this.listener);
+  }
+
+  /**
+   * Asks the kernel for data; rejects with {@link RequestError} on an error reply and with
+   * {@link RequestDropped} when the answer is no longer wanted.
+   *
+   * @example
+   *   const reply = await requester.request("input", { sample: 0 });
+   *   reply.arrays.image.data; // Uint8Array, H*W*3
+   */
+  request(kind: RequestKind, args: Record<string, unknown>, options: RequestOptions = {}): Promise<Reply> {
+    if (this.disposed) return Promise.reject(new RequestDropped("disposed"));
+    if (options.signal?.aborted) return Promise.reject(new RequestDropped("aborted"));
+    const revision = this.options.revision();
+    const id = this.nextId++;
+    return new Promise<Reply>((resolve, reject) => {
+      const entry: Pending = {
+        id,
+        kind,
+        revision,
+        content: { type: "request", id, kind, revision, ...args },
+        purpose: options.purpose,
+        resolve,
+        reject,
+        settled: false,
+        slow: false,
+        timer: undefined,
+        unlisten: () => {},
+      };
+      const signal = options.signal;
+      if (signal !== undefined) {
+        const onAbort = (): void => this.abort(entry);
+        signal.addEventListener("abort", onAbort, { once: true });
+        entry.unlisten = () => signal.removeEventListener("abort", onAbort);
+      }
+      if (entry.purpose === undefined) {
+        this.send(entry);
+        return;
+      }
+      const slot = this.slot(entry.purpose);
+      if (slot.queued !== null) this.settle(slot.queued, new RequestDropped("superseded"));
+      slot.queued = null;
+      if (slot.inflight === null) {
+        slot.inflight = entry;
+        this.send(entry);
+      } else {
+        this.settle(slot.inflight, new RequestDropped("superseded"));
+        slot.queued = entry;
+      }
+    });
+  }
+
+  /** Whether some reply is overdue (the kernel is busy). */
+  get isBusy(): boolean {
+    return this.busy;
+  }
+
+  /**
+   * Stops listening for replies and drops every pending request.
+   *
+   * @example
+   *   signal.addEventListener("abort", () => requester.dispose());
+   */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.model.off("msg:custom", this.listener);
+    for (const entry of this.pending.values()) {
+      clearTimeout(entry.timer);
+      this.settle(entry, new RequestDropped("disposed"));
+    }
+    for (const slot of this.slots.values()) {
+      if (slot.queued !== null) this.settle(slot.queued, new RequestDropped("disposed"));
+    }
+    this.pending.clear();
+    this.slots.clear();
+  }
+
+  private slot(purpose: string): Slot {
+    let slot = this.slots.get(purpose);
+    if (slot === undefined) {
+      slot = { inflight: null, queued: null };
+      this.slots.set(purpose, slot);
+    }
+    return slot;
+  }
+
+  private send(entry: Pending): void {
+    this.pending.set(entry.id, entry);
+    entry.timer = setTimeout(() => {
+      entry.slow = true;
+      this.updateBusy();
+    }, this.options.busyDelayMs ?? 1500);
+    this.model.send(entry.content);
+  }
+
+  private abort(entry: Pending): void {
+    const slot = entry.purpose === undefined ? undefined : this.slots.get(entry.purpose);
+    // A request still waiting its turn is simply never sent; one at the kernel keeps its slot until it returns.
+    if (slot !== undefined && slot.queued === entry) slot.queued = null;
+    this.settle(entry, new RequestDropped("aborted"));
+  }
+
+  private settle(entry: Pending, outcome: Reply | Error): void {
+    if (entry.settled) return;
+    entry.settled = true;
+    entry.unlisten();
+    if (outcome instanceof Error) entry.reject(outcome);
+    else entry.resolve(outcome);
+  }
+
+  private updateBusy(): void {
+    let busy = false;
+    for (const entry of this.pending.values()) busy ||= entry.slow;
+    if (busy !== this.busy) {
+      this.busy = busy;
+      this.options.onBusy?.(busy);
+    }
+  }
+
+  private onMessage(msg: unknown, buffers: DataView[]): void {
+    if (typeof msg !== "object" || msg === null) return;
+    const m = msg as Record<string, unknown>;
+    if (m.type !== "reply" || typeof m.id !== "number") return;
+    const entry = this.pending.get(m.id);
+    // Another view's reply (ids are per view) carries an id we never sent, or one of another kind.
+    if (entry === undefined || m.kind !== entry.kind) return;
+    this.pending.delete(entry.id);
+    clearTimeout(entry.timer);
+    this.updateBusy();
+    if (entry.purpose !== undefined) {
+      const slot = this.slot(entry.purpose);
+      if (slot.inflight === entry) {
+        slot.inflight = slot.queued;
+        slot.queued = null;
+        if (slot.inflight !== null) this.send(slot.inflight);
+      }
+    }
+    if (entry.settled) return;
+    this.settle(entry, this.decode(entry, m, buffers ?? []));
+  }
+
+  private decode(entry: Pending, m: Record<string, unknown>, buffers: DataView[]): Reply | Error {
+    const meta = (typeof m.meta === "object" && m.meta !== null ? m.meta : {}) as Record<string, unknown>;
+    const revision = typeof meta.revision === "number" ? meta.revision : entry.revision;
+    if (revision !== this.options.revision() || entry.revision !== this.options.revision()) {
+      return new RequestDropped("stale");
+    }
+    if (m.v !== PROTOCOL_VERSION) {
+      return new RequestError(
+        entry.kind,
+        `the kernel speaks protocol v${String(m.v)}, this view v${PROTOCOL_VERSION}: reinstall fmwidget and restart the kernel`,
+      );
+    }
+    if (m.ok !== true) {
+      const text = typeof m.error === "string" && m.error !== "" ? m.error : "the kernel gave no reason";
+      return new RequestError(entry.kind, text);
+    }
+    try {
+      const specs = Array.isArray(m.arrays) ? (m.arrays as ArraySpec[]) : [];
+      return { id: entry.id, kind: entry.kind, meta, arrays: decodeArrays(specs, buffers) };
+    } catch (e) {
+      return new RequestError(entry.kind, `malformed ${entry.kind} reply: ${(e as Error).message}`);
+    }
+  }
+}
+
+function numbers(value: unknown, name: string, length: number): number[] {
+  if (!Array.isArray(value) || value.length !== length || !value.every((x) => typeof x === "number")) {
+    throw new Error(`layer reply: meta.${name} is ${JSON.stringify(value)}; expected ${length} numbers`);
+  }
+  return value as number[];
+}
+
+function array<T extends TypedArray>(
+  reply: Reply,
+  name: string,
+  Ctor: abstract new (...args: never[]) => T,
+  length: number,
+): T {
+  const a = reply.arrays[name];
+  if (a === undefined || !(a.data instanceof Ctor) || a.data.length !== length) {
+    throw new Error(
+      `${reply.kind} reply: array "${name}" is ${a === undefined ? "missing" : `${a.dtype} [${a.shape.join(", ")}]`}; expected ${length} values`,
+    );
+  }
+  return a.data;
+}
+
+/**
+ * Turns a `layer` reply into what the grid draws. The layer's range for "layer" scale is its batch-wide
+ * finite range from `LayerMeta`, so switching samples keeps colours comparable.
+ *
+ * @example
+ *   grid.setLayer(toLayerData(reply, layers.find((l) => l.name === reply.meta.layer)!));
+ */
+export function toLayerData(reply: Reply, layerMeta: LayerMeta): LayerData {
+  const [, H, W] = numbers(reply.meta.shape, "shape", 3);
+  const [c, h, w] = numbers(reply.meta.stored, "stored", 3);
+  const values = array(reply, "values", Uint8Array, c * h * w);
+  const stats = array(reply, "stats", Float32Array, c * 6);
+  const flags = array(reply, "flags", Uint8Array, c);
+  let layerMin = layerMeta.min;
+  let layerMax = layerMeta.max;
+  if (!Number.isFinite(layerMin) || !Number.isFinite(layerMax)) {
+    layerMin = Infinity;
+    layerMax = -Infinity;
+    for (let i = 0; i < c; i++) {
+      layerMin = Math.min(layerMin, stats[6 * i]);
+      layerMax = Math.max(layerMax, stats[6 * i + 1]);
+    }
+    if (c === 0) [layerMin, layerMax] = [0, 0];
+  }
+  return {
+    layer: String(reply.meta.layer ?? layerMeta.name),
+    channels: c,
+    height: h,
+    width: w,
+    fullHeight: H,
+    fullWidth: W,
+    downsample: typeof reply.meta.downsample === "number" ? reply.meta.downsample : 1,
+    values,
+    stats,
+    flags,
+    layerMin,
+    layerMax,
+  };
+}
