@@ -1,3 +1,37 @@
-"""fmwidget: see what a CNN sees — every feature map of a PyTorch model as a zoomable grid in Jupyter."""
+"""fmwidget: see what a CNN sees — every feature map of a PyTorch model as a zoomable grid in Jupyter.
+
+>>> import fmwidget
+>>> w = fmwidget.demo()                                   # MobileNetV2 (ImageNet) on a real photo
+>>> w = fmwidget.FeatureMapWidget(model, images)         # any PyTorch CNN
+>>> acts = fmwidget.capture(model, images)               # {layer name: (N, C, H, W) tensor}
+"""
+
+from fmwidget.analysis import ablate, channel_health, compare_layers, group_differences, rank_channels
+from fmwidget.capture import Capture, CaptureBuffers, CaptureError, CaptureReport, LayerInfo, capture
+from fmwidget.demo import demo
+from fmwidget.gradcam import gradcam, gradcam_layer, top_classes
+from fmwidget.widget import FeatureMapWidget
+from fmwidget.wire import decode, dequantize
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Capture",
+    "CaptureBuffers",
+    "CaptureError",
+    "CaptureReport",
+    "FeatureMapWidget",
+    "LayerInfo",
+    "ablate",
+    "capture",
+    "channel_health",
+    "compare_layers",
+    "decode",
+    "demo",
+    "dequantize",
+    "gradcam",
+    "gradcam_layer",
+    "group_differences",
+    "rank_channels",
+    "top_classes",
+]

@@ -1,0 +1,99 @@
+"""Capture overhead: a bare forward against capture(), without and with CaptureBuffers pools.
+
+ResNet-50 and MobileNetV2 (random weights), batch 1 at 224×224, repeats interleaved so that load
+from other processes hits every variant alike; prints medians and ratios to the bare forward.
+
+    .venv/bin/python benchmarks/capture_overhead.py            # CPU (PYTHONPATH=. if not installed)
+    .venv/bin/python benchmarks/capture_overhead.py --device cuda --repeats 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torchvision
+
+from fmwidget.capture import CaptureBuffers, capture
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    def timed(fn: Callable[[], object]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    return timed
+
+
+def bench(name: str, device: torch.device, repeats: int, batch: int) -> None:
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval().to(device)
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    pool, copy_pool = CaptureBuffers(), CaptureBuffers(copy_all=True)
+    held: dict[str, object] = {}
+
+    def bare() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def fresh() -> None:
+        # Keep the previous capture alive while the next one runs, as a widget re-running would.
+        held["fresh"] = capture(model, x)
+
+    def pooled() -> None:
+        held["pooled"] = capture(model, x, buffers=pool)
+
+    def copied() -> None:
+        held["copied"] = capture(model, x, buffers=copy_pool)
+
+    variants = {
+        "bare forward": bare,
+        "capture": fresh,
+        "capture + pool": pooled,
+        "capture + pool, copy_all": copied,
+    }
+    timed = _timer(device)
+    for fn in variants.values():  # warm-up: allocator, learned in-place layers, pool buffers
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for key, fn in variants.items():
+            times[key].append(timed(fn))
+    base = statistics.median(times["bare forward"])
+    layers = len(held["fresh"])  # type: ignore[arg-type]
+    print(f"{name} batch {batch} on {device} ({layers} layers, {repeats} interleaved repeats)")
+    for key, samples in times.items():
+        med = statistics.median(samples)
+        print(f"  {key:<26} {med * 1e3:8.2f} ms  {med / base:5.2f}×")
+    print(
+        f"  pools hold {pool.nbytes / 2**20:.1f} MiB, "
+        f"{copy_pool.nbytes / 2**20:.1f} MiB with copy_all"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2"])
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    for name in args.models:
+        bench(name, torch.device(args.device), args.repeats, args.batch)
+
+
+if __name__ == "__main__":
+    main()

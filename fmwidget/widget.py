@@ -1,0 +1,726 @@
+"""The anywidget class: synced traits, request handling, re-running on new inputs.
+
+The browser asks for data with custom messages (``docs/protocol.md``); every request gets exactly
+one reply, built by :mod:`fmwidget.wire` from what :class:`fmwidget.store.ActivationStore` holds.
+Handlers run to completion on the kernel's thread and never wait for the browser.
+
+Example:
+    >>> import torch, torchvision
+    >>> model = torchvision.models.resnet18().eval()
+    >>> w = FeatureMapWidget(model, torch.randn(2, 3, 64, 64), layer="layer1.0.conv1")
+    >>> w.num_samples, w.layers[0]["name"]
+    (2, 'conv1')
+    >>> w.close()
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import reprlib
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import numpy as np
+import torch
+import traitlets
+from torch import nn
+
+from fmwidget import wire
+from fmwidget.analysis import group_differences
+from fmwidget.capture import CaptureBuffers, CaptureReport, LayerInfo, LayerSelector, capture
+from fmwidget.gradcam import gradcam_layer, top_classes
+from fmwidget.store import ActivationStore, UnknownLayerError
+
+__all__ = ["CapturedLayers", "FeatureMapWidget"]
+
+_STATIC = Path(__file__).parent / "static"
+_log = logging.getLogger(__name__)
+
+COLORMAPS = ("gray", "viridis", "magma", "diverging")
+SCALES = ("channel", "layer", "global")
+SORTS = ("index", "mean", "max", "zeros", "gradcam", "effect")
+_TOP_PREDICTIONS = 5
+# Traits only the kernel writes: a constructor argument for them would be silently overwritten.
+_KERNEL_TRAITS = ("num_samples", "revision", "status", "predictions")
+
+
+class CapturedLayers(Mapping[str, torch.Tensor]):
+    """Layer name → activation of a widget's last run (what :attr:`FeatureMapWidget.capture` is).
+
+    Example:
+        >>> acts = w.capture  # doctest: +SKIP
+        >>> acts["layer1.0.conv1"].shape, acts.info("layer1.0.conv1").kind  # doctest: +SKIP
+        (torch.Size([2, 64, 16, 16]), 'conv')
+    """
+
+    def __init__(self, store: ActivationStore, report: CaptureReport, output: Any) -> None:
+        self._store = store
+        self.report = report
+        self.output = output
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        self._check_current()
+        return self._store.maps(name)
+
+    def __iter__(self) -> Iterator[str]:
+        self._check_current()
+        return iter(self._store.names)
+
+    def __len__(self) -> int:
+        self._check_current()
+        return len(self._store)
+
+    def info(self, name: str) -> LayerInfo:
+        """The ``LayerInfo`` of one layer (module, call, kind, shape, dtype, what fed it)."""
+        self._check_current()
+        return self._store.info(name)
+
+    def _check_current(self) -> None:
+        if self._store.closed:
+            raise RuntimeError(
+                "these activations were replaced by a re-run on new inputs (or the widget was "
+                "closed); read widget.capture again"
+            )
+
+
+class _BadRequest(Exception):
+    """A request the kernel cannot serve; its text goes back in the error reply."""
+
+
+class FeatureMapWidget(anywidget.AnyWidget):
+    """Every feature map of a CNN layer as a zoomable grid, with a layer slider and drill-down.
+
+    ``model`` runs on ``inputs`` (a tensor, a tuple of positional inputs or a dict of keyword
+    inputs) with forward hooks on ``layers`` (see :func:`fmwidget.capture.capture`; default: every
+    layer with feature maps). Activations stay on the model's device; the browser fetches one layer
+    at a time.
+
+    Args:
+        labels: class names, when the model outputs ``(N, classes)`` logits; ``predictions`` then
+            holds the top five per sample.
+        image: what to show as the input, per sample: a PIL image, an ``(H, W, 3)``/``(H, W)``
+            array (uint8, or floats in [0, 1]), an ``(N, H, W, 3)`` array, a ``(3, H, W)`` /
+            ``(N, 3, H, W)`` tensor, or a list of those. Default: the input tensor itself, rescaled.
+        groups: a group label per input (at least two labels): each ``layer`` reply then carries
+            every channel's Cohen's d between the two groups of ``group_pair``.
+        budget_bytes: bytes of activations kept; beyond, layers are recomputed when shown.
+        colormap, scale, layer, height: initial view; other synced traits as keywords.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+        >>> w = FeatureMapWidget(model, torch.randn(1, 3, 16, 16), colormap="viridis")
+        >>> w.layer, [m["post"] for m in w.layers]
+        ('0', ['1', None])
+        >>> w.close()
+    """
+
+    _esm = _STATIC / "widget.js"
+    _css = _STATIC / "widget.css"
+
+    layers = traitlets.List(traitlets.Dict()).tag(sync=True)
+    layer = traitlets.Unicode("").tag(sync=True)
+    channel = traitlets.Int(None, allow_none=True).tag(sync=True)
+    sample = traitlets.Int(0).tag(sync=True)
+    num_samples = traitlets.Int(0).tag(sync=True)
+    colormap = traitlets.Enum(COLORMAPS, "gray").tag(sync=True)
+    scale = traitlets.Enum(SCALES, "channel").tag(sync=True)
+    symmetric = traitlets.Bool(False).tag(sync=True)
+    revision = traitlets.Int(0).tag(sync=True)
+    status = traitlets.Dict({"state": "busy", "message": ""}).tag(sync=True)
+    predictions = traitlets.List().tag(sync=True)
+    sort = traitlets.Enum(SORTS, "index").tag(sync=True)
+    top_k = traitlets.Int(0, min=0).tag(sync=True)
+    selected = traitlets.List(traitlets.Int()).tag(sync=True)
+    height = traitlets.Int(520, min=120).tag(sync=True)
+    gradcam = traitlets.Bool(False).tag(sync=True)
+    target = traitlets.Int(None, allow_none=True).tag(sync=True)
+    view = traitlets.Dict({"zoom": 1.0, "x": 0.5, "y": 0.5}).tag(sync=True)
+    groups = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    group_pair = traitlets.List(traitlets.Unicode()).tag(sync=True)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: Any,
+        layers: LayerSelector | None = None,
+        *,
+        labels: Sequence[str] | None = None,
+        image: Any = None,
+        groups: Sequence[Hashable] | None = None,
+        budget_bytes: int | None = None,
+        colormap: str = "gray",
+        scale: str = "channel",
+        layer: str | None = None,
+        height: int = 520,
+        **kwargs: Any,
+    ) -> None:
+        self._check_keywords(kwargs)
+        self._model: nn.Module | None = model
+        # Names and types are kept as given; a one-shot iterable must survive re-runs.
+        keep = layers is None or isinstance(layers, str) or callable(layers)
+        self._selector = layers if keep else list(layers)
+        self._labels = None if labels is None else [str(label) for label in labels]
+        self._budget_bytes = budget_bytes
+        self._buffers: CaptureBuffers | None = CaptureBuffers()
+        self._store: ActivationStore | None = None
+        self._report: CaptureReport | None = None
+        self._output: Any = None
+        self._inputs: Any = None
+        self._images: list[np.ndarray] | None = None
+        self._gradcam_cache: dict[tuple[str, int | None], Any] = {}
+        self._incoming: set[str] = set()
+        self._classes: int | None = None
+        state = self._run(inputs, image, groups)
+        if layer is None:
+            layer = state["layer"]
+        super().__init__(
+            colormap=colormap,
+            scale=scale,
+            height=height,
+            **{**kwargs, **state, "layer": layer, "revision": 1},
+        )
+        self.on_msg(self._on_msg)
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The model the widget shows (``None`` after :meth:`close`)."""
+        return self._model
+
+    @property
+    def inputs(self) -> Any:
+        """The inputs of the last capture; assigning new ones re-runs the model on them."""
+        return self._inputs
+
+    @inputs.setter
+    def inputs(self, inputs: Any) -> None:
+        self.set_inputs(inputs)
+
+    @property
+    def capture(self) -> CapturedLayers:
+        """The last run's activations: layer name → ``(N, C, H, W)`` tensor on the model's device.
+
+        Read-only, like :class:`fmwidget.capture.Capture` (``report``, ``output``, ``info``), and
+        backed by the widget's store: a layer evicted by the memory budget is recomputed when read.
+        Assigning new inputs replaces it; the previous one then raises when read.
+        """
+        return CapturedLayers(self._require_data(), self._report, self._output)
+
+    @property
+    def report(self) -> CaptureReport:
+        """What was captured, what was skipped and why (``CaptureReport``)."""
+        self._require_data()
+        return self._report
+
+    def set_inputs(
+        self, inputs: Any, *, image: Any = None, groups: Sequence[Hashable] | None = None
+    ) -> None:
+        """Re-run the model on new ``inputs``; ``image`` is what to show as the input (without
+        it, the input tensor itself). ``w.inputs = x`` is ``w.set_inputs(x)``.
+
+        Capture buffers are reused. ``revision`` goes up; the shown layer stays when it still
+        exists. On failure ``status`` turns to ``error`` and the exception propagates.
+
+        Example:
+            >>> w.set_inputs(torch.randn(4, 3, 64, 64))  # doctest: +SKIP
+            >>> w.num_samples  # doctest: +SKIP
+            4
+        """
+        self._require_open()
+        self.status = {"state": "busy", "message": "running the model"}
+        try:
+            state = self._run(inputs, image, groups)
+        except Exception as error:
+            self.status = {"state": "error", "message": f"re-running the model failed: {error}"}
+            raise
+        if self.layer in self._store:
+            state["layer"] = self.layer
+        with self.hold_trait_notifications():
+            self.sample = min(self.sample, state["num_samples"] - 1)
+            self.revision += 1
+            for name, value in state.items():
+                setattr(self, name, value)
+        self._close_channel_if_out_of_range()
+
+    def close(self) -> None:
+        """Close the view and free every activation; the widget lets go of the model."""
+        store = getattr(self, "_store", None)
+        if store is not None:
+            store.close()
+        self._store = None
+        self._report = None
+        self._output = None
+        self._model = None
+        self._inputs = None
+        self._images = None
+        self._buffers = None
+        self._gradcam_cache = {}
+        super().close()
+
+    # -- capture ----------------------------------------------------------------------------
+
+    def _run(self, inputs: Any, image: Any, groups: Sequence[Hashable] | None) -> dict[str, Any]:
+        """Capture ``inputs`` into a new store; returns the kernel-owned trait values."""
+        model = self._model
+        if self._store is not None:
+            # The buffers are about to be overwritten by the new capture: the old store's
+            # tensors may live in them, so it must not serve anything from here on.
+            self._store.close()
+            self._store = None
+        captured = capture(model, inputs, self._selector, buffers=self._buffers)
+        # Recomputing in training mode would give other values (dropout) and move BatchNorm's
+        # running statistics, so such a model's layers all stay.
+        training = any(module.training for module in model.modules())
+        recompute = None if training else _recomputer(model, inputs)
+        store = ActivationStore(captured, budget_bytes=self._budget_bytes, recompute=recompute)
+        if store.evicted:
+            # The pool holds every buffer of the capture: evicting frees memory only without it.
+            self._buffers.clear()
+        if not len(store):
+            raise ValueError(f"every captured layer has empty maps: {store.skipped}")
+        num_samples = store.shape(store.names[0])[0]
+        images = None if image is None else _images_per_sample(image, num_samples)
+        group_labels = [] if groups is None else _group_labels(groups, num_samples)
+        predictions = self._predictions(captured.output, num_samples)
+        self._classes = int(captured.output.shape[1]) if predictions else None
+        self._store, self._inputs, self._images = store, inputs, images
+        self._report, self._output = captured.report, captured.output
+        self._gradcam_cache = {}
+        metas = store.layers_meta()
+        return {
+            "layers": metas,
+            "layer": metas[0]["name"],
+            "num_samples": num_samples,
+            "predictions": predictions,
+            "status": {"state": "ready", "message": ""},
+            "groups": group_labels,
+            "group_pair": list(dict.fromkeys(group_labels))[:2],
+        }
+
+    def _predictions(self, output: Any, num_samples: int) -> list[list[dict[str, Any]]]:
+        logits = isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] > 1
+        if not logits or output.shape[0] != num_samples:
+            if self._labels is not None:
+                got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
+                raise ValueError(
+                    f"labels= needs a model that outputs (N, classes) logits; it output {got}"
+                )
+            return []
+        classes = output.shape[1]
+        if self._labels is not None and len(self._labels) != classes:
+            raise ValueError(
+                f"labels= has {len(self._labels)} names but the model outputs {classes} classes"
+            )
+        return [
+            [{"index": t.index, "label": self._label(t.index), "prob": t.prob} for t in row]
+            for row in top_classes(output, k=_TOP_PREDICTIONS)
+        ]
+
+    def _label(self, index: int) -> str | None:
+        return None if self._labels is None else self._labels[index]
+
+    # -- trait validation -------------------------------------------------------------------
+
+    def _check_keywords(self, kwargs: Mapping[str, Any]) -> None:
+        for key in kwargs:
+            if key in _KERNEL_TRAITS:
+                raise TypeError(f"{key!r} is set by the widget from the model; it is not an option")
+            if not self.has_trait(key):
+                close = difflib.get_close_matches(key, self.trait_names(), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise TypeError(
+                    f"FeatureMapWidget got an unexpected keyword argument {key!r}{hint}"
+                )
+
+    @traitlets.validate("layer")
+    def _valid_layer(self, proposal: dict[str, Any]) -> str:
+        name = proposal["value"]
+        if self._store is not None and name not in self._store:
+            raise traitlets.TraitError(str(UnknownLayerError(name, self._store.names)))
+        return name
+
+    @traitlets.validate("channel")
+    def _valid_channel(self, proposal: dict[str, Any]) -> int | None:
+        channel = proposal["value"]
+        if channel is not None and self._store is not None:
+            count = self._channel_count()
+            if not 0 <= channel < count:
+                raise traitlets.TraitError(
+                    f"channel {channel} is out of range: layer {self.layer!r} has {count} "
+                    f"channels (0 to {count - 1}); None closes the channel view"
+                )
+        return channel
+
+    @traitlets.validate("sample")
+    def _valid_sample(self, proposal: dict[str, Any]) -> int:
+        sample = proposal["value"]
+        if self._store is not None and not 0 <= sample < self.num_samples:
+            raise traitlets.TraitError(
+                f"sample {sample} is out of range: the batch has {self.num_samples} inputs "
+                f"(0 to {self.num_samples - 1})"
+            )
+        return sample
+
+    @traitlets.validate("selected")
+    def _valid_selected(self, proposal: dict[str, Any]) -> list[int]:
+        selected = list(proposal["value"])
+        if self._store is not None:
+            count = self._channel_count()
+            bad = [c for c in selected if not 0 <= c < count]
+            if bad:
+                raise traitlets.TraitError(
+                    f"selected channels {bad} are out of range: layer {self.layer!r} has "
+                    f"{count} channels"
+                )
+        return selected
+
+    def set_state(self, sync_data: dict[str, Any]) -> None:
+        """Apply a state update from the browser (ipywidgets API)."""
+        self._incoming = set(sync_data)
+        try:
+            super().set_state(sync_data)
+        finally:
+            self._incoming = set()
+
+    @traitlets.validate("target")
+    def _valid_target(self, proposal: dict[str, Any]) -> int | None:
+        target = proposal["value"]
+        if target is not None and self._store is not None:
+            try:
+                _check_target(target, self._classes)
+            except ValueError as error:
+                raise traitlets.TraitError(str(error)) from error
+        return target
+
+    @traitlets.validate("group_pair")
+    def _valid_group_pair(self, proposal: dict[str, Any]) -> list[str]:
+        pair = list(proposal["value"])
+        if not pair:
+            return pair
+        labels = list(dict.fromkeys(self.groups))
+        if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(labels):
+            raise traitlets.TraitError(
+                f"group_pair must be two different labels among the groups {labels}, got {pair}"
+            )
+        counts = [self.groups.count(label) for label in pair]
+        if sum(counts) < 3:
+            raise traitlets.TraitError(
+                f"groups {pair[0]!r} and {pair[1]!r} have {counts[0]} and {counts[1]} inputs; "
+                "comparing them needs at least 3 inputs between them"
+            )
+        return pair
+
+    @traitlets.observe("layer")
+    def _on_layer(self, change: dict[str, Any]) -> None:
+        # Channel numbers belong to a layer: a selection made in the old one means nothing here,
+        # unless the browser sent the new selection together with the new layer.
+        if change["old"] != change["new"] and "selected" not in self._incoming:
+            self.selected = []
+        self._close_channel_if_out_of_range()
+
+    @traitlets.observe("colormap")
+    def _on_colormap(self, change: dict[str, Any]) -> None:
+        if change["new"] == "diverging":
+            self.symmetric = True
+
+    def _channel_count(self) -> int:
+        return self._store.shape(self.layer)[1] if self.layer in self._store else 0
+
+    def _close_channel_if_out_of_range(self) -> None:
+        if self.channel is not None and self.channel >= self._channel_count():
+            self.channel = None
+
+    def _require_open(self) -> None:
+        if self._model is None:
+            raise RuntimeError("this FeatureMapWidget is closed; create a new one")
+
+    def _require_data(self) -> ActivationStore:
+        self._require_open()
+        if self._store is None:
+            raise RuntimeError(
+                f"no activations: the last re-run failed ({self.status['message']}); "
+                "assign new inputs to try again"
+            )
+        return self._store
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _on_msg(self, _widget: Any, content: Any, _buffers: Sequence[Any]) -> None:
+        request_id = content.get("id") if isinstance(content, dict) else None
+        kind = content.get("kind") if isinstance(content, dict) else None
+        try:
+            reply = self._serve(content)
+        except (_BadRequest, UnknownLayerError) as error:
+            reply = wire.encode_error(request_id, kind, str(error))
+        except Exception as error:
+            _log.exception("fmwidget: request %r failed", content)
+            reply = wire.encode_error(request_id, kind, f"{type(error).__name__}: {error}")
+        try:
+            self.send(*reply)
+        except Exception:
+            _log.exception("fmwidget: could not send the reply to request %r", request_id)
+
+    def _serve(self, content: Any) -> tuple[dict[str, Any], list[memoryview]]:
+        if not isinstance(content, dict) or content.get("type") != "request":
+            got = reprlib.repr(content)
+            raise _BadRequest(f"not a request: expected {{type: 'request', ...}}, got {got}")
+        request_id = content.get("id")
+        if not isinstance(request_id, int) or isinstance(request_id, bool) or request_id <= 0:
+            raise _BadRequest(f"request id must be a positive integer, got {request_id!r}")
+        handler = self._handlers().get(content.get("kind"))
+        if handler is None:
+            raise _BadRequest(
+                f"unknown request kind {content.get('kind')!r}; "
+                f"expected one of {', '.join(self._handlers())}"
+            )
+        if self._store is None:
+            raise _BadRequest("the widget has no data: it was closed or its last re-run failed")
+        _int_field(content, "revision")
+        meta, arrays = handler(content)
+        meta["revision"] = self.revision
+        return wire.encode_reply(request_id, content["kind"], meta, arrays)
+
+    def _handlers(self) -> dict[str, Callable[[dict[str, Any]], tuple[dict, dict]]]:
+        return {
+            "layer": self._serve_layer,
+            "channel": self._serve_channel,
+            "input": self._serve_input,
+            "gradcam": self._serve_gradcam,
+        }
+
+    def _serve_layer(self, request: dict[str, Any]) -> tuple[dict, dict]:
+        name, sample = self._layer_field(request), self._sample_field(request)
+        count = self._store.shape(name)[1]
+        channels = request.get("channels")
+        if channels is not None:
+            if not isinstance(channels, list) or not channels:
+                raise _BadRequest(f"channels must be a non-empty list, got {channels!r}")
+            for channel in channels:
+                _check_channel(channel, name, count)
+        max_values = request.get("max_values", wire.DEFAULT_MAX_VALUES)
+        wanted = count if channels is None else len(channels)
+        if not isinstance(max_values, int) or isinstance(max_values, bool) or max_values < wanted:
+            raise _BadRequest(
+                f"max_values must be an integer of at least {wanted} (one value per channel "
+                f"asked for), got {max_values!r}"
+            )
+        maps = self._store.maps(name)
+        meta, arrays = wire.layer_payload(
+            maps[sample],
+            self._store.stats(name, sample),
+            self._store.flags(name),
+            max_values=max_values,
+            channels=channels,
+        )
+        if self.group_pair:
+            effect, meta["groups"] = self._group_effect(maps)
+            arrays["effect"] = effect if channels is None else effect[channels]
+        return {"layer": name, "sample": sample, **meta}, arrays
+
+    def _group_effect(self, maps: torch.Tensor) -> tuple[np.ndarray, dict[str, Any]]:
+        """Cohen's d per channel between the two groups of ``group_pair``, and ``meta.groups``."""
+        pair = tuple(self.group_pair)
+        diff = group_differences(maps, self.groups, top_k=1, pair=pair)
+        labels = list(dict.fromkeys(self.groups))
+        info = {
+            "pair": list(pair),
+            "counts": {label: self.groups.count(label) for label in labels},
+            "examples": {
+                label: [i for i, g in enumerate(self.groups) if g == label] for label in labels
+            },
+        }
+        return diff.effect.float().cpu().numpy(), info
+
+    def _serve_channel(self, request: dict[str, Any]) -> tuple[dict, dict]:
+        name, sample = self._layer_field(request), self._sample_field(request)
+        channel = request.get("channel")
+        _check_channel(channel, name, self._store.shape(name)[1])
+        kernel, rgb = self._filter(name, channel)
+        meta, arrays = wire.channel_payload(self._store.maps(name)[sample, channel], kernel)
+        return {"layer": name, "sample": sample, "channel": channel, "rgb": rgb, **meta}, arrays
+
+    def _serve_input(self, request: dict[str, Any]) -> tuple[dict, dict]:
+        sample = self._sample_field(request)
+        if self._images is not None:
+            picture = self._images[sample]
+        else:
+            picture = _input_picture(self._inputs, sample)
+        meta, arrays = wire.image_payload(picture)
+        return {"sample": sample, **meta}, arrays
+
+    def _serve_gradcam(self, request: dict[str, Any]) -> tuple[dict, dict]:
+        name, sample = self._layer_field(request), self._sample_field(request)
+        # The request's target wins; without one, the `target` trait (null: the predicted class).
+        target = request.get("target", self.target)
+        if target is not None:
+            try:
+                _check_target(target, self._classes)
+            except ValueError as error:
+                raise _BadRequest(str(error)) from error
+        key = (name, target)
+        result = self._gradcam_cache.get(key)
+        if result is None:
+            try:
+                result = gradcam_layer(self._model, self._inputs, name, target=target)
+            except ValueError as error:
+                raise _BadRequest(str(error)) from error
+            self._gradcam_cache[key] = result
+        used = None if result.target is None else int(result.target[sample])
+        meta, arrays = wire.gradcam_payload(result.heatmap[sample], result.weights[sample])
+        label = None if used is None else self._label(used)
+        return {"layer": name, "sample": sample, "target": used, "label": label, **meta}, arrays
+
+    def _layer_field(self, request: dict[str, Any]) -> str:
+        name = request.get("layer")
+        if not isinstance(name, str):
+            raise _BadRequest(f"request needs 'layer' (a layer name), got {name!r}")
+        if name not in self._store:
+            raise UnknownLayerError(name, self._store.names)
+        return name
+
+    def _sample_field(self, request: dict[str, Any]) -> int:
+        sample = _int_field(request, "sample")
+        if not 0 <= sample < self.num_samples:
+            raise _BadRequest(
+                f"sample {sample} is out of range for a batch of {self.num_samples} inputs"
+            )
+        return sample
+
+    def _filter(self, name: str, channel: int) -> tuple[torch.Tensor | None, bool]:
+        """The conv kernel that produced ``channel`` of layer ``name``, and whether it reads RGB."""
+        meta = self._store.meta(name)
+        if not meta["filter"]:
+            return None, False
+        conv = name if meta["type"] == "Conv2d" else meta["pre"]
+        info = self._store.info(conv)
+        weight = getattr(self._model.get_submodule(info.module_name), "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+            return None, False
+        if weight.shape[0] != meta["shape"][1]:
+            return None, False
+        rgb = weight.shape[1] == 3 and info.input_from is None
+        return weight[channel].detach(), rgb
+
+
+def _int_field(request: Mapping[str, Any], key: str) -> int:
+    value = request.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _BadRequest(f"request needs {key!r} (an integer), got {value!r}")
+    return value
+
+
+def _check_channel(channel: Any, layer: str, count: int) -> None:
+    if not isinstance(channel, int) or isinstance(channel, bool) or not 0 <= channel < count:
+        raise _BadRequest(
+            f"channel {channel!r} is out of range: layer {layer!r} has {count} channels"
+        )
+
+
+def _check_target(target: Any, classes: int | None) -> None:
+    if not isinstance(target, int) or isinstance(target, bool):
+        raise ValueError(f"target must be a class index or None, got {target!r}")
+    if classes is not None and not 0 <= target < classes:
+        raise ValueError(
+            f"target class {target} is out of range: the model outputs {classes} classes"
+        )
+
+
+def _group_labels(groups: Sequence[Hashable], num_samples: int) -> list[str]:
+    labels = [str(g) for g in (groups.tolist() if hasattr(groups, "tolist") else groups)]
+    if len(labels) != num_samples:
+        raise ValueError(f"groups= has {len(labels)} labels for a batch of {num_samples} inputs")
+    if len(set(labels)) < 2:
+        raise ValueError(f"groups= needs at least two different labels, got {sorted(set(labels))}")
+    return labels
+
+
+def _images_per_sample(image: Any, num_samples: int) -> list[np.ndarray]:
+    """Turn ``image=`` into one RGB uint8 picture per sample."""
+    if isinstance(image, torch.Tensor):
+        pictures = list(image) if image.dim() == 4 else [image]
+        return _one_per_sample([_tensor_picture(p) for p in pictures], num_samples)
+    if isinstance(image, np.ndarray):
+        # (N, H, W, C) and (N, H, W) are batches; (H, W, 1|3|4) and (H, W) one picture.
+        batch = image.ndim == 4 or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4))
+        pictures = list(image) if batch else [image]
+        return _one_per_sample([_array_picture(p) for p in pictures], num_samples)
+    if isinstance(image, (list, tuple)):
+        return _one_per_sample([_images_per_sample(p, 1)[0] for p in image], num_samples)
+    if hasattr(image, "convert"):
+        return _one_per_sample([np.asarray(image.convert("RGB"))], num_samples)
+    raise TypeError(
+        "image= must be a PIL image, an array, a tensor or a list of them; "
+        f"got {type(image).__name__}"
+    )
+
+
+def _one_per_sample(pictures: list[np.ndarray], num_samples: int) -> list[np.ndarray]:
+    if len(pictures) != num_samples:
+        raise ValueError(
+            f"image= holds {len(pictures)} picture(s) but the batch has {num_samples} inputs"
+        )
+    return pictures
+
+
+def _array_picture(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"an image array must be (H, W), (H, W, 1|3|4); got {array.shape}")
+    return _to_rgb8(array[:, :, :3])
+
+
+def _tensor_picture(tensor: torch.Tensor) -> np.ndarray:
+    if tensor.dim() == 2:
+        tensor = tensor[None]
+    if tensor.dim() != 3 or tensor.shape[0] not in (1, 3):
+        raise ValueError(f"an image tensor must be (1|3, H, W); got {tuple(tensor.shape)}")
+    return _to_rgb8(tensor.detach().cpu().permute(1, 2, 0).numpy())
+
+
+def _input_picture(inputs: Any, sample: int) -> np.ndarray:
+    """The sample's input as RGB uint8, from the first (N, 1|3, H, W) tensor among ``inputs``."""
+    if isinstance(inputs, torch.Tensor):
+        candidates = [inputs]
+    elif isinstance(inputs, Mapping):
+        candidates = list(inputs.values())
+    elif isinstance(inputs, (list, tuple)):
+        candidates = list(inputs)
+    else:
+        candidates = []
+    for tensor in candidates:
+        if isinstance(tensor, torch.Tensor) and tensor.dim() == 4 and tensor.shape[1] in (1, 3):
+            return _tensor_picture(tensor[sample])
+    raise _BadRequest(
+        "the inputs hold no image batch (N, 1 or 3, H, W) to show; pass image= to the widget"
+    )
+
+
+def _to_rgb8(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, 1|3) pixels as RGB uint8: uint8 kept, [0, 1] floats scaled, others min–max scaled."""
+    if pixels.dtype != np.uint8:
+        values = pixels.astype(np.float32)
+        finite = values[np.isfinite(values)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        if lo >= 0.0 and hi <= 1.0:
+            lo, hi = 0.0, 1.0
+        span = hi - lo if hi > lo else 1.0
+        values = np.nan_to_num((values - lo) / span, nan=0.0, posinf=1.0, neginf=0.0)
+        pixels = (np.clip(values, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return np.ascontiguousarray(pixels)
+
+
+def _recomputer(model: nn.Module, inputs: Any) -> Callable[[str], torch.Tensor]:
+    """The store's recompute callback: one forward capturing just the evicted layer."""
+
+    def recompute(name: str) -> torch.Tensor:
+        return capture(model, inputs, [name])[name]
+
+    return recompute

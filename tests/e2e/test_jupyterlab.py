@@ -1,0 +1,189 @@
+"""End to end: the demo widget in a real JupyterLab, driven by Playwright in Debian's Chromium.
+
+One JupyterLab session walks through what a user does: run the notebook, see the grid, check the picture
+against the kernel's numbers, click a tile, read a value, move the slider, drive the view from Python,
+switch to the dark theme. Screenshots go to ``artifacts/e2e/`` (light and dark) for people to look at.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .lab import CHROMIUM, CHROMIUM_ARGS, jupyter_lab, wait_for_file_json, write_notebook
+
+playwright = pytest.importorskip("playwright.sync_api", reason="Python playwright is a test dependency")
+
+pytestmark = pytest.mark.e2e
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "e2e"
+
+SETUP = """\
+import json
+from pathlib import Path
+import numpy as np
+import fmwidget
+
+w = fmwidget.demo()   # MobileNetV2 with its ImageNet weights, on the chelsea photo
+first = w.layer
+np.save("first.npy", w.capture[first][0].float().cpu().numpy())
+Path("layers.json").write_text(json.dumps([m["name"] for m in w.layers]))
+
+def dump(change=None):
+    Path("state.json").write_text(json.dumps(
+        {"layer": w.layer, "channel": w.channel, "sample": w.sample, "colormap": w.colormap}))
+
+w.observe(dump, names=["layer", "channel", "sample", "colormap"])
+dump()
+"""
+
+DRIVE = """\
+w.layer = "features.2.conv.0.0"
+w.channel = 3
+"""
+
+
+def _run_next_cell(page) -> None:
+    page.keyboard.press("Shift+Enter")
+
+
+def _ready(page, timeout: float = 120_000) -> None:
+    page.wait_for_selector(".fmwidget[data-state='ready']", timeout=timeout)
+
+
+def _canvas_picture(page) -> tuple[np.ndarray, dict]:
+    """The grid canvas as it is on screen (WebGL and overlay composited), and its layout attributes."""
+    canvas = page.locator("canvas[aria-label='Feature maps']")
+    attrs = canvas.evaluate(
+        "c => Object.fromEntries(Object.entries(c.dataset).map(([k, v]) => [k, Number(v)]))"
+    )
+    png = canvas.screenshot()
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int32)
+    box = canvas.bounding_box()
+    attrs["scale_x"] = img.shape[1] / box["width"]
+    attrs["scale_y"] = img.shape[0] / box["height"]
+    attrs["left"], attrs["top"] = box["x"], box["y"]
+    return img, attrs
+
+
+def _tile_origin(attrs: dict, index: int) -> tuple[float, float]:
+    col, row = index % int(attrs["columns"]), index // int(attrs["columns"])
+    return col * attrs["cellWidth"], row * attrs["cellHeight"]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("lab")
+    write_notebook(root / "e2e.ipynb", [SETUP, "w", DRIVE])
+    with jupyter_lab(root, tmp_path_factory.mktemp("settings")) as url:
+        yield url, root
+
+
+def test_widget_in_jupyterlab(lab) -> None:
+    url, root = lab
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}/doc/tree/e2e.ipynb")
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+
+        # Run the set-up cell and the display cell.
+        page.locator(".jp-Cell .jp-InputArea-editor").first.click()
+        _run_next_cell(page)
+        _run_next_cell(page)
+        _ready(page)
+        layers = json.loads((root / "layers.json").read_text())
+        first = np.load(root / "first.npy")  # (C, H, W) of the first layer, sample 0
+        state = wait_for_file_json(root / "state.json", lambda s: True)
+        assert state["layer"] == layers[0]
+        assert not page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count()
+
+        root_el = page.locator(".fmwidget")
+        root_el.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "light.png"))
+
+        # The picture: in a channel's tile, the kernel's maximum is drawn at the top of the gray scale.
+        img, attrs = _canvas_picture(page)
+        assert int(attrs["columns"]) * int(attrs["rows"]) >= first.shape[0]
+        c, h, w = first.shape
+        peaks = [np.unravel_index(np.argmax(first[k]), (h, w)) for k in range(c)]
+        # A channel whose peak is away from the tile's corner label and not on a flat plateau.
+        k = next(
+            k
+            for k in np.argsort(-first.reshape(c, -1).max(1))
+            if peaks[k][0] > h // 4 and (first[k] >= first[k].max() * 0.999).sum() == 1
+        )
+        x0, y0 = _tile_origin(attrs, int(k))
+        px = attrs["tileWidth"] / w
+        r, cc = peaks[k]
+        sx = int((x0 + (cc + 0.5) * px) * attrs["scale_x"])
+        sy = int((y0 + (r + 0.5) * px) * attrs["scale_y"])
+        tile = img[
+            int(y0 * attrs["scale_y"]) : int((y0 + attrs["tileHeight"]) * attrs["scale_y"]),
+            int(x0 * attrs["scale_x"]) : int((x0 + attrs["tileWidth"]) * attrs["scale_x"]),
+        ].mean(axis=2)
+        assert img[sy, sx].mean() >= 250, f"channel {k}: kernel max at {peaks[k]} drawn as {img[sy, sx]}"
+        assert img[sy, sx].mean() >= np.percentile(tile, 99.5)
+
+        # Click a tile: the kernel's `channel` follows, and the readout shows the kernel's exact value.
+        tx, ty = _tile_origin(attrs, 5)
+        page.mouse.click(
+            attrs["left"] + tx + attrs["tileWidth"] / 2, attrs["top"] + ty + attrs["tileHeight"] / 2
+        )
+        wait_for_file_json(root / "state.json", lambda s: s["channel"] == 5)
+        detail = page.locator("[aria-label='Channel detail']")
+        detail.wait_for(state="visible")
+        page.wait_for_selector("[aria-label='Channel detail'][data-state='ready']")
+        big = detail.locator("canvas[aria-label='Channel map']")
+        box = big.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.37, box["y"] + box["height"] * 0.61)
+        text = detail.locator("[aria-label='Value']").inner_text()
+        m = re.search(r"(\S+) at \(row (\d+), col (\d+)\)", text)
+        assert m, text
+        value, row, col = float(m.group(1)), int(m.group(2)), int(m.group(3))
+        assert np.float32(value) == first[5, row, col], (text, first[5, row, col])
+        page.screenshot(path=str(ARTIFACTS / "light-detail.png"))
+        page.keyboard.press("Escape")
+        wait_for_file_json(root / "state.json", lambda s: s["channel"] is None)
+
+        # The slider: one step right moves the kernel's `layer`.
+        slider = page.locator("input[type='range'][aria-label='Layer']")
+        slider.focus()
+        page.keyboard.press("ArrowRight")
+        wait_for_file_json(root / "state.json", lambda s: s["layer"] == layers[1])
+        _ready(page)
+
+        # Python drives the view: layer and channel set in a cell show up in the browser.
+        page.locator(".jp-Cell .jp-InputArea-editor").nth(2).click()
+        _run_next_cell(page)
+        page.wait_for_selector("[aria-label='Channel detail'][data-state='ready']")
+        assert page.locator(".fmwidget").inner_text().count("features.2.conv.0.0") >= 1
+        assert slider.evaluate("s => Number(s.value)") == layers.index("features.2.conv.0.0")
+
+        # Dark theme, switched live from JupyterLab's menu.
+        light_bg = root_el.evaluate("e => getComputedStyle(e).backgroundColor")
+        page.get_by_role("menuitem", name="Settings").click()
+        page.get_by_text("Theme", exact=True).hover()
+        page.get_by_text("JupyterLab Dark", exact=True).click()
+        page.wait_for_function("document.body.dataset.jpThemeLight === 'false'")
+        page.wait_for_function(
+            "bg => getComputedStyle(document.querySelector('.fmwidget')).backgroundColor !== bg",
+            arg=light_bg,
+        )
+        _ready(page)
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(ARTIFACTS / "dark-detail.png"))
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(ARTIFACTS / "dark.png"))
+        assert not errors, errors
+        browser.close()

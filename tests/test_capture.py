@@ -1,0 +1,394 @@
+"""fmwidget.capture: naming, in-place safety, structured outputs, errors, the model untouched."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from fmwidget.capture import (
+    ROOT_NAME,
+    Capture,
+    CaptureBuffers,
+    CaptureError,
+    capture,
+)
+from tests.models import (
+    MLP,
+    FailingNet,
+    FunctionalNet,
+    InplaceNet,
+    NanNet,
+    ReusedNet,
+    StructuredNet,
+    TwoInputNet,
+    assert_no_hooks,
+    flags,
+    small_convnet,
+)
+
+
+def checked(model: nn.Module, inputs: Any, *args: Any, **kwargs: Any) -> Capture:
+    """capture(), asserting afterwards that no hook is left and no flag moved, even on failure."""
+    before = flags(model)
+    try:
+        return capture(model, inputs, *args, **kwargs)
+    finally:
+        assert_no_hooks(model)
+        assert flags(model) == before
+
+
+@pytest.fixture(scope="module")
+def resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None).eval()
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def resnet_capture(resnet: nn.Module, image: torch.Tensor) -> Capture:
+    return checked(resnet, image)
+
+
+def resnet_reference(model: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """bn1, layer1.0.bn2 and layer1.0.relu:2 computed by calling the modules by hand."""
+    with torch.no_grad():
+        bn1 = model.bn1(model.conv1(x))
+        stem = model.maxpool(F.relu(bn1))
+        block = model.layer1[0]
+        mid = F.relu(block.bn1(block.conv1(stem)))
+        bn2 = block.bn2(block.conv2(mid))
+        return {"bn1": bn1, "layer1.0.bn2": bn2, "layer1.0.relu:2": F.relu(bn2 + stem)}
+
+
+def test_resnet18_names_every_call_in_order(resnet_capture: Capture) -> None:
+    names = list(resnet_capture)
+    assert names[:4] == ["conv1", "bn1", "relu", "maxpool"]
+    assert names[4:10] == [
+        "layer1.0.conv1",
+        "layer1.0.bn1",
+        "layer1.0.relu",
+        "layer1.0.conv2",
+        "layer1.0.bn2",
+        "layer1.0.relu:2",
+    ]
+    assert names[-1] == "avgpool"
+    info = resnet_capture.info("layer1.0.relu:2")
+    assert (info.module_name, info.call, info.type, info.kind) == (
+        "layer1.0.relu",
+        2,
+        "ReLU",
+        "act",
+    )
+    assert info.shape == (2, 64, 16, 16) and info.dtype == "float32"
+    assert resnet_capture.report.skipped == [("fc", "output is 2-D (2, 1000), not (N, C, H, W)")]
+
+
+def test_resnet18_inplace_ops_do_not_reach_stored_outputs(
+    resnet: nn.Module, image: torch.Tensor, resnet_capture: Capture
+) -> None:
+    expected = resnet_reference(resnet, image)
+    for name, want in expected.items():
+        torch.testing.assert_close(resnet_capture[name], want, rtol=0, atol=0, msg=name)
+    # ReLU(inplace=True) follows bn1 and `out += identity` follows bn2: both keep negatives.
+    assert resnet_capture["bn1"].min() < 0
+    assert resnet_capture["layer1.0.bn2"].min() < 0
+    with torch.no_grad():
+        torch.testing.assert_close(resnet_capture.output, resnet(image), rtol=0, atol=0)
+
+
+def test_resnet18_pairs_layers_with_what_consumed_them_unchanged(resnet_capture: Capture) -> None:
+    assert resnet_capture.info("conv1").input_from is None
+    assert resnet_capture.info("bn1").input_from == "conv1"
+    assert resnet_capture.info("relu").input_from == "bn1"
+    assert resnet_capture.info("layer1.0.relu").input_from == "layer1.0.bn1"
+    # relu:2 receives bn2 after `out += identity` changed it: not bn2's output any more.
+    assert resnet_capture.info("layer1.0.relu:2").input_from is None
+    assert resnet_capture.info("layer1.1.conv1").input_from == "layer1.0.relu:2"
+
+
+def test_second_capture_copies_known_mutated_layers_at_once(
+    resnet: nn.Module, image: torch.Tensor, resnet_capture: Capture
+) -> None:
+    assert any("ran twice" in note for note in resnet_capture.report.notes)
+    again = checked(resnet, image)
+    assert not any("ran twice" in note for note in again.report.notes)
+    for name in resnet_capture:
+        torch.testing.assert_close(again[name], resnet_capture[name], rtol=0, atol=0, msg=name)
+
+
+def test_reports_outputs_consumed_only_by_functional_code(resnet_capture: Capture) -> None:
+    (note,) = [n for n in resnet_capture.report.notes if "outside modules" in n]
+    assert "'layer1.0.bn2'" in note
+
+
+@pytest.mark.parametrize("copy_all", [False, True])
+def test_pool_reuses_memory_and_invalidates_previous_capture(
+    resnet: nn.Module, image: torch.Tensor, resnet_capture: Capture, copy_all: bool
+) -> None:
+    pool = CaptureBuffers(copy_all=copy_all)
+    first = checked(resnet, image, buffers=pool)
+    for name in resnet_capture:
+        torch.testing.assert_close(first[name], resnet_capture[name], rtol=0, atol=0, msg=name)
+    # bn1 is copied in both modes (an in-place ReLU follows it); conv1 only when copying all.
+    pooled = ["bn1", "layer1.0.bn2"] + (["conv1"] if copy_all else [])
+    pointers = {name: first[name].data_ptr() for name in pooled}
+
+    other = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    second = checked(resnet, other, buffers=pool)
+    assert {name: second[name].data_ptr() for name in pooled} == pointers
+    expected = resnet_reference(resnet, other)
+    for name, want in expected.items():
+        torch.testing.assert_close(second[name], want, rtol=0, atol=0, msg=name)
+    with pytest.raises(CaptureError, match="reused by a later capture"):
+        first["bn1"]
+
+
+def test_mobilenet_v2_layers_blocks_and_pairing() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    cap = checked(model, x)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert [n for n in cap if cap.info(n).kind == "conv"] == convs
+    assert cap.info("features.0.2").input_from == "features.0.1"
+    assert cap["features.0.1"].min() < 0  # before the in-place ReLU6
+    with torch.no_grad():
+        bn = model.features[0][1](model.features[0][0](x))
+    torch.testing.assert_close(cap["features.0.1"], bn, rtol=0, atol=0)
+    torch.testing.assert_close(cap["features.0.2"], bn.clamp(0, 6), rtol=0, atol=0)
+
+    blocks = checked(model, x, layers=["features.1", "features.2.conv"])
+    assert list(blocks) == ["features.1", "features.2.conv"]
+    assert blocks.info("features.1").kind == "block"
+    assert blocks.info("features.1").input_from is None
+    torch.testing.assert_close(blocks["features.1"], cap["features.1.conv.2"], rtol=0, atol=0)
+
+
+def test_layers_by_type_predicate_and_call_name(resnet: nn.Module, image: torch.Tensor) -> None:
+    convs = checked(resnet, image, layers=nn.Conv2d)
+    assert all(convs.info(n).type == "Conv2d" for n in convs) and len(convs) == 20
+    assert list(checked(resnet, image, layers=lambda n, m: n.startswith("layer4.1."))) == [
+        "layer4.1.conv1",
+        "layer4.1.bn1",
+        "layer4.1.relu",
+        "layer4.1.conv2",
+        "layer4.1.bn2",
+        "layer4.1.relu:2",
+    ]
+    assert list(checked(resnet, image, layers=["layer1.0.relu"])) == [
+        "layer1.0.relu",
+        "layer1.0.relu:2",
+    ]
+    only_second = checked(resnet, image, layers=["layer1.0.relu:2", nn.MaxPool2d])
+    assert list(only_second) == ["maxpool", "layer1.0.relu:2"]
+
+
+def test_layers_matching_nothing_list_close_names(resnet: nn.Module, image: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match=r"'layer1\.0\.rleu'.*close names: layer1\.0\.relu"):
+        checked(resnet, image, layers=["layer1.0.rleu"])
+    with pytest.raises(ValueError, match=r"no module of type Conv3d.*Conv2d"):
+        checked(resnet, image, layers=nn.Conv3d)
+    with pytest.raises(ValueError, match="predicate matched no module"):
+        checked(resnet, image, layers=lambda n, m: False)
+    with pytest.raises(ValueError, match="without ':1'"):
+        checked(resnet, image, layers=["layer1.0.relu:1"])
+    with pytest.raises(
+        ValueError, match=r"'layer1\.0\.relu:3' was not produced.*ran 2 time\(s\).*relu:2"
+    ):
+        checked(resnet, image, layers=["layer1.0.relu:3"])
+
+
+def test_inplace_relu_and_augmented_add_in_small_model() -> None:
+    torch.manual_seed(0)
+    model = InplaceNet().eval()
+    x = torch.randn(1, 3, 8, 8)
+    cap = checked(model, x)
+    with torch.no_grad():
+        bn1 = model.bn1(model.conv1(x))
+        bn2 = model.bn2(model.conv2(F.relu(bn1)))
+    assert list(cap) == ["conv1", "bn1", "relu", "conv2", "bn2", "relu:2"]
+    torch.testing.assert_close(cap["bn1"], bn1, rtol=0, atol=0)
+    torch.testing.assert_close(cap["relu"], F.relu(bn1), rtol=0, atol=0)
+    torch.testing.assert_close(cap["bn2"], bn2, rtol=0, atol=0)
+    torch.testing.assert_close(cap["relu:2"], F.relu(bn2 + F.relu(bn1)), rtol=0, atol=0)
+
+
+def test_model_in_training_mode_runs_once_as_it_is() -> None:
+    torch.manual_seed(0)
+    model = InplaceNet().train()
+    twin = copy.deepcopy(model)
+    x = torch.randn(4, 3, 8, 8)
+    cap = checked(model, x)
+    with torch.no_grad():
+        twin(x)
+        bn1 = F.batch_norm(twin.conv1(x), None, None, twin.bn1.weight, twin.bn1.bias, True)
+    for name in ("bn1", "bn2"):
+        ours, theirs = getattr(model, name), getattr(twin, name)
+        assert torch.equal(ours.running_mean, theirs.running_mean)
+        assert int(ours.num_batches_tracked) == 1
+    torch.testing.assert_close(cap["bn1"], bn1)
+    assert cap["bn1"].min() < 0
+
+
+def test_reused_module_gets_one_entry_per_call() -> None:
+    torch.manual_seed(0)
+    model = ReusedNet()
+    x = torch.randn(1, 4, 6, 6)
+    cap = checked(model, x)
+    assert list(cap) == ["conv", "act", "conv:2", "act:2", "conv:3", "act:3"]
+    assert [cap.info(n).call for n in cap] == [1, 1, 2, 2, 3, 3]
+    assert cap.info("conv:3").input_from == "act:2"
+    with torch.no_grad():
+        once = model.conv(x)
+        twice = model.conv(torch.tanh(once))
+    torch.testing.assert_close(cap["conv"], once, rtol=0, atol=0)
+    torch.testing.assert_close(cap["conv:2"], twice, rtol=0, atol=0)
+
+
+def test_tuple_dict_and_dataclass_outputs() -> None:
+    torch.manual_seed(0)
+    model = StructuredNet()
+    x = torch.randn(1, 3, 5, 5)
+    cap = checked(model, x)
+    # Leaves only by default: PairHead holds a conv, so its tuple is captured only when asked for.
+    assert list(cap) == ["stem", "pair.conv", "head['out']", "feats['fine']"]
+    assert cap.info("head['out']").module_name == "head"
+    assert cap.info("head['out']").input_from == "pair.conv"
+    torch.testing.assert_close(cap["head['out']"], cap["pair.conv"] * 2, rtol=0, atol=0)
+    torch.testing.assert_close(cap["feats['fine']"], cap["stem"] - 1, rtol=0, atol=0)
+    assert set(cap.output) == {"logits", "out", "fine"}
+
+    picked = checked(model, x, layers=["pair", "head['out']"])
+    assert list(picked) == ["pair[0]", "head['out']"]
+    assert picked.info("pair[0]").kind == "block"
+    torch.testing.assert_close(picked["pair[0]"], cap["pair.conv"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"'pair\[1\]' was not produced"):
+        checked(model, x, layers=["pair[1]"])
+
+
+def test_forward_failure_names_layer_and_what_it_received() -> None:
+    model = FailingNet()
+    with pytest.raises(
+        CaptureError, match=r"'block' \(MismatchBlock\).*float32 \(1, 4, 8, 8\)"
+    ) as e:
+        checked(model, torch.randn(1, 3, 8, 8))
+    assert isinstance(e.value, ValueError) and isinstance(e.value, RuntimeError)
+    assert isinstance(e.value.__cause__, RuntimeError)
+
+
+def test_wrong_input_channels_name_the_first_conv(resnet: nn.Module) -> None:
+    with pytest.raises(CaptureError) as e:
+        checked(resnet, torch.randn(1, 1, 32, 32))
+    message = str(e.value)
+    assert "'conv1' (Conv2d)" in message
+    assert "received (float32 (1, 1, 32, 32))" in message
+    assert "weight is float32 (64, 3, 7, 7)" in message
+
+
+def test_wrong_input_dtype_names_layer_and_dtypes() -> None:
+    model = small_convnet(torch.bfloat16)
+    with pytest.raises(CaptureError, match=r"'0' \(Conv2d\).*float32 \(1, 3, 4, 4\).*bfloat16"):
+        checked(model, torch.randn(1, 3, 4, 4))
+
+
+def test_nan_and_inf_pass_through_untouched() -> None:
+    model = NanNet()
+    x = torch.tensor([[[[1.0, 0.0], [4.0, 2.0]]]])
+    cap = checked(model, x)
+    log = cap["log"]
+    assert torch.isnan(log[0, 1]).sum() == 3  # log of the negated positives
+    assert torch.isneginf(log[0, 0, 0, 1]) and torch.isneginf(log[0, 1, 0, 1])
+    torch.testing.assert_close(log[0, 0], torch.log(x[0, 0]), rtol=0, atol=0)
+
+
+def test_tuple_and_dict_inputs() -> None:
+    torch.manual_seed(0)
+    model = TwoInputNet()
+    image, mask = torch.randn(1, 3, 4, 4), torch.zeros(1, 1, 4, 4)
+    positional = checked(model, (image,))
+    keyword = checked(model, {"image": image, "mask": mask})
+    torch.testing.assert_close(positional["conv"], keyword["conv"], rtol=0, atol=0)
+    torch.testing.assert_close(keyword["gate"], torch.full((1, 4, 4, 4), 0.5), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="inputs must be a tensor"):
+        checked(model, image.numpy())
+
+
+def test_model_without_spatial_outputs_says_what_leaves_gave() -> None:
+    with pytest.raises(CaptureError, match=r"nothing to capture.*fc1: output is 2-D \(2, 6\)"):
+        checked(MLP(), torch.randn(2, 12))
+
+
+def test_functional_activations_are_reported_not_guessed() -> None:
+    cap = checked(FunctionalNet(), torch.randn(1, 3, 4, 4))
+    assert list(cap) == ["conv1", "conv2"]
+    assert any("F.relu" in note and "no activation module" in note for note in cap.report.notes)
+    assert cap.info("conv2").input_from is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    model = small_convnet(dtype)
+    x = torch.randn(1, 3, 6, 6).to(dtype)
+    cap = checked(model, x)
+    assert {cap.info(n).dtype for n in cap} == {str(dtype).removeprefix("torch.")}
+    with torch.no_grad():
+        bn = model[1](model[0](x))
+    torch.testing.assert_close(cap["1"], bn, rtol=0, atol=0)
+    assert cap["1"].min() < 0
+
+
+def test_no_grad_by_default_and_differentiable_with_grad() -> None:
+    torch.manual_seed(0)
+    model = InplaceNet().eval()
+    x = torch.randn(1, 3, 8, 8)
+    assert not checked(model, x)["bn1"].requires_grad
+    for p in model.parameters():
+        p.requires_grad_(False)  # frozen model: activations must still be differentiable
+    cap = checked(model, x, grad=True)
+    score = cap.output.sum()
+    (grad_bn2,) = torch.autograd.grad(score, cap["bn2"])
+    with torch.no_grad():
+        bn1 = model.bn1(model.conv1(x))
+        bn2 = model.bn2(model.conv2(F.relu(bn1)))
+    # d sum(relu(bn2 + skip)) / d bn2 = 1 where bn2 + skip > 0
+    torch.testing.assert_close(grad_bn2, (bn2 + F.relu(bn1) > 0).float())
+    torch.testing.assert_close(cap["bn1"].detach(), bn1, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="buffers= cannot be combined with grad=True"):
+        checked(model, x, grad=True, buffers=CaptureBuffers())
+
+
+def test_report_and_repr_are_plain_text(resnet_capture: Capture) -> None:
+    text = str(resnet_capture.report)
+    assert "layer1.0.relu:2" in text and "fc: output is 2-D" in text
+    assert repr(resnet_capture).startswith("Capture(59 layers: 'conv1' (2, 64, 32, 32) … 'avgpool'")
+    with pytest.raises(KeyError, match=r"close names: .*layer1\.0\.bn1"):
+        resnet_capture["layer1.0.bn"]
+
+
+def test_root_leaf_model_is_named() -> None:
+    conv = nn.Conv2d(3, 2, 1)
+    cap = checked(conv, torch.randn(1, 3, 2, 2))
+    assert list(cap) == [ROOT_NAME]
+    assert cap.info(ROOT_NAME).module_name == ""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_activations_stay_on_the_device() -> None:
+    model = InplaceNet().cuda().eval()
+    x = torch.randn(1, 3, 8, 8, device="cuda")
+    cap = checked(model, x)
+    assert all(t.device.type == "cuda" for t in cap.values())
+    with torch.no_grad():
+        bn2 = model.bn2(model.conv2(F.relu(model.bn1(model.conv1(x)))))
+    torch.testing.assert_close(cap["bn2"], bn2, rtol=0, atol=0)

@@ -1,0 +1,244 @@
+"""ActivationStore: statistics and health flags, layer metadata, the byte budget, close."""
+
+from __future__ import annotations
+
+import gc
+import math
+import weakref
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from fmwidget.capture import capture
+from fmwidget.store import ActivationStore, UnknownLayerError
+from fmwidget.wire import FLAG_CONSTANT, FLAG_DEAD, FLAG_NONFINITE
+
+
+class _Spoil(nn.Module):
+    """Puts NaN/Inf into channels 2 and 3, zeros channel 4 of sample 0 only, and makes channel 5
+    constant within each sample but different between samples."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        x[0, 2, 0, 0] = math.nan
+        x[1, 3, 1, 1] = math.inf
+        x[0, 4] = 0.0
+        x[0, 5] = 1.0
+        x[1, 5] = 2.0
+        return x
+
+
+class _Health(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.spoil = _Spoil()
+        with torch.no_grad():
+            # Channel 0: conv constant −1, so its ReLU is dead; channel 1: constant 2 throughout.
+            self.conv.weight[:2] = 0.0
+            self.conv.bias[:2] = torch.tensor([-1.0, 2.0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spoil(self.relu(self.conv(x)))
+
+
+def _numpy_stats(maps: np.ndarray) -> np.ndarray:
+    rows = []
+    for channel in maps.reshape(maps.shape[0], -1).astype(np.float64):
+        finite = channel[np.isfinite(channel)]
+        lo, hi, mean = (finite.min(), finite.max(), finite.mean()) if finite.size else (0, 0, 0)
+        rows.append(
+            [lo, hi, mean, (channel == 0).mean(), np.isnan(channel).sum(), np.isinf(channel).sum()]
+        )
+    return np.array(rows)
+
+
+@pytest.fixture(scope="module")
+def health() -> tuple[ActivationStore, dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    model = _Health().eval()
+    cap = capture(model, torch.randn(2, 3, 8, 8))
+    copies = {name: t.clone() for name, t in cap.items()}
+    return ActivationStore(cap), copies
+
+
+def test_flags_mark_dead_constant_and_nonfinite_channels(health) -> None:
+    store, _ = health
+    np.testing.assert_array_equal(store.flags("conv"), [2, 2, 0, 0, 0, 0])
+    np.testing.assert_array_equal(store.flags("relu"), [FLAG_DEAD, FLAG_CONSTANT, 0, 0, 0, 0])
+    expected = [FLAG_DEAD, FLAG_CONSTANT, FLAG_NONFINITE, FLAG_NONFINITE, 0, 0]
+    np.testing.assert_array_equal(store.flags("spoil"), expected)
+
+
+def test_layer_meta_counts_and_ranges(health) -> None:
+    store, copies = health
+    metas = {m["name"]: m for m in store.layers_meta()}
+    assert list(metas) == ["conv", "relu", "spoil"]
+    spoil = copies["spoil"].numpy()
+    finite = spoil[np.isfinite(spoil)]
+    assert metas["spoil"] == {
+        "name": "spoil",
+        "module": "spoil",
+        "call": 1,
+        "type": "_Spoil",
+        "shape": [2, 6, 8, 8],
+        "dtype": "float32",
+        "min": float(finite.min()),
+        "max": float(finite.max()),
+        "dead": 1,
+        "constant": 1,
+        "nonfinite": 2,
+        "kind": "other",
+        "pre": None,
+        "post": None,
+        "filter": False,
+    }
+    assert (metas["relu"]["dead"], metas["relu"]["constant"], metas["relu"]["nonfinite"]) == (
+        1,
+        1,
+        0,
+    )
+    assert metas["conv"]["min"] == pytest.approx(float(copies["conv"].min()))
+
+
+def test_activation_pairs_with_its_conv_and_gets_its_filter(health) -> None:
+    store, _ = health
+    conv, relu = store.meta("conv"), store.meta("relu")
+    assert (conv["post"], conv["pre"], conv["filter"]) == ("relu", None, True)
+    assert (relu["pre"], relu["post"], relu["filter"]) == ("conv", None, True)
+
+
+def test_stats_match_numpy_for_every_sample(health) -> None:
+    store, copies = health
+    for name, tensor in copies.items():
+        for sample in range(2):
+            np.testing.assert_allclose(
+                store.stats(name, sample).numpy(),
+                _numpy_stats(tensor[sample].numpy()),
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=f"{name}[{sample}]",
+            )
+
+
+def test_stats_of_a_resnet_match_numpy() -> None:
+    torch.manual_seed(1)
+    model = torchvision.models.resnet18(weights=None).eval()
+    cap = capture(model, torch.randn(2, 3, 64, 64))
+    store = ActivationStore(cap)
+    for name in ("bn1", "layer1.0.relu", "layer2.0.downsample.1", "avgpool"):
+        np.testing.assert_allclose(
+            store.stats(name, 1).numpy(), _numpy_stats(cap[name][1].numpy()), rtol=1e-4, atol=1e-5
+        )
+        metas = {m["name"]: m for m in store.layers_meta()}
+        assert metas[name]["min"] == pytest.approx(float(cap[name].min()))
+        assert metas[name]["max"] == pytest.approx(float(cap[name].max()))
+    # ResNet's stem: the in-place ReLU follows bn1, so bn1 pairs with it (conv1 does not).
+    assert (store.meta("bn1")["post"], store.meta("relu")["pre"]) == ("relu", "bn1")
+    assert not store.meta("relu")["filter"]
+
+
+def test_unknown_layer_lists_close_names(health) -> None:
+    store, _ = health
+    with pytest.raises(UnknownLayerError, match=r"unknown layer 'rel'; close names: 'relu'"):
+        store.maps("rel")
+    with pytest.raises(IndexError, match="sample 2 is out of range for a batch of 2"):
+        store.stats("relu", 2)
+
+
+def _four_convs() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(2)
+    model = nn.Sequential(*[nn.Conv2d(4, 4, 3, padding=1) for _ in range(4)]).eval()
+    return model, torch.randn(2, 4, 16, 16)
+
+
+def test_budget_evicts_least_recently_used_and_recomputes_equal_values() -> None:
+    model, x = _four_convs()
+    original = {name: t.clone() for name, t in capture(model, x).items()}
+    layer_bytes = original["0"].numel() * 4
+    calls: list[str] = []
+
+    def recompute(name: str) -> torch.Tensor:
+        calls.append(name)
+        return capture(model, x, [name])[name]
+
+    store = ActivationStore(capture(model, x), budget_bytes=2 * layer_bytes, recompute=recompute)
+    # The first layers are the ones kept: they are what a view shows first.
+    assert [store.is_resident(n) for n in "0123"] == [True, True, False, False]
+    assert store.resident_bytes == 2 * layer_bytes and store.evicted
+    store.maps("0")
+    assert torch.equal(store.maps("2"), original["2"])
+    assert calls == ["2"]
+    assert [store.is_resident(n) for n in "0123"] == [True, False, True, False]
+    for name in "0123":
+        assert torch.equal(store.maps(name), original[name])
+    assert calls == ["2", "1", "2", "3"]
+    assert store.resident_bytes <= 2 * layer_bytes
+
+
+def test_statistics_stay_when_their_layer_is_evicted() -> None:
+    model, x = _four_convs()
+    calls: list[str] = []
+
+    def recompute(name: str) -> torch.Tensor:
+        calls.append(name)
+        return capture(model, x, [name])[name]
+
+    layer_bytes = 2 * 4 * 16 * 16 * 4
+    store = ActivationStore(capture(model, x), budget_bytes=layer_bytes, recompute=recompute)
+    first = store.stats("0", 1).clone()
+    store.maps("1")
+    assert not store.is_resident("0")
+    assert torch.equal(store.stats("0", 1), first) and calls == ["1"]
+    assert store.flags("0").shape == (4,)
+
+
+def test_an_evicted_tensor_is_freed() -> None:
+    model, x = _four_convs()
+    cap = capture(model, x)
+    last = weakref.ref(cap["3"])
+    store = ActivationStore(cap, budget_bytes=1, recompute=lambda n: capture(model, x, [n])[n])
+    del cap
+    gc.collect()
+    assert last() is None
+    assert store.names == ["0", "1", "2", "3"]
+
+
+def test_without_recompute_nothing_is_evicted() -> None:
+    model, x = _four_convs()
+    store = ActivationStore(capture(model, x), budget_bytes=1)
+    assert all(store.is_resident(n) for n in store.names) and not store.evicted
+
+
+def test_recompute_with_another_shape_is_an_error() -> None:
+    model, x = _four_convs()
+    store = ActivationStore(
+        capture(model, x), budget_bytes=1, recompute=lambda n: torch.zeros(1, 4, 16, 16)
+    )
+    with pytest.raises(RuntimeError, match=r"recomputing layer '3' gave shape \(1, 4, 16, 16\)"):
+        store.maps("3")
+
+
+def test_close_frees_everything() -> None:
+    model, x = _four_convs()
+    cap = capture(model, x)
+    refs = [weakref.ref(t) for t in cap.values()]
+    store = ActivationStore(cap)
+    store.stats("0", 0)
+    del cap
+    store.close()
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+    assert store.closed and store.resident_bytes == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        store.maps("0")
+
+
+def test_budget_must_be_positive() -> None:
+    model, x = _four_convs()
+    with pytest.raises(ValueError, match="budget_bytes must be positive, got 0"):
+        ActivationStore(capture(model, x), budget_bytes=0)

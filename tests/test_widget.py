@@ -1,0 +1,407 @@
+"""FeatureMapWidget: traits, request handling through a fake comm, re-runs, close."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+import traitlets
+from fakecomm import FakeComm, fake_comms
+from PIL import Image
+from torch import nn
+
+from fmwidget import wire
+from fmwidget.analysis import group_differences
+from fmwidget.capture import capture
+from fmwidget.widget import FeatureMapWidget
+
+Make = Callable[..., FeatureMapWidget]
+
+
+def _tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 6, 3, stride=2, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 5),
+    ).eval()
+
+
+@pytest.fixture
+def make() -> Iterator[Make]:
+    widgets: list[FeatureMapWidget] = []
+
+    def create(*args: Any, **kwargs: Any) -> FeatureMapWidget:
+        widget = FeatureMapWidget(*args, **kwargs)
+        widgets.append(widget)
+        return widget
+
+    with fake_comms():
+        yield create
+    for widget in widgets:
+        widget.close()
+
+
+def _browser(widget: FeatureMapWidget) -> FakeComm:
+    assert isinstance(widget.comm, FakeComm)
+    return widget.comm
+
+
+def _has_hooks(model: nn.Module) -> bool:
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules()
+    )
+
+
+LABELS = ["ant", "bee", "cat", "dog", "eel"]
+
+
+def test_traits_after_construction(make: Make) -> None:
+    model, x = _tiny(), torch.randn(3, 3, 16, 16)
+    w = make(model, x, labels=LABELS, colormap="viridis", height=400)
+    names = [m["name"] for m in w.layers]
+    assert names == ["0", "1", "2", "3", "4", "5"]
+    assert (w.layer, w.num_samples, w.revision, w.colormap, w.height) == ("0", 3, 1, "viridis", 400)
+    assert w.status == {"state": "ready", "message": ""}
+    assert (w.channel, w.sample, w.selected, w.sort, w.top_k) == (None, 0, [], "index", 0)
+    with torch.no_grad():
+        probs = torch.softmax(model(x), 1)
+    assert len(w.predictions) == 3 and len(w.predictions[0]) == 5
+    top = w.predictions[1][0]
+    assert top["index"] == int(probs[1].argmax()) and top["label"] == LABELS[top["index"]]
+    assert top["prob"] == pytest.approx(float(probs[1].max()))
+    assert w.layers[1]["pre"] == "0" and w.layers[1]["filter"]
+    assert isinstance(w.report.captured[0].name, str) and w.model is model
+    assert not _has_hooks(model)
+
+
+def test_layer_request_returns_quantized_maps_stats_and_flags(make: Make) -> None:
+    w = make(_tiny(), torch.randn(2, 3, 16, 16))
+    reply = _browser(w).request("layer", layer="2", sample=1, revision=1)
+    assert reply.ok, reply.error
+    assert reply.meta == {
+        "layer": "2",
+        "sample": 1,
+        "revision": 1,
+        "shape": [6, 8, 8],
+        "stored": [6, 8, 8],
+        "downsample": 1,
+        "channels": None,
+    }
+    maps = w.capture["2"][1]
+    stats = reply.arrays["stats"]
+    flat = maps.flatten(1)
+    np.testing.assert_array_equal(stats[:, 0], flat.min(1).values.numpy())
+    np.testing.assert_array_equal(stats[:, 1], flat.max(1).values.numpy())
+    values = wire.dequantize(reply.arrays["values"], stats)
+    span = (stats[:, 1] - stats[:, 0])[:, None, None]
+    assert (np.abs(values - maps.numpy()) <= span / 508 + 1e-6).all()
+    assert reply.arrays["flags"].shape == (6,) and reply.arrays["flags"].dtype == np.uint8
+
+
+def test_layer_request_with_channels_and_max_values(make: Make) -> None:
+    w = make(_tiny(), torch.randn(1, 3, 32, 32))
+    browser = _browser(w)
+    small = browser.request("layer", layer="0", sample=0, revision=1, max_values=8 * 16 * 16)
+    assert small.meta["downsample"] == 2 and small.meta["stored"] == [8, 16, 16]
+    subset = browser.request(
+        "layer", layer="0", sample=0, revision=1, max_values=8 * 16 * 16, channels=[6, 1]
+    )
+    assert subset.meta["downsample"] == 1 and subset.meta["channels"] == [6, 1]
+    full = browser.request("layer", layer="0", sample=0, revision=1)
+    np.testing.assert_array_equal(subset.arrays["values"], full.arrays["values"][[6, 1]])
+    np.testing.assert_array_equal(subset.arrays["stats"], full.arrays["stats"][[6, 1]])
+
+
+def test_channel_request_returns_exact_values_and_the_conv_filter(make: Make) -> None:
+    model = _tiny()
+    w = make(model, torch.randn(2, 3, 16, 16))
+    browser = _browser(w)
+    reply = browser.request("channel", layer="1", sample=1, channel=5, revision=1)
+    assert reply.meta == {
+        "layer": "1",
+        "sample": 1,
+        "revision": 1,
+        "channel": 5,
+        "shape": [16, 16],
+        "filter_shape": [3, 3, 3],
+        "rgb": True,
+    }
+    np.testing.assert_array_equal(reply.arrays["values"], w.capture["1"][1, 5].numpy())
+    np.testing.assert_array_equal(reply.arrays["filter"], model[0].weight[5].detach().numpy())
+    second = browser.request("channel", layer="2", sample=0, channel=2, revision=1)
+    assert second.meta["filter_shape"] == [8, 3, 3] and not second.meta["rgb"]
+    norm = browser.request("channel", layer="3", sample=0, channel=2, revision=1)
+    assert norm.meta["filter_shape"] is None and "filter" not in norm.arrays
+
+
+def test_input_request_rescales_the_tensor_or_shows_the_given_image(make: Make) -> None:
+    x = torch.rand(2, 3, 16, 16)
+    w = make(_tiny(), x)
+    reply = _browser(w).request("input", sample=1, revision=1)
+    assert reply.meta == {"sample": 1, "revision": 1, "shape": [16, 16, 3]}
+    expected = (x[1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(reply.arrays["image"], expected)
+
+    pictures = np.random.default_rng(0).integers(0, 256, (2, 20, 24, 3), dtype=np.uint8)
+    shown = make(_tiny(), x, image=pictures)
+    reply = _browser(shown).request("input", sample=0, revision=1)
+    np.testing.assert_array_equal(reply.arrays["image"], pictures[0])
+
+
+def test_image_argument_takes_pictures_arrays_and_tensors(make: Make) -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    x = torch.randn(2, 3, 16, 16)
+    tensor_picture = torch.rand(3, 16, 16)
+    w = make(_tiny(), x, image=[Image.fromarray(pixels), tensor_picture])
+    browser = _browser(w)
+    np.testing.assert_array_equal(
+        browser.request("input", sample=0, revision=1).arrays["image"], pixels
+    )
+    expected = (tensor_picture.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(
+        browser.request("input", sample=1, revision=1).arrays["image"], expected
+    )
+    with pytest.raises(ValueError, match=r"image= holds 1 picture\(s\) but the batch has 2 inputs"):
+        make(_tiny(), x, image=pixels)
+
+
+def test_normalized_and_gray_inputs_become_displayable_pictures(make: Make) -> None:
+    gray_model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()).eval()
+    x = torch.randn(1, 1, 10, 10) * 3
+    reply = _browser(make(gray_model, x)).request("input", sample=0, revision=1)
+    image = reply.arrays["image"]
+    assert image.shape == (10, 10, 3) and (image[..., 0] == image[..., 2]).all()
+    assert image.min() == 0 and image.max() == 255
+    assert image.reshape(-1, 3)[int(x.argmax()), 0] == 255
+
+
+def test_gradcam_request(make: Make) -> None:
+    w = make(_tiny(), torch.randn(2, 3, 16, 16), labels=LABELS)
+    reply = _browser(w).request("gradcam", layer="4", sample=1, revision=1, target=3)
+    assert reply.ok, reply.error
+    assert reply.meta == {
+        "layer": "4",
+        "sample": 1,
+        "revision": 1,
+        "target": 3,
+        "label": "dog",
+        "shape": [8, 8],
+    }
+    assert reply.arrays["weights"].shape == (6,) and (reply.arrays["heatmap"] >= 0).all()
+    assert not _has_hooks(w.model)
+
+
+_REQ = {"type": "request", "id": 1, "revision": 1}
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        ({**_REQ, "kind": "nope"}, "unknown request kind 'nope'"),
+        ({**_REQ, "kind": "layer", "sample": 0}, "needs 'layer'"),
+        ({**_REQ, "kind": "layer", "layer": "0"}, "needs 'sample'"),
+        ({**_REQ, "kind": "input", "sample": 0, "revision": None}, "needs 'revision'"),
+        ({**_REQ, "kind": "layer", "layer": "O", "sample": 0}, "unknown layer 'O'"),
+        ({**_REQ, "kind": "input", "sample": 9}, "sample 9 is out of range for a batch of 2"),
+        (
+            {**_REQ, "kind": "channel", "layer": "0", "sample": 0, "channel": 8},
+            "channel 8 is out of range: layer '0' has 8 channels",
+        ),
+        (
+            {**_REQ, "kind": "layer", "layer": "0", "sample": 0, "channels": ["a"]},
+            "channel 'a' is out of range",
+        ),
+        (
+            {**_REQ, "kind": "layer", "layer": "0", "sample": 0, "max_values": 3},
+            "max_values must be an integer of at least 8",
+        ),
+        ({**_REQ, "id": -4, "kind": "input", "sample": 0}, "id must be a positive integer"),
+        ({"type": "hello", "id": 1}, "not a request"),
+        (["not", "a", "dict"], "not a request"),
+    ],
+)
+def test_malformed_requests_get_one_error_reply_and_the_widget_keeps_working(
+    make: Make, content: Any, error: str
+) -> None:
+    w = make(_tiny(), torch.randn(2, 3, 16, 16))
+    browser = _browser(w)
+    before = len(browser.published)
+    browser.send_custom(content)
+    replies = browser.replies(since=before)
+    assert len(replies) == 1 and not replies[0].ok
+    assert error in replies[0].error
+    assert browser.request("layer", layer="0", sample=1, revision=1).ok
+
+
+def test_unknown_layer_reply_lists_close_names(make: Make) -> None:
+    model = torchvision.models.resnet18(weights=None).eval()
+    w = make(model, torch.randn(1, 3, 64, 64))
+    reply = _browser(w).request("layer", layer="layer1.0.con1", sample=0, revision=1)
+    assert "close names: 'layer1.0.conv1'" in reply.error
+
+
+def test_stale_revision_is_answered_with_the_current_one(make: Make) -> None:
+    w = make(_tiny(), torch.randn(2, 3, 16, 16))
+    w.inputs = torch.randn(2, 3, 16, 16)
+    reply = _browser(w).request("layer", layer="0", sample=0, revision=1)
+    assert reply.ok and reply.meta["revision"] == 2 == w.revision
+
+
+def test_trait_validation_names_what_is_wrong(make: Make) -> None:
+    w = make(_tiny(), torch.randn(2, 3, 16, 16))
+    with pytest.raises(traitlets.TraitError, match=r"unknown layer '22'; close names: '2'"):
+        w.layer = "22"
+    with pytest.raises(traitlets.TraitError, match=r"channel 8 is out of range: layer '0' has 8"):
+        w.channel = 8
+    with pytest.raises(traitlets.TraitError, match=r"sample 2 is out of range: the batch has 2"):
+        w.sample = 2
+    with pytest.raises(traitlets.TraitError, match=r"selected channels \[9\] are out of range"):
+        w.selected = [1, 9]
+    with pytest.raises(traitlets.TraitError):
+        w.colormap = "jet"
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour_map'"):
+        make(_tiny(), torch.randn(1, 3, 8, 8), colour_map="gray")
+    with pytest.raises(TypeError, match="'revision' is set by the widget"):
+        make(_tiny(), torch.randn(1, 3, 8, 8), revision=3)
+    with pytest.raises(ValueError, match="labels= has 2 names but the model outputs 5 classes"):
+        make(_tiny(), torch.randn(1, 3, 8, 8), labels=["a", "b"])
+
+
+def test_changing_layer_closes_an_out_of_range_channel_and_clears_the_selection(
+    make: Make,
+) -> None:
+    w = make(_tiny(), torch.randn(2, 3, 16, 16), layer="1")
+    w.channel, w.selected = 7, [1, 7]
+    w.layer = "2"
+    assert w.channel is None and w.selected == []
+    w.channel = 3
+    w.layer = "3"
+    assert w.channel == 3
+
+
+def test_the_browser_sets_traits_through_the_comm(make: Make) -> None:
+    w = make(_tiny(), torch.randn(2, 3, 16, 16))
+    _browser(w).update(layer="4", channel=2, sample=1, selected=[0, 5])
+    assert (w.layer, w.channel, w.sample, w.selected) == ("4", 2, 1, [0, 5])
+
+
+def test_diverging_colormap_turns_symmetric_on(make: Make) -> None:
+    w = make(_tiny(), torch.randn(1, 3, 8, 8))
+    assert not w.symmetric
+    w.colormap = "diverging"
+    assert w.symmetric
+
+
+def test_new_inputs_rerun_bump_revision_and_keep_the_layer(make: Make) -> None:
+    model = _tiny()
+    w = make(model, torch.randn(3, 3, 16, 16), layer="3", sample=2)
+    old = w.capture
+    x = torch.randn(2, 3, 16, 16)
+    w.inputs = x
+    assert (w.revision, w.layer, w.num_samples, w.sample) == (2, "3", 2, 1)
+    assert w.inputs is x
+    expected = capture(model, x)["3"]
+    assert torch.equal(w.capture["3"], expected)
+    with pytest.raises(RuntimeError, match="replaced by a re-run"):
+        old["3"]
+    reply = _browser(w).request("channel", layer="3", sample=1, channel=0, revision=2)
+    np.testing.assert_array_equal(reply.arrays["values"], expected[1, 0].numpy())
+    assert not _has_hooks(model)
+
+
+def test_a_failed_rerun_shows_an_error_status(make: Make) -> None:
+    w = make(_tiny(), torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="failed"):
+        w.inputs = torch.randn(1, 5, 16, 16)
+    assert w.status["state"] == "error" and "re-running the model failed" in w.status["message"]
+    reply = _browser(w).request("layer", layer="0", sample=0, revision=1)
+    assert not reply.ok and "last re-run failed" in reply.error
+    w.inputs = torch.randn(1, 3, 16, 16)
+    assert w.status["state"] == "ready" and _browser(w).request("input", sample=0, revision=3).ok
+
+
+def test_a_small_budget_still_serves_every_layer_exactly(make: Make) -> None:
+    model = torchvision.models.mobilenet_v2(weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    reference = capture(model, x)
+    w = make(model, x, budget_bytes=200_000)
+    browser = _browser(w)
+    for name in ("features.0.0", "features.1.conv.0.2", "features.18.2"):
+        reply = browser.request("channel", layer=name, sample=0, channel=1, revision=1)
+        np.testing.assert_array_equal(reply.arrays["values"], reference[name][0, 1].numpy())
+    assert w._store.resident_bytes <= 200_000 + reference["features.0.0"].numel() * 4
+    assert w._buffers.nbytes == 0
+    assert not _has_hooks(model)
+
+
+def test_close_frees_the_model_and_its_activations(make: Make) -> None:
+    model = _tiny()
+    w = make(model, torch.randn(2, 3, 16, 16))
+    acts = weakref.ref(w.capture["2"])
+    model_ref = weakref.ref(model)
+    _browser(w).request("gradcam", layer="4", sample=0, revision=1)
+    del model
+    w.close()
+    gc.collect()
+    assert model_ref() is None and acts() is None
+    assert w.model is None and w.comm is None
+    with pytest.raises(RuntimeError, match="closed"):
+        _ = w.capture
+
+
+def test_groups_add_the_effect_size_of_every_channel(make: Make) -> None:
+    torch.manual_seed(3)
+    x = torch.randn(5, 3, 16, 16)
+    groups = ["cat", "dog", "cat", "dog", "eel"]
+    w = make(_tiny(), x, groups=groups)
+    assert (w.groups, w.group_pair) == (groups, ["cat", "dog"])
+    browser = _browser(w)
+    reply = browser.request("layer", layer="4", sample=0, revision=1)
+    expected = group_differences(w.capture["4"], groups, pair=("cat", "dog")).effect.float()
+    np.testing.assert_allclose(reply.arrays["effect"], expected.numpy(), rtol=1e-6)
+    assert reply.meta["groups"] == {
+        "pair": ["cat", "dog"],
+        "counts": {"cat": 2, "dog": 2, "eel": 1},
+        "examples": {"cat": [0, 2], "dog": [1, 3], "eel": [4]},
+    }
+    subset = browser.request("layer", layer="4", sample=0, revision=1, channels=[3, 0])
+    np.testing.assert_array_equal(subset.arrays["effect"], reply.arrays["effect"][[3, 0]])
+    w.group_pair = ["eel", "dog"]
+    flipped = browser.request("layer", layer="4", sample=0, revision=1)
+    assert flipped.meta["groups"]["pair"] == ["eel", "dog"]
+    with pytest.raises(traitlets.TraitError, match="two different labels among the groups"):
+        w.group_pair = ["cat", "fox"]
+    with pytest.raises(traitlets.TraitError, match="have 1 and 1 inputs"):
+        make(_tiny(), x[:2], groups=["a", "b"])
+    with pytest.raises(ValueError, match="groups= has 2 labels for a batch of 5 inputs"):
+        make(_tiny(), x, groups=["a", "b"])
+    reply = _browser(make(_tiny(), x)).request("layer", layer="4", sample=0, revision=1)
+    assert "effect" not in reply.arrays and "groups" not in reply.meta
+
+
+def test_target_trait_picks_the_gradcam_class(make: Make) -> None:
+    w = make(_tiny(), torch.randn(2, 3, 16, 16))
+    assert w.predictions[0][0]["label"] is None
+    with pytest.raises(traitlets.TraitError, match="target class 5 is out of range: the model"):
+        w.target = 5
+    w.target = 2
+    browser = _browser(w)
+    reply = browser.request("gradcam", layer="2", sample=0, revision=1)
+    assert (reply.meta["target"], reply.meta["label"]) == (2, None)
+    assert browser.request("gradcam", layer="2", sample=0, revision=1, target=4).meta["target"] == 4
+    assert (
+        "out of range"
+        in browser.request("gradcam", layer="2", sample=0, revision=1, target=9).error
+    )
