@@ -8,7 +8,7 @@
  *   loader.prefetch(["conv2", "conv0"], key.sample, key.revision);
  */
 import type { LayerData } from "./grid/grid";
-import { type LayerMeta, type Requester, toLayerData } from "./protocol";
+import { type LayerMeta, type LoadedLayer, type Requester, toLayerData } from "./protocol";
 
 /** What a cached layer is keyed on: a new capture (revision) or another sample is different data. */
 export interface LayerKey {
@@ -124,20 +124,20 @@ export interface LayerLoaderOptions {
  *   loader.prefetch(["conv2"], 0, revision);
  */
 export class LayerLoader {
-  readonly cache: LruCache<LayerData>;
+  readonly cache: LruCache<LoadedLayer>;
   private readonly options: LayerLoaderOptions;
-  private readonly inflight = new Map<string, Promise<LayerData>>();
+  private readonly inflight = new Map<string, Promise<LoadedLayer>>();
   private shownPending = 0;
   private prefetching = false;
   private queue: LayerKey[] = [];
 
   constructor(options: LayerLoaderOptions) {
     this.options = options;
-    this.cache = new LruCache(options.maxBytes ?? 64 * 1024 * 1024, layerBytes);
+    this.cache = new LruCache<LoadedLayer>(options.maxBytes ?? 64 * 1024 * 1024, layerBytes);
   }
 
   /** The cached layer, if any (synchronous: a cached layer shows without waiting a frame). */
-  peek(key: LayerKey): LayerData | undefined {
+  peek(key: LayerKey): LoadedLayer | undefined {
     return this.cache.get(layerKey(key));
   }
 
@@ -148,7 +148,7 @@ export class LayerLoader {
    * @example
    *   loader.load(key).then(grid.setLayer, (e) => isDropped(e) || showError(e));
    */
-  load(key: LayerKey): Promise<LayerData> {
+  load(key: LayerKey): Promise<LoadedLayer> {
     const hit = this.peek(key);
     if (hit !== undefined) return Promise.resolve(hit);
     const joined = this.inflight.get(layerKey(key));
@@ -197,7 +197,7 @@ export class LayerLoader {
     this.fetch(next, "prefetch").then(done, done);
   }
 
-  private fetch(key: LayerKey, purpose: "layer" | "prefetch"): Promise<LayerData> {
+  private fetch(key: LayerKey, purpose: "layer" | "prefetch"): Promise<LoadedLayer> {
     const meta = this.options.metaOf(key.layer);
     if (meta === undefined) {
       return Promise.reject(new Error(`layer "${key.layer}" is not among the captured layers`));

@@ -6,7 +6,7 @@
  *   const lut = colormapLUT("viridis");      // Uint8Array(1024)
  *   const [r, g, b] = lut.subarray(4 * 255); // the colour of the top of the scale
  */
-import { interpolateMagma, interpolateRdBu, interpolateViridis } from "d3-scale-chromatic";
+import { interpolateMagma, interpolateRdBu, interpolateTurbo, interpolateViridis } from "d3-scale-chromatic";
 
 export type ColormapName = "gray" | "viridis" | "magma" | "diverging";
 
@@ -66,7 +66,12 @@ export function colormapLUT(name: ColormapName): Uint8Array {
   if (!COLORMAPS.includes(name)) {
     throw new Error(`colormaps: unknown colormap "${String(name)}"; expected one of ${COLORMAPS.join(", ")}`);
   }
-  const f = interpolator(name);
+  const lut = sample(interpolator(name));
+  cache.set(name, lut);
+  return lut;
+}
+
+function sample(f: (t: number) => string): Uint8Array {
   const lut = new Uint8Array(256 * 4);
   for (let i = 0; i < 256; i++) {
     const [r, g, b] = parseColor(f(i / 255));
@@ -75,8 +80,21 @@ export function colormapLUT(name: ColormapName): Uint8Array {
     lut[4 * i + 2] = b;
     lut[4 * i + 3] = 255;
   }
-  cache.set(name, lut);
   return lut;
+}
+
+let heatmap: Uint8Array | null = null;
+
+/**
+ * The lookup table of Grad-CAM heatmaps: Turbo, a perceptually smoothed jet (dark blue = no evidence,
+ * dark red = the most). Not a grid colormap: a heatmap over a photo needs its hue contrast.
+ *
+ * @example
+ *   heatmapLUT().subarray(4 * 255, 4 * 255 + 3); // the dark red of the hottest spot
+ */
+export function heatmapLUT(): Uint8Array {
+  heatmap ??= sample(interpolateTurbo);
+  return heatmap;
 }
 
 /**

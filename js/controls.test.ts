@@ -1,5 +1,13 @@
 import { afterEach, describe, expect, it } from "vitest";
-import { type ControlHandlers, type ControlState, createControls, createHeader, healthSummary, tileOrder } from "./controls";
+import {
+  type ControlHandlers,
+  type ControlState,
+  createControls,
+  createHeader,
+  healthSummary,
+  partnerLabel,
+  tileOrder,
+} from "./controls";
 import type { LayerMeta } from "./protocol";
 
 function meta(name: string, extra: Partial<LayerMeta> = {}): LayerMeta {
@@ -56,6 +64,11 @@ describe("tileOrder", () => {
     expect(Array.from(tileOrder("gradcam", s, 4, 2, w)!)).toEqual([2, 3]);
   });
 
+  it("sorts by group effect size |d|, either sign", () => {
+    const d = new Float32Array([0.5, -2, Number.NaN, 1.5]);
+    expect(Array.from(tileOrder("effect", s, 4, 0, null, d)!)).toEqual([1, 3, 0, 2]);
+  });
+
   it("cuts index order to k", () => {
     expect(Array.from(tileOrder("index", s, 4, 3, null)!)).toEqual([0, 1, 2]);
   });
@@ -92,6 +105,7 @@ describe("controls", () => {
       onSample: record("sample"),
       onSort: record("sort"),
       onTopK: record("topK"),
+      onGradcam: record("gradcam"),
     };
     return { calls, controls: createControls(root, handlers), root };
   }
@@ -107,6 +121,8 @@ describe("controls", () => {
     predictions: [],
     sort: "index",
     topK: 0,
+    gradcam: false,
+    groups: [],
     ...extra,
   });
 
@@ -140,6 +156,30 @@ describe("controls", () => {
     expect(picker.value).toBe("1");
   });
 
+  it("labels samples with their group and classes without names by index", () => {
+    const { controls, root } = mount();
+    controls.update(
+      state({ numSamples: 2, groups: ["indoor", "outdoor"], predictions: [[{ index: 17, label: null, prob: 0.5 }], []] }),
+    );
+    const picker = root.querySelector<HTMLSelectElement>('select[aria-label="Sample"]')!;
+    expect(Array.from(picker.options).map((o) => o.textContent)).toEqual(["#0 · class 17 50% · [indoor]", "#1 · [outdoor]"]);
+  });
+
+  it("offers the group-effect sort only with groups, and reports the Grad-CAM toggle", () => {
+    const { calls, controls, root } = mount();
+    controls.update(state());
+    const effect = root.querySelector<HTMLOptionElement>('select[aria-label="Sort tiles"] option[value="effect"]')!;
+    expect(effect.hidden).toBe(true);
+    controls.update(state({ groups: ["a", "b"] }));
+    expect(effect.hidden).toBe(false);
+    expect(effect.textContent).toBe("Group effect (|d|)");
+    const toggle = root.querySelector<HTMLInputElement>('input[aria-label="Grad-CAM"]')!;
+    toggle.click();
+    expect(calls).toEqual([["gradcam", true]]);
+    controls.update(state({ gradcam: false }));
+    expect(toggle.checked).toBe(false);
+  });
+
   it("reports colormap, scale, symmetric, sort and top-k changes", () => {
     const { calls, controls, root } = mount();
     controls.update(state());
@@ -165,12 +205,33 @@ describe("controls", () => {
   it("renders the header's name, shape, downsample badge and health as text", () => {
     const root = document.createElement("div");
     containers.push(root);
-    const header = createHeader(root);
+    const header = createHeader(root, { onLayer: () => {} });
     header.update(meta("<b>x</b>", { dead: 3 }), 2);
     expect(root.querySelector("b")).toBeNull();
     expect(root.textContent).toContain("<b>x</b>");
     expect(root.textContent).toContain("64 × 8 × 8");
     expect(root.textContent).toContain("1/2 resolution");
     expect(root.textContent).toContain("3 of 64 channels dead");
+  });
+
+  it("offers the activation partner in the header and reports its name", () => {
+    const root = document.createElement("div");
+    containers.push(root);
+    const picked: string[] = [];
+    const header = createHeader(root, { onLayer: (name) => picked.push(name) });
+    const conv = meta("features.0.0", { post: "features.0.2" });
+    const act = meta("features.0.2", { type: "ReLU6", kind: "act", pre: "features.0.0" });
+    expect(partnerLabel(conv, act)).toBe("after ReLU6 →");
+    expect(partnerLabel(act, conv)).toBe("← before activation");
+    const button = root.querySelector<HTMLButtonElement>("button")!;
+    header.update(conv, 1);
+    expect(button.hidden).toBe(true);
+    header.update(conv, 1, act);
+    expect(button.hidden).toBe(false);
+    expect(button.textContent).toBe("after ReLU6 →");
+    button.click();
+    header.update(act, 1, conv);
+    button.click();
+    expect(picked).toEqual(["features.0.2", "features.0.0"]);
   });
 });

@@ -1,6 +1,6 @@
 /**
- * The header (which layer, its shape and health) and the control bar (layer slider, colormap, scale,
- * sample, sort). Controls report user input through handlers and are told the model's state through
+ * The header (which layer, its shape and health, the before/after-activation toggle) and the control
+ * bar (layer slider, colormap, scale, sample, sort, Grad-CAM). Controls report user input through handlers and are told the model's state through
  * `update`, which never calls a handler back. Names are text: only `textContent` touches them.
  *
  * @example
@@ -23,6 +23,9 @@ export interface ControlState {
   predictions: readonly (readonly Prediction[])[];
   sort: SortKey;
   topK: number;
+  gradcam: boolean;
+  /** Group label of each sample, or empty. */
+  groups: readonly string[];
 }
 
 /** What the user changed. `onLayer` is called at most once per animation frame while dragging. */
@@ -34,6 +37,7 @@ export interface ControlHandlers {
   onSample(index: number): void;
   onSort(sort: SortKey): void;
   onTopK(k: number): void;
+  onGradcam(open: boolean): void;
 }
 
 export interface Controls {
@@ -61,7 +65,18 @@ const SORTS: readonly [SortKey, string][] = [
   ["max", "Max activation"],
   ["zeros", "Fraction of zeros"],
   ["gradcam", "Grad-CAM weight"],
+  ["effect", "Group effect (|d|)"],
 ];
+
+/**
+ * How a prediction reads in a picker: its class name, or "class N" for a model without names.
+ *
+ * @example
+ *   predictionLabel({ index: 17, label: null, prob: 0.4 }); // "class 17"
+ */
+export function predictionLabel(p: Prediction): string {
+  return p.label ?? `class ${p.index}`;
+}
 
 /**
  * `C × H × W` of a layer (the batch dimension left out).
@@ -90,10 +105,12 @@ export function healthSummary(meta: LayerMeta): string {
 
 /**
  * The grid's tile order: channels sorted by a statistic (largest first, ties by index), cut to the
- * first `topK` (0 = all). Null means "every channel in index order", the grid's default.
+ * first `topK` (0 = all). Null means "every channel in index order", the grid's default. "effect" sorts
+ * by |d| (a strong difference either way first).
  *
  * @example
  *   tileOrder("mean", data.stats, data.channels, 8, null); // Int32Array of the 8 most active channels
+ *   tileOrder("effect", data.stats, data.channels, 0, null, data.effect);
  */
 export function tileOrder(
   sort: SortKey,
@@ -101,6 +118,7 @@ export function tileOrder(
   channels: number,
   topK: number,
   gradcamWeights: Float32Array | null,
+  effect: Float32Array | null = null,
 ): Int32Array | null {
   const key = (c: number): number => {
     switch (sort) {
@@ -112,6 +130,8 @@ export function tileOrder(
         return stats[6 * c + 3];
       case "gradcam":
         return gradcamWeights !== null && c < gradcamWeights.length ? gradcamWeights[c] : 0;
+      case "effect":
+        return effect !== null && c < effect.length ? Math.abs(effect[c]) : 0;
       case "index":
         return -c;
     }
@@ -221,6 +241,14 @@ export function createControls(container: HTMLElement, handlers: ControlHandlers
   const sampleField = field("Sample", sample);
 
   const sort = select("Sort tiles", SORTS, handlers.onSort);
+  const effectOption = [...sort.options].find((o) => o.value === "effect")!;
+  const gradcam = el("input", "fm-checkbox");
+  gradcam.type = "checkbox";
+  gradcam.setAttribute("aria-label", "Grad-CAM");
+  gradcam.addEventListener("change", () => handlers.onGradcam(gradcam.checked));
+  const gradcamField = el("label", "fm-field fm-toggle");
+  gradcamField.append(gradcam, el("span", "fm-field-label", "Grad-CAM"));
+  gradcamField.title = "Show where the model looks for a class, at the shown layer";
   const topK = el("input", "fm-number");
   topK.type = "number";
   topK.min = "0";
@@ -241,6 +269,7 @@ export function createControls(container: HTMLElement, handlers: ControlHandlers
     sampleField,
     field("Sort", sort),
     field("Top k", topK),
+    gradcamField,
   );
   element.append(layerRow, options);
   container.append(element);
@@ -265,10 +294,13 @@ export function createControls(container: HTMLElement, handlers: ControlHandlers
       colormap.value = state.colormap;
       scale.value = state.scale;
       symmetric.checked = state.symmetric;
+      // The group sort exists only for widgets with groups (it stays listed while selected, to show the truth).
+      effectOption.hidden = effectOption.disabled = state.groups.length === 0 && state.sort !== "effect";
       sort.value = state.sort;
+      gradcam.checked = state.gradcam;
       if (document.activeElement !== topK) topK.value = String(state.topK);
 
-      const signature = JSON.stringify([state.numSamples, state.predictions]);
+      const signature = JSON.stringify([state.numSamples, state.predictions, state.groups]);
       if (signature !== sampleSignature) {
         sampleSignature = signature;
         sample.replaceChildren();
@@ -276,7 +308,11 @@ export function createControls(container: HTMLElement, handlers: ControlHandlers
           const o = document.createElement("option");
           o.value = String(i);
           const top = state.predictions[i]?.[0];
-          o.textContent = top === undefined ? `#${i}` : `#${i} · ${top.label} ${Math.round(top.prob * 100)}%`;
+          const parts = [`#${i}`];
+          if (top !== undefined) parts.push(`${predictionLabel(top)} ${Math.round(top.prob * 100)}%`);
+          const group = state.groups[i];
+          if (group !== undefined) parts.push(`[${group}]`);
+          o.textContent = parts.join(" · ");
           sample.append(o);
         }
       }
@@ -293,29 +329,51 @@ export function createControls(container: HTMLElement, handlers: ControlHandlers
 
 export interface Header {
   readonly element: HTMLElement;
-  /** Shows a layer's identity and health; `downsample` > 1 adds a badge saying the grid is pooled. */
-  update(meta: LayerMeta | undefined, downsample: number): void;
+  /**
+   * Shows a layer's identity and health; `downsample` > 1 adds a badge saying the grid is pooled;
+   * `partner` is the layer's activation partner (`post` or `pre`), offered as a toggle.
+   */
+  update(meta: LayerMeta | undefined, downsample: number, partner?: LayerMeta): void;
 }
 
 /**
- * The line above the grid: layer name, module type, shape, downsample badge and health summary.
+ * The text of the before/after-activation toggle: forward to the activation a conv/norm layer feeds
+ * ("after ReLU6 →"), back from an activation to its input ("← before activation").
  *
  * @example
- *   const header = createHeader(root);
- *   header.update(meta, data.downsample);
+ *   partnerLabel(conv, relu); // "after ReLU →"
  */
-export function createHeader(container: HTMLElement): Header {
+export function partnerLabel(meta: LayerMeta, partner: LayerMeta): string {
+  return meta.post === partner.name ? `after ${partner.type} →` : "← before activation";
+}
+
+/**
+ * The line above the grid: layer name, module type, shape, downsample badge, the before/after-activation
+ * toggle and the health summary.
+ *
+ * @example
+ *   const header = createHeader(root, { onLayer: (name) => model.set("layer", name) });
+ *   header.update(meta, data.downsample, metaOf(meta.post ?? meta.pre ?? ""));
+ */
+export function createHeader(container: HTMLElement, handlers: { onLayer(name: string): void }): Header {
   const element = el("div", "fm-header");
   const name = el("span", "fm-title");
   const type = el("span", "fm-badge");
   const shape = el("span", "fm-shape");
   const down = el("span", "fm-badge fm-badge-warn");
+  const toggle = el("button", "fm-button fm-partner");
+  toggle.type = "button";
+  toggle.hidden = true;
+  let target = "";
+  toggle.addEventListener("click", () => {
+    if (target !== "") handlers.onLayer(target);
+  });
   const health = el("span", "fm-health");
-  element.append(name, type, shape, down, health);
+  element.append(name, type, shape, down, toggle, health);
   container.append(element);
   return {
     element,
-    update(meta: LayerMeta | undefined, downsample: number): void {
+    update(meta: LayerMeta | undefined, downsample: number, partner?: LayerMeta): void {
       name.textContent = meta?.name ?? "";
       type.textContent = meta?.type ?? "";
       type.hidden = meta === undefined;
@@ -323,6 +381,12 @@ export function createHeader(container: HTMLElement): Header {
       down.hidden = !(downsample > 1);
       down.textContent = `1/${downsample} resolution`;
       down.title = "The grid shows average-pooled maps to fit the budget; the channel view is exact.";
+      target = meta !== undefined && partner !== undefined ? partner.name : "";
+      toggle.hidden = target === "";
+      if (meta !== undefined && partner !== undefined) {
+        toggle.textContent = partnerLabel(meta, partner);
+        toggle.title = `Show ${partner.name} (${partner.type}) with the same zoom and channel`;
+      }
       health.textContent = meta === undefined ? "" : healthSummary(meta);
       health.classList.toggle("fm-health-bad", meta !== undefined && meta.dead + meta.constant + meta.nonfinite > 0);
     },

@@ -8,7 +8,7 @@
  *   const data = toLayerData(reply, metaOf("conv1")); // ready for grid.setLayer
  */
 import type { ColormapName } from "./colormaps";
-import type { LayerData } from "./grid/grid";
+import type { LayerData, ViewState } from "./grid/grid";
 import type { Scope } from "./scale";
 
 /** Version of the reply envelope this client understands (`v` in every reply). */
@@ -33,14 +33,23 @@ export interface LayerMeta {
   filter: boolean;
 }
 
-/** One entry of a sample's top-5 in the `predictions` trait. */
+/** One entry of a sample's top-5 in the `predictions` trait (`label` is null when the model has no class names). */
 export interface Prediction {
   index: number;
-  label: string;
+  label: string | null;
   prob: number;
 }
 
-export type SortKey = "index" | "mean" | "max" | "zeros" | "gradcam";
+export type SortKey = "index" | "mean" | "max" | "zeros" | "gradcam" | "effect";
+
+/** `meta.groups` of a `layer` reply when the widget has groups. */
+export interface GroupsInfo {
+  /** The compared pair: `effect` is positive where the first group's mean activation is higher. */
+  pair: [string, string];
+  counts: Record<string, number>;
+  /** Sample indices of each group. */
+  examples: Record<string, number[]>;
+}
 
 /** Kernel-side state, shown above the grid when it is not "ready". */
 export interface KernelStatus {
@@ -65,6 +74,21 @@ export interface Traits {
   top_k: number;
   selected: number[];
   height: number;
+  gradcam: boolean;
+  target: number | null;
+  /** Zoom and pan; x, y are the visible centre as fractions of the grid's width and height. */
+  view: ViewState;
+  groups: string[];
+  group_pair: string[];
+}
+
+/** A decoded `layer` reply: what the grid draws plus the group comparison, when the widget has groups. */
+export interface LoadedLayer extends LayerData {
+  /** Cohen's d of each channel between `groups.pair[0]` and `groups.pair[1]`; null without groups. */
+  effect: Float32Array | null;
+  groups: GroupsInfo | null;
+  /** For a request with `channels`: the channels the reply holds, in order (at full resolution). */
+  only: number[] | null;
 }
 
 export type DType = "uint8" | "float32" | "int32" | "uint32";
@@ -442,13 +466,15 @@ function array<T extends TypedArray>(
 
 /**
  * Turns a `layer` reply into what the grid draws. The layer's range for "layer" scale is its batch-wide
- * finite range from `LayerMeta`, so switching samples keeps colours comparable.
+ * finite range from `LayerMeta`, so switching samples keeps colours comparable. The optional `effect`
+ * array and `meta.groups` (widgets with groups) and `meta.channels` (a full-resolution request for some
+ * channels) come along.
  *
  * @example
  *   grid.setLayer(toLayerData(reply, layers.find((l) => l.name === reply.meta.layer)!));
  */
-export function toLayerData(reply: Reply, layerMeta: LayerMeta): LayerData {
-  const [, H, W] = numbers(reply.meta.shape, "shape", 3);
+export function toLayerData(reply: Reply, layerMeta: LayerMeta): LoadedLayer {
+  const [C, H, W] = numbers(reply.meta.shape, "shape", 3);
   const [c, h, w] = numbers(reply.meta.stored, "stored", 3);
   const values = array(reply, "values", Uint8Array, c * h * w);
   const stats = array(reply, "stats", Float32Array, c * 6);
@@ -477,5 +503,31 @@ export function toLayerData(reply: Reply, layerMeta: LayerMeta): LayerData {
     flags,
     layerMin,
     layerMax,
+    effect: effectOf(reply, C, c),
+    groups: groupsInfo(reply.meta.groups),
+    only: reply.meta.channels == null ? null : numbers(reply.meta.channels, "channels", c),
   };
+}
+
+/** The optional `effect` array: one d per channel of the layer (C), or per channel sent (C') for a `channels` request. */
+function effectOf(reply: Reply, C: number, c: number): Float32Array | null {
+  const a = reply.arrays.effect;
+  if (a === undefined) return null;
+  return array(reply, "effect", Float32Array, a.data.length === C ? C : c);
+}
+
+function groupsInfo(value: unknown): GroupsInfo | null {
+  if (value === undefined || value === null) return null;
+  const g = value as Partial<GroupsInfo>;
+  const pairOk = Array.isArray(g.pair) && g.pair.length === 2 && g.pair.every((x) => typeof x === "string");
+  const examplesOk =
+    typeof g.examples === "object" &&
+    g.examples !== null &&
+    Object.values(g.examples).every((list) => Array.isArray(list) && list.every((i) => Number.isInteger(i)));
+  if (!pairOk || !examplesOk || typeof g.counts !== "object" || g.counts === null) {
+    throw new Error(
+      `layer reply: meta.groups is ${JSON.stringify(value)}; expected {pair: [str, str], counts: {label: n}, examples: {label: [sample, ...]}}`,
+    );
+  }
+  return { pair: g.pair as [string, string], counts: g.counts, examples: g.examples as Record<string, number[]> };
 }

@@ -13,7 +13,7 @@ function activation(layerIndex: number, c: number, r: number, col: number): numb
   return Math.fround(layerIndex - 1.5 + c * 0.75 + r * 0.1 - col * 0.013);
 }
 
-function meta(name: string, type: string): LayerMeta {
+function meta(name: string, type: string, extra: Partial<LayerMeta> = {}): LayerMeta {
   return {
     name,
     module: name,
@@ -30,8 +30,23 @@ function meta(name: string, type: string): LayerMeta {
     pre: null,
     post: null,
     filter: type === "Conv2d",
+    ...extra,
   };
 }
+
+/** "big": BIG_C channels of 16×16 that the kernel pools 2× (8×8) unless asked for some channels. */
+const BIG_C = 100;
+const BIG = 16;
+
+/** The synthetic Grad-CAM map (4×4) of a layer: conv1 peaks at the bottom-left, every other layer at the top-right. */
+function heatmapOf(layer: string): Float32Array {
+  const h = new Float32Array(16).fill(0.1);
+  h[layer === "conv1" ? 3 * 4 + 0 : 0 * 4 + 3] = 3;
+  return h;
+}
+
+const GRADCAM_WEIGHTS = [0.1, 0.4, -0.2, 0.3];
+const EFFECT = [0.2, -1.8, 0.9, 0.1];
 
 type Handler = (...args: any[]) => void;
 
@@ -43,8 +58,10 @@ type Handler = (...args: any[]) => void;
 class FakeWidgetModel {
   attrs: Traits;
   handlers = new Map<string, Set<Handler>>();
-  sent: Record<string, unknown>[] = [];
+  sent: Record<string, any>[] = [];
   saves = 0;
+  /** The model is not a classifier: Grad-CAM requests get an error reply. */
+  classifier = true;
 
   constructor(attrs: Traits) {
     this.attrs = attrs;
@@ -103,7 +120,9 @@ class FakeWidgetModel {
       }
       return;
     }
-    if (req.kind === "layer") {
+    if (req.kind === "layer" && req.layer === "big") {
+      this.answerBig(req);
+    } else if (req.kind === "layer") {
       const values = new Uint8Array(C * H * W);
       const stats = new Float32Array(C * 6);
       for (let c = 0; c < C; c++) {
@@ -117,15 +136,23 @@ class FakeWidgetModel {
           }
         }
       }
-      this.reply(
-        req,
-        { layer: req.layer, sample: req.sample, shape: [C, H, W], stored: [C, H, W], downsample: 1, channels: null },
-        [
-          ["values", "uint8", [C, H, W], values],
-          ["stats", "float32", [C, 6], stats],
-          ["flags", "uint8", [C], new Uint8Array(C)],
-        ],
-      );
+      const replyMeta: Record<string, unknown> = { layer: req.layer, sample: req.sample, shape: [C, H, W], stored: [C, H, W], downsample: 1, channels: null };
+      const arrays: [string, string, number[], ArrayBufferView][] = [
+        ["values", "uint8", [C, H, W], values],
+        ["stats", "float32", [C, 6], stats],
+        ["flags", "uint8", [C], new Uint8Array(C)],
+      ];
+      const pair = this.attrs.group_pair;
+      if (this.attrs.groups.length > 0 && pair.length === 2) {
+        const examples: Record<string, number[]> = {};
+        this.attrs.groups.forEach((g, i) => (examples[g] ??= []).push(i));
+        const counts = Object.fromEntries(Object.entries(examples).map(([g, list]) => [g, list.length]));
+        replyMeta.groups = { pair, counts, examples };
+        // The pair's order sets the sign of d.
+        const sign = pair[0] < pair[1] ? 1 : -1;
+        arrays.push(["effect", "float32", [C], Float32Array.from(EFFECT, (d) => sign * d)]);
+      }
+      this.reply(req, replyMeta, arrays);
     } else if (req.kind === "channel") {
       const values = new Float32Array(H * W);
       for (let r = 0; r < H; r++) for (let col = 0; col < W; col++) values[r * W + col] = activation(layerIndex, req.channel, r, col);
@@ -140,17 +167,58 @@ class FakeWidgetModel {
       );
     } else if (req.kind === "input") {
       this.reply(req, { sample: req.sample, shape: [16, 16, 3] }, [["image", "uint8", [16, 16, 3], new Uint8Array(16 * 16 * 3).fill(128)]]);
+    } else if (!this.classifier) {
+      const error = "Grad-CAM needs a classifier: the model's output has shape (1, 4, 8, 8), expected (N, classes)";
+      for (const h of this.handlers.get("msg:custom") ?? []) h({ type: "reply", v: 1, id: req.id, kind: req.kind, ok: false, error }, []);
     } else {
-      for (const h of this.handlers.get("msg:custom") ?? []) {
-        h({ type: "reply", v: 1, id: req.id, kind: req.kind, ok: false, error: "not a classifier" }, []);
-      }
+      const target = req.target ?? 285;
+      this.reply(req, { layer: req.layer, sample: req.sample, target, label: target === 285 ? "Egyptian cat" : null, shape: [4, 4] }, [
+        ["heatmap", "float32", [4, 4], heatmapOf(req.layer)],
+        ["weights", "float32", [C], Float32Array.from(GRADCAM_WEIGHTS)],
+      ]);
     }
+  }
+
+  /** Full resolution: value = channel + row / 16 + col / 256 (all distinct); pooled: 2×2 means of that. */
+  private answerBig(req: Record<string, any>): void {
+    const channels: number[] = req.channels ?? Array.from({ length: BIG_C }, (_, c) => c);
+    const full = req.channels !== undefined;
+    const n = full ? BIG : BIG / 2;
+    const f = full ? 1 : 2;
+    const values = new Uint8Array(channels.length * n * n);
+    const stats = new Float32Array(channels.length * 6);
+    channels.forEach((c, i) => {
+      const lo = c;
+      const hi = c + 15 / 16 + 15 / 256;
+      stats.set([lo, hi, (lo + hi) / 2, c === 0 ? 1 / 256 : 0, 0, 0], 6 * i);
+      for (let r = 0; r < n; r++) {
+        for (let col = 0; col < n; col++) {
+          // The mean of an f×f block is the value at its centre (the map is linear).
+          const v = c + (r * f + (f - 1) / 2) / 16 + (col * f + (f - 1) / 2) / 256;
+          values[(i * n + r) * n + col] = Math.round(((v - lo) / (hi - lo)) * 254);
+        }
+      }
+    });
+    this.reply(
+      req,
+      { layer: "big", sample: req.sample, shape: [BIG_C, BIG, BIG], stored: [channels.length, n, n], downsample: f, channels: req.channels ?? null },
+      [
+        ["values", "uint8", [channels.length, n, n], values],
+        ["stats", "float32", [channels.length, 6], stats],
+        ["flags", "uint8", [channels.length], new Uint8Array(channels.length)],
+      ],
+    );
   }
 }
 
 function traits(): Traits {
   return {
-    layers: [meta("conv1", "Conv2d"), meta("relu1", "ReLU"), meta("broken", "Conv2d")],
+    layers: [
+      meta("conv1", "Conv2d", { post: "relu1" }),
+      meta("relu1", "ReLU6", { kind: "act", pre: "conv1" }),
+      meta("broken", "Conv2d"),
+      meta("big", "Conv2d", { shape: [1, BIG_C, BIG, BIG] }),
+    ],
     layer: "conv1",
     channel: null,
     sample: 0,
@@ -165,6 +233,11 @@ function traits(): Traits {
     top_k: 0,
     selected: [],
     height: 300,
+    gradcam: false,
+    target: null,
+    view: { zoom: 1, x: 0.5, y: 0.5 },
+    groups: [],
+    group_pair: [],
   };
 }
 
@@ -175,14 +248,18 @@ afterEach(() => {
   for (const h of hosts.splice(0)) h.remove();
 });
 
-async function mount(): Promise<{
+async function mount(
+  extra: Partial<Traits> = {},
+  configure: (model: FakeWidgetModel) => void = () => {},
+): Promise<{
   model: FakeWidgetModel;
   el: HTMLElement;
   root: HTMLElement;
   cleanup: () => void;
   controller: AbortController;
 }> {
-  const model = new FakeWidgetModel(traits());
+  const model = new FakeWidgetModel({ ...traits(), ...extra });
+  configure(model);
   const el = document.createElement("div");
   el.style.width = "720px";
   document.body.append(el);
@@ -199,6 +276,42 @@ async function mount(): Promise<{
   const root = el.querySelector<HTMLElement>(".fmwidget")!;
   return { model, el, root, cleanup, controller };
 }
+
+const nextFrame = (): Promise<void> => new Promise((r) => requestAnimationFrame(() => r()));
+
+/** The tooltip's text after the pointer rests at (x, y) CSS px of the grid canvas. */
+async function tooltipAt(root: HTMLElement, x: number, y: number): Promise<string> {
+  const canvas = root.querySelector<HTMLCanvasElement>('canvas[aria-label="Feature maps"]')!;
+  const tooltip = root.querySelector<HTMLElement>(".fm-grid-tooltip")!;
+  // Moving off and back makes the grid hit-test again even when the pointer was there before.
+  await userEvent.hover(canvas, { position: { x: x + 3, y: y + 3 } });
+  await userEvent.hover(canvas, { position: { x, y } });
+  // The grid hit-tests in its next frame; rAF callbacks run in the order they were asked for.
+  await nextFrame();
+  await expect.poll(() => tooltip.hidden).toBe(false);
+  return [...tooltip.children].map((line) => line.textContent).join("\n");
+}
+
+/** "Channel c" and "row r, col c" of a tooltip: which tile and data pixel the pointer is on. */
+function where(tooltip: string): string {
+  return `${/Channel \d+/.exec(tooltip)?.[0]} ${/row \d+, col \d+/.exec(tooltip)?.[0]}`;
+}
+
+/** (row, col) of the hottest pixel of the Grad-CAM picture: Turbo's top is dark red, its bottom blue. */
+function hottest(picture: HTMLCanvasElement): [number, number] {
+  const { data, width } = picture.getContext("2d")!.getImageData(0, 0, picture.width, picture.height);
+  let best = -Infinity;
+  let at: [number, number] = [-1, -1];
+  for (let i = 0; i < data.length; i += 4) {
+    const heat = data[i] - data[i + 2];
+    if (heat > best) {
+      best = heat;
+      at = [Math.floor(i / 4 / width), (i / 4) % width];
+    }
+  }
+  return at;
+}
+
 
 describe("FeatureMapWidget view", () => {
   it("goes from loading to ready once the grid has drawn the layer", async () => {
@@ -320,5 +433,164 @@ describe("FeatureMapWidget view", () => {
     // The reply to the pending layer request arrives after cleanup and finds nobody listening.
     await new Promise((r) => setTimeout(r, 0));
     expect(el.childElementCount).toBe(0);
+  });
+
+  it("opens the Grad-CAM panel; the heatmap follows the layer slider and the class picker sets target", async () => {
+    const predictions = [[{ index: 285, label: "Egyptian cat", prob: 0.71 }, { index: 17, label: null, prob: 0.1 }]];
+    const { root, model } = await mount({ predictions });
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    const panel = root.querySelector<HTMLElement>('[aria-label="Grad-CAM panel"]')!;
+    expect(panel.hidden).toBe(true);
+    root.querySelector<HTMLInputElement>('input[aria-label="Grad-CAM"]')!.click();
+    expect(model.get("gradcam")).toBe(true);
+    expect(panel.hidden).toBe(false);
+    await expect.poll(() => panel.dataset.state).toBe("ready");
+    const camRequests = (): Record<string, any>[] => model.sent.filter((m) => m.kind === "gradcam");
+    expect(camRequests().at(-1)).toMatchObject({ layer: "conv1", sample: 0, target: null });
+    const picture = panel.querySelector<HTMLCanvasElement>("canvas.fm-gradcam-picture")!;
+    await expect.poll(() => panel.textContent).toContain("4 × 4 map, upsampled to 16 × 16");
+    expect(panel.textContent).toContain("class: Egyptian cat (285)");
+    // conv1's map peaks in its bottom-left cell: rows 12–15, columns 0–3 of the 16×16 input.
+    const [r0, c0] = hottest(picture);
+    expect(r0).toBeGreaterThanOrEqual(12);
+    expect(c0).toBeLessThanOrEqual(3);
+    // Each tile carries its channel's weight.
+    expect(await tooltipAt(root, 5, 5)).toContain("Grad-CAM weight 0.1");
+
+    const slider = root.querySelector<HTMLInputElement>('input[aria-label="Layer"]')!;
+    slider.value = "1";
+    slider.dispatchEvent(new Event("input"));
+    await expect.poll(() => camRequests().at(-1)?.layer).toBe("relu1");
+    await expect.poll(() => panel.querySelector(".fm-gradcam-layer")?.textContent).toBe("relu1");
+    const [r1, c1] = hottest(picture);
+    expect(r1).toBeLessThanOrEqual(3);
+    expect(c1).toBeGreaterThanOrEqual(12);
+
+    const classes = panel.querySelector<HTMLSelectElement>('select[aria-label="Class"]')!;
+    expect(Array.from(classes.options).map((o) => o.textContent)).toEqual(["predicted", "Egyptian cat (71%)", "class 17 (10%)"]);
+    classes.value = "17";
+    classes.dispatchEvent(new Event("change"));
+    expect(model.get("target")).toBe(17);
+    await expect.poll(() => camRequests().at(-1)).toMatchObject({ layer: "relu1", target: 17 });
+    await expect.poll(() => panel.textContent).toContain("class: class 17");
+  });
+
+  it("shows a Grad-CAM error inside the panel and keeps the grid", async () => {
+    const { root, model } = await mount({ gradcam: true }, (m) => (m.classifier = false));
+    const panel = root.querySelector<HTMLElement>('[aria-label="Grad-CAM panel"]')!;
+    await expect.poll(() => panel.dataset.state).toBe("error");
+    expect(panel.querySelector('[role="alert"]')!.textContent).toContain("Grad-CAM needs a classifier");
+    expect(panel.querySelector<HTMLElement>(".fm-gradcam-body")!.hidden).toBe(true);
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    model.set("sort", "gradcam");
+    expect(root.querySelector(".fm-readout")!.textContent).toContain("Grad-CAM order unavailable: Grad-CAM needs a classifier");
+  });
+
+  it("switches to the activation partner keeping the open channel, zoom and pan", async () => {
+    const { root, model } = await mount({ channel: 2 });
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    const canvas = root.querySelector<HTMLCanvasElement>('canvas[aria-label="Feature maps"]')!;
+    const rect = canvas.getBoundingClientRect();
+    // Zoomed around the top-left corner, a point far from it shows another pixel than unzoomed.
+    canvas.dispatchEvent(new WheelEvent("wheel", { deltaY: -300, clientX: rect.left + 2, clientY: rect.top + 2, cancelable: true }));
+    await expect.poll(() => model.get("view").zoom).toBeGreaterThan(1.5);
+    const [px, py] = [0.8 * rect.width, 0.8 * rect.height];
+    const before = where(await tooltipAt(root, px, py));
+    const toggle = root.querySelector<HTMLButtonElement>(".fm-header button")!;
+    expect(toggle.textContent).toBe("after ReLU6 →");
+    toggle.click();
+    expect(model.get("layer")).toBe("relu1");
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    expect(model.get("channel")).toBe(2);
+    const detail = root.querySelector<HTMLElement>('[aria-label="Channel detail"]')!;
+    await expect.poll(() => detail.textContent).toContain("relu1 — channel 2 of 4");
+    expect(toggle.textContent).toBe("← before activation");
+    expect(where(await tooltipAt(root, px, py))).toBe(before);
+  });
+
+  it("writes the user's zoom and pan to the view trait and applies a linked view's without echo", async () => {
+    const { root, model } = await mount();
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    const canvas = root.querySelector<HTMLCanvasElement>('canvas[aria-label="Feature maps"]')!;
+    const rect = canvas.getBoundingClientRect();
+    const saves = model.saves;
+    for (let i = 0; i < 3; i++) {
+      canvas.dispatchEvent(new WheelEvent("wheel", { deltaY: -60, clientX: rect.left + 40, clientY: rect.top + 30, cancelable: true }));
+    }
+    await nextFrame();
+    await nextFrame();
+    // Three wheel events in one frame: one save.
+    expect(model.saves).toBe(saves + 1);
+    expect(model.get("view").zoom).toBeGreaterThan(1);
+
+    // Another view moves: this one follows and writes nothing back.
+    model.set("view", { zoom: 1, x: 0.5, y: 0.5 });
+    const [x, y] = [0.37 * rect.width, 0.41 * rect.height];
+    const unzoomed = where(await tooltipAt(root, x / 2, y / 2));
+    model.set("view", { zoom: 2, x: 0.25, y: 0.25 });
+    await nextFrame();
+    await nextFrame();
+    // Centred a quarter into the grid at zoom 2, screen (x, y) is the grid's (x/2, y/2).
+    expect(where(await tooltipAt(root, x, y))).toBe(unzoomed);
+    expect(model.saves).toBe(saves + 1);
+    expect(model.get("view")).toEqual({ zoom: 2, x: 0.25, y: 0.25 });
+  });
+
+  it("sorts tiles by group effect size and shows example inputs of each group", async () => {
+    const groups = ["a", "b", "c", "b"];
+    const { root, model } = await mount({ num_samples: 4, groups, group_pair: ["a", "b"] });
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    const bar = root.querySelector<HTMLElement>(".fm-groups")!;
+    await expect.poll(() => bar.textContent).toContain("channel 1, d = -1.8");
+    expect(bar.textContent).toContain("n = 1 vs 2");
+    const sample = root.querySelector<HTMLSelectElement>('select[aria-label="Sample"]')!;
+    expect(sample.options[1].textContent).toBe("#1 · [b]");
+
+    const sort = root.querySelector<HTMLSelectElement>('select[aria-label="Sort tiles"]')!;
+    sort.value = "effect";
+    sort.dispatchEvent(new Event("change"));
+    expect(model.get("sort")).toBe("effect");
+    // |d| order: 1 (-1.8), 2 (0.9), 0 (0.2), 3 (0.1); the first tile is channel 1 with its d as badge.
+    const first = await tooltipAt(root, 5, 5);
+    expect(first).toContain("Channel 1");
+    expect(first).toContain("d -1.8");
+
+    const example = [...bar.querySelectorAll("button")].find((b) => b.textContent === "example of b")!;
+    example.click();
+    expect(model.get("sample")).toBe(1);
+
+    const layerRequests = (): number => model.sent.filter((m) => m.kind === "layer").length;
+    const before = layerRequests();
+    const pair = bar.querySelector<HTMLSelectElement>('select[aria-label="Group pair"]')!;
+    pair.value = JSON.stringify(["b", "c"]);
+    pair.dispatchEvent(new Event("change"));
+    expect(model.get("group_pair")).toEqual(["b", "c"]);
+    await expect.poll(layerRequests).toBeGreaterThan(before);
+    await expect.poll(() => bar.textContent).toContain("n = 2 vs 1");
+  });
+
+  it("fetches the visible tiles of a downsampled layer at full resolution once zoomed in", async () => {
+    const { root, model } = await mount({ layer: "big" });
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    expect(root.querySelector(".fm-header")!.textContent).toContain("1/2 resolution");
+    const fullRequests = (): Record<string, any>[] => model.sent.filter((m) => m.kind === "layer" && m.channels !== undefined);
+    // All 100 tiles visible: the pooled maps are what fits.
+    await nextFrame();
+    expect(fullRequests()).toEqual([]);
+    expect(await tooltipAt(root, 4, 4)).toContain("mean of 2×2");
+
+    model.set("view", { zoom: 8, x: 0.02, y: 0.04 });
+    await expect.poll(() => fullRequests().length).toBe(1);
+    const channels: number[] = fullRequests()[0].channels;
+    expect(channels).toContain(0);
+    expect(channels).not.toContain(99);
+    expect(channels.length).toBeLessThan(64);
+    expect(fullRequests()[0]).toMatchObject({ layer: "big", sample: 0 });
+    // The tile now reads full-resolution pixels: value = row / 16 + col / 256 in channel 0.
+    await expect.poll(async () => await tooltipAt(root, 20, 20)).not.toContain("mean of");
+    const text = await tooltipAt(root, 20, 20);
+    const [, row, col] = /row (\d+), col (\d+)/.exec(text)!.map(Number);
+    const value = Number(/≈ (-?[\d.]+)/.exec(text)![1]);
+    expect(value).toBeCloseTo(row / 16 + col / 256, 2);
   });
 });

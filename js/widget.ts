@@ -1,6 +1,6 @@
 /**
- * anywidget entry point: builds the view (header, grid, colorbar, controls, channel view) and wires it to
- * the model's traits and to the request client. The parts live in their own modules; this file only
+ * anywidget entry point: builds the view (header, group bar, grid, colorbar, controls, Grad-CAM panel,
+ * channel view) and wires it to the model's traits and to the request client. The parts live in their own modules; this file only
  * connects them.
  *
  * @example
@@ -13,8 +13,10 @@ import { createColorbar } from "./colorbar";
 import { type ColormapName, isDiverging } from "./colormaps";
 import { type ControlState, createControls, createHeader, tileOrder } from "./controls";
 import { createDetail } from "./detail";
-import { createGrid, type Grid, type LayerData } from "./grid/grid";
-import { isDropped, type LayerMeta, Requester, type Traits } from "./protocol";
+import { createGradcamPanel, type GradcamResult } from "./gradcam";
+import { createGrid, type Grid } from "./grid/grid";
+import { createGroupBar } from "./groups";
+import { isDropped, type LayerMeta, type LoadedLayer, Requester, toLayerData, type Traits } from "./protocol";
 import { displayRange } from "./scale";
 import { watchTheme } from "./theme";
 
@@ -34,6 +36,9 @@ function globalRange(layers: readonly LayerMeta[]): [number, number] {
   }
   return lo <= hi ? [lo, hi] : [0, 0];
 }
+
+/** Full-resolution tiles are fetched once fewer tiles than this are visible (a zoomed-in grid). */
+const FULLRES_MAX_TILES = 64;
 
 function render({ model, el, signal }: RenderProps<Traits>): () => void {
   const cleanups: (() => void)[] = [];
@@ -68,18 +73,29 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
   };
 
   // --- view state -----------------------------------------------------------------------------------
-  let shown: LayerData | null = null; // what the grid holds
+  let shown: LoadedLayer | null = null; // what the grid holds
   let shownKey = ""; // its cache key
   let drawn = false; // the grid reported drawing `shown`
   let layerError = "";
   let kernelBusy = false;
   let hovered: number | null = null;
   let cursor: number | null = null; // the tile Enter opens: last hovered or clicked
-  const gradcam = new Map<string, Float32Array>();
-  let gradcamNote = "";
+  // Grad-CAM results by layer key and class; one feeds both the panel and the tiles' weights.
+  const gradcam = new Map<string, GradcamResult>();
+  let gradcamPending = ""; // the key of the Grad-CAM request in flight
+  let gradcamError: { key: string; text: string } | null = null;
+  let gradcamInputKey = "";
+  let writingView = false; // the view trait is being set from this view's grid: its change event is ours
+  // Full-resolution tiles of the shown (downsampled) layer: which key and channels are shown / asked for.
+  let fullRes: { key: string; channels: Set<number> } | null = null;
+  let fullResPending: { key: string; channels: Set<number> } | null = null;
 
   // --- layout ---------------------------------------------------------------------------------------
-  const header = createHeader(root);
+  const header = createHeader(root, { onLayer: (name) => setTrait("layer", name) });
+  const groupBar = createGroupBar(root, {
+    onPair: (pair) => setTrait("group_pair", pair),
+    onSample: (index) => setTrait("sample", index),
+  });
   const banner = div("fm-banner");
   banner.setAttribute("role", "status");
   root.append(banner);
@@ -138,10 +154,15 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     onSample: (index) => setTrait("sample", index),
     onSort: (sort) => setTrait("sort", sort),
     onTopK: (k) => setTrait("top_k", k),
+    onGradcam: (open) => setTrait("gradcam", open),
   });
   // The slider sits right under the layer name it changes.
   root.insertBefore(controls.element, banner);
   cleanups.push(() => controls.destroy());
+
+  // Below the grid, above the channel view: the heatmap is read against the tiles' weights.
+  const gradcamPanel = createGradcamPanel(root, { onTarget: (t) => setTrait("target", t) });
+  cleanups.push(() => gradcamPanel.destroy());
 
   const detail = createDetail(root, {
     requester,
@@ -202,6 +223,8 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
       predictions: model.get("predictions") ?? [],
       sort: model.get("sort"),
       topK: model.get("top_k"),
+      gradcam: model.get("gradcam") ?? false,
+      groups: model.get("groups") ?? [],
     };
   }
 
@@ -232,46 +255,184 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     readout.hidden = text === "";
   }
 
+  /** The Grad-CAM cache key of a layer key under the current class. */
+  const gradcamKeyOf = (k: string): string => `${model.get("target") ?? "predicted"}|${k}`;
+  const gradcamWanted = (): boolean => (model.get("gradcam") ?? false) || model.get("sort") === "gradcam";
+
   function applyOrder(): void {
     if (shown === null || g === null) return;
     const sort = model.get("sort");
-    const weights = sort === "gradcam" ? (gradcam.get(shownKey) ?? null) : null;
+    const weights = gradcam.get(gradcamKeyOf(shownKey))?.weights ?? null;
+    const badges = sort === "effect" ? shown.effect : gradcamWanted() ? weights : null;
     g.setOptions({
-      order: tileOrder(sort, shown.stats, shown.channels, model.get("top_k"), weights),
-      badges: weights,
+      order: tileOrder(sort, shown.stats, shown.channels, model.get("top_k"), weights, shown.effect),
+      badges,
+      badgeLabel: sort === "effect" ? "d" : "Grad-CAM weight",
     });
-    if (sort === "gradcam" && weights === null) requestGradcam();
-    showNote(sort === "gradcam" ? gradcamNote : "");
+    const camError = gradcamError?.key === gradcamKeyOf(shownKey) ? gradcamError.text : "";
+    let note = "";
+    if (sort === "gradcam" && camError !== "") note = `Grad-CAM order unavailable: ${camError}`;
+    if (sort === "effect" && shown.effect === null) {
+      note =
+        (model.get("groups") ?? []).length === 0
+          ? "Group effect order needs groups: pass groups= to the widget."
+          : "Group effect order unavailable: the layer reply carried no effect array.";
+    }
+    showNote(note);
+    requestFullRes();
   }
 
-  function requestGradcam(): void {
+  /** Asks for the shown layer's Grad-CAM when the panel or the sort needs it; shows what is known. */
+  function updateGradcam(): void {
+    const open = model.get("gradcam") ?? false;
+    gradcamPanel.element.hidden = !open;
     const key = currentKey();
-    const k = layerKey(key);
-    requester.request("gradcam", { layer: key.layer, sample: key.sample }, { purpose: "gradcam" }).then(
+    if (open) {
+      gradcamPanel.setClasses(model.get("predictions")?.[key.sample] ?? [], model.get("target"));
+      requestInput();
+    }
+    if (!gradcamWanted()) return;
+    const k = gradcamKeyOf(layerKey(key));
+    const hit = gradcam.get(k);
+    if (hit !== undefined) {
+      if (open) gradcamPanel.show(hit);
+      return;
+    }
+    if (gradcamError?.key === k) {
+      if (open) gradcamPanel.showError(gradcamError.text);
+      return;
+    }
+    if (open) gradcamPanel.showLoading(key.layer);
+    if (gradcamPending === k) return;
+    gradcamPending = k;
+    const target = model.get("target");
+    const args: Record<string, unknown> = { layer: key.layer, sample: key.sample, target };
+    requester.request("gradcam", args, { purpose: "gradcam" }).then(
       (reply) => {
-        const w = reply.arrays.weights?.data;
-        if (!(w instanceof Float32Array)) throw new Error("the reply carried no float32 weights");
-        gradcam.set(k, w);
-        gradcamNote = "";
-        if (shownKey === k) applyOrder();
+        if (gradcamPending === k) gradcamPending = "";
+        const heatmap = reply.arrays.heatmap;
+        const weights = reply.arrays.weights?.data;
+        if (heatmap === undefined || !(heatmap.data instanceof Float32Array) || heatmap.shape.length !== 2) {
+          throw new Error("the reply carried no float32 (H, W) heatmap");
+        }
+        if (!(weights instanceof Float32Array)) throw new Error("the reply carried no float32 weights");
+        const used = reply.meta.target;
+        const label = reply.meta.label;
+        gradcam.set(k, {
+          layer: key.layer,
+          sample: key.sample,
+          target: typeof used === "number" ? used : target,
+          label: typeof label === "string" ? label : null,
+          height: heatmap.shape[0],
+          width: heatmap.shape[1],
+          heatmap: heatmap.data,
+          weights,
+        });
+        onGradcamSettled(k);
       },
       (e: unknown) => {
-        if (isDropped(e) || shownKey !== k || model.get("sort") !== "gradcam") return;
-        gradcamNote = `Grad-CAM order unavailable: ${(e as Error).message}`;
-        showNote(gradcamNote);
+        if (gradcamPending === k) gradcamPending = "";
+        if (isDropped(e) || disposed) return;
+        gradcamError = { key: k, text: (e as Error).message };
+        onGradcamSettled(k);
+      },
+    ).catch((e: unknown) => {
+      // A reply that came but could not be read is an error of that layer, like an error reply.
+      gradcamError = { key: k, text: (e as Error).message };
+      onGradcamSettled(k);
+    });
+  }
+
+  function onGradcamSettled(k: string): void {
+    if (disposed || gradcamKeyOf(layerKey(currentKey())) !== k) return;
+    updateGradcam();
+    if (gradcamKeyOf(shownKey) === k) applyOrder();
+  }
+
+  /** The input picture under the heatmap: once per sample and revision. */
+  function requestInput(): void {
+    const key = `${model.get("revision")}/${model.get("sample")}`;
+    if (gradcamInputKey === key) return;
+    gradcamInputKey = key;
+    requester.request("input", { sample: model.get("sample") }, { purpose: "gradcam-input" }).then(
+      (reply) => {
+        const shape = reply.meta.shape;
+        const pixels = reply.arrays.image?.data;
+        if (!Array.isArray(shape) || !(pixels instanceof Uint8Array) || pixels.length !== shape[0] * shape[1] * 3) {
+          gradcamPanel.setInput(null, "The input reply carried no RGB image: the heatmap is shown alone.");
+          return;
+        }
+        gradcamPanel.setInput({ height: shape[0], width: shape[1], pixels });
+      },
+      (e: unknown) => {
+        if (isDropped(e)) {
+          if (gradcamInputKey === key) gradcamInputKey = "";
+          return;
+        }
+        gradcamPanel.setInput(null, `No input image (${(e as Error).message}): the heatmap is shown alone.`);
       },
     );
   }
 
-  function present(key: string, data: LayerData): void {
+  /**
+   * Zoomed into a downsampled layer: the few visible tiles are fetched at full resolution (latest wins),
+   * so magnified pixels show the real map rather than its pooled average.
+   */
+  function requestFullRes(): void {
+    if (shown === null || g === null || shown.downsample <= 1) return;
+    const { channels, pixelSize } = g.visibleTiles();
+    if (channels.length === 0 || channels.length >= FULLRES_MAX_TILES || pixelSize <= 1) return;
+    const key = shownKey;
+    const covers = (have: { key: string; channels: Set<number> } | null): boolean =>
+      have !== null && have.key === key && channels.every((c) => have.channels.has(c));
+    if (covers(fullRes) || covers(fullResPending)) return;
+    const meta = metaOf(shown.layer);
+    if (meta === undefined) return;
+    const wanted = [...channels].sort((a, b) => a - b);
+    const pending = { key, channels: new Set(wanted) };
+    fullResPending = pending;
+    const args = { layer: shown.layer, sample: model.get("sample"), channels: wanted };
+    requester.request("layer", args, { purpose: "fullres" }).then(
+      (reply) => {
+        if (fullResPending === pending) fullResPending = null;
+        const data = toLayerData(reply, meta);
+        if (disposed || shownKey !== key || data.only === null || data.downsample !== 1) return;
+        g.setFullRes({ channels: Int32Array.from(data.only), height: data.height, width: data.width, values: data.values });
+        fullRes = { key, channels: new Set(data.only) };
+      },
+      (e: unknown) => {
+        if (fullResPending === pending) fullResPending = null;
+        // The pooled tiles stay; the note says why the zoomed tiles are not sharper.
+        if (!isDropped(e) && !disposed && shownKey === key) showNote(`Full-resolution tiles unavailable: ${(e as Error).message}`);
+      },
+    );
+  }
+
+  function updateGroups(): void {
+    groupBar.update({
+      groups: model.get("groups") ?? [],
+      pair: model.get("group_pair") ?? [],
+      info: shown?.groups ?? null,
+      effect: shown?.effect ?? null,
+    });
+  }
+
+  function partnerOf(meta: LayerMeta | undefined): LayerMeta | undefined {
+    const name = meta?.post ?? meta?.pre;
+    return name == null ? undefined : metaOf(name);
+  }
+
+  function present(key: string, data: LoadedLayer): void {
     shown = data;
     shownKey = key;
     drawn = false;
     layerError = "";
-    gradcamNote = "";
     hovered = null;
+    fullRes = null;
     showNote("");
-    header.update(metaOf(data.layer), data.downsample);
+    const meta = metaOf(data.layer);
+    header.update(meta, data.downsample, partnerOf(meta));
+    updateGroups();
     refreshState();
     g?.setLayer(data);
     applyOrder();
@@ -293,7 +454,8 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     // Same layer again (a trait echo): nothing to do, unless an error covers it.
     if (k === shownKey && shown !== null && layerError === "") return;
     const meta = metaOf(key.layer);
-    header.update(meta, 1);
+    header.update(meta, 1, partnerOf(meta));
+    updateGradcam();
     drawn = false;
     if (meta === undefined) {
       const n = layers().length;
@@ -330,6 +492,18 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     if (shown === null || layer !== shown.layer || shownKey !== layerKey(currentKey())) return;
     drawn = true;
     refreshState();
+    requestFullRes();
+  });
+  g?.onViewChange((view, byUser) => {
+    if (byUser) {
+      writingView = true;
+      try {
+        setTrait("view", view);
+      } finally {
+        writingView = false;
+      }
+    }
+    requestFullRes();
   });
   g?.onClick((hit, ev) => {
     cursor = hit.channel;
@@ -367,8 +541,33 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
   listen("change:revision", () => {
     loader.clear();
     gradcam.clear();
+    gradcamError = null;
+    gradcamPending = "";
+    gradcamInputKey = "";
     shownKey = "";
     showLayer();
+  });
+  // The effect array of every layer depends on the groups and the pair: cached layers are out of date.
+  for (const name of ["groups", "group_pair"] as const) {
+    listen(`change:${name}`, () => {
+      loader.clear();
+      shownKey = "";
+      syncControls();
+      updateGroups();
+      showLayer();
+    });
+  }
+  listen("change:gradcam", () => {
+    syncControls();
+    updateGradcam();
+    applyOrder();
+  });
+  listen("change:target", () => {
+    updateGradcam();
+    applyOrder();
+  });
+  listen("change:view", () => {
+    if (!writingView) g?.setView(model.get("view"));
   });
   for (const name of ["colormap", "scale", "symmetric"] as const) {
     listen(`change:${name}`, () => {
@@ -378,9 +577,14 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
       detail.redraw();
     });
   }
-  for (const name of ["num_samples", "predictions"] as const) listen(`change:${name}`, syncControls);
+  listen("change:num_samples", syncControls);
+  listen("change:predictions", () => {
+    syncControls();
+    updateGradcam();
+  });
   listen("change:sort", () => {
     syncControls();
+    updateGradcam();
     applyOrder();
   });
   listen("change:top_k", () => {
@@ -430,6 +634,9 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
 
   syncControls();
   refreshState();
+  const view = model.get("view");
+  if (view) g?.setView(view);
+  updateGroups();
   showLayer();
   const channel = model.get("channel");
   if (channel !== null) detail.show(channel);

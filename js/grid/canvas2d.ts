@@ -2,6 +2,7 @@
  * Canvas 2D backend, used when WebGL2 is missing or its context is lost. It colours every channel once
  * into an atlas canvas at native resolution (through a 256-entry colour table per channel, the same
  * mapping the WebGL2 shader computes) and then draws the visible tiles from it with nearest sampling.
+ * Full-resolution maps of some channels get an atlas of their own and are drawn over their tiles.
  *
  * @example
  *   const r = new Canvas2DRenderer(canvas);
@@ -9,12 +10,66 @@
  *   r.setOrder(order); r.draw(layout, view, devicePixelRatio);
  */
 import { dequantize, toUnit } from "../scale";
-import { type LayerValues, type Layout, type Renderer, type View, tileOrigin, visibleCells } from "./layout";
+import {
+  type FullResTiles,
+  type LayerValues,
+  type Layout,
+  type Renderer,
+  type View,
+  tileOrigin,
+  tilesOf,
+  visibleCells,
+} from "./layout";
+
+/** Colours channel maps into an atlas canvas, `columns` maps per row; map i shows channel `channelOf(i)` (its colour range). */
+function paintMaps(
+  atlas: HTMLCanvasElement,
+  maps: LayerValues,
+  columns: number,
+  channelOf: (i: number) => number,
+  ranges: Float32Array,
+  lut: Uint8Array,
+  nan: readonly number[],
+): void {
+  const { channels, height, width, values } = maps;
+  const rows = Math.ceil(channels / columns);
+  atlas.width = columns * width;
+  atlas.height = rows * height;
+  const actx = atlas.getContext("2d");
+  if (actx === null) throw new Error("grid: the Canvas 2D fallback could not create its atlas");
+  const image = actx.createImageData(atlas.width, atlas.height);
+  const out = new Uint32Array(image.data.buffer);
+  const lut32 = new Uint32Array(lut.buffer.slice(lut.byteOffset, lut.byteOffset + 1024));
+  const nanBytes = new Uint8Array(nan.slice(0, 4));
+  const nan32 = new Uint32Array(nanBytes.buffer)[0];
+  const table = new Uint32Array(256);
+  const plane = height * width;
+  for (let i = 0; i < channels; i++) {
+    const c = channelOf(i);
+    const [qmin, qmax, lo, hi] = ranges.subarray(4 * c, 4 * c + 4);
+    for (let q = 0; q < 255; q++) {
+      table[q] = lut32[Math.floor(toUnit(dequantize(q, qmin, qmax), lo, hi) * 255 + 0.5)];
+    }
+    table[255] = nan32;
+    const ox = (i % columns) * width;
+    const oy = Math.floor(i / columns) * height;
+    for (let y = 0; y < height; y++) {
+      const src = i * plane + y * width;
+      const dst = (oy + y) * atlas.width + ox;
+      for (let x = 0; x < width; x++) out[dst + x] = table[values[src + x]];
+    }
+  }
+  actx.putImageData(image, 0, 0);
+}
 
 export class Canvas2DRenderer implements Renderer {
   readonly kind = "canvas2d";
   private readonly ctx: CanvasRenderingContext2D;
   private readonly atlas: HTMLCanvasElement;
+  private readonly fullAtlas: HTMLCanvasElement;
+  private full: FullResTiles | null = null;
+  private fullColumns = 1;
+  private fullDirty = true;
   private layer: LayerValues | null = null;
   private ranges: Float32Array | null = null;
   private lut: Uint8Array | null = null;
@@ -29,6 +84,7 @@ export class Canvas2DRenderer implements Renderer {
     if (ctx === null) throw new Error("grid: this canvas cannot provide a 2D context");
     this.ctx = ctx;
     this.atlas = document.createElement("canvas");
+    this.fullAtlas = document.createElement("canvas");
   }
 
   setValues(layer: LayerValues): void {
@@ -39,17 +95,28 @@ export class Canvas2DRenderer implements Renderer {
     }
     this.layer = layer;
     this.dirty = true;
+    this.full = null;
+  }
+
+  setFullRes(tiles: FullResTiles | null): void {
+    if (tiles !== null && tiles.values.length !== tiles.channels.length * tiles.height * tiles.width) {
+      throw new Error(
+        `grid: full-resolution tiles hold ${tiles.values.length} bytes, expected ${tiles.channels.length}×${tiles.height}×${tiles.width}`,
+      );
+    }
+    this.full = tiles;
+    this.fullDirty = true;
   }
 
   setRanges(ranges: Float32Array): void {
     this.ranges = ranges;
-    this.dirty = true;
+    this.dirty = this.fullDirty = true;
   }
 
   setColormap(lut: Uint8Array, nanColor: readonly number[]): void {
     this.lut = lut;
     this.nan = nanColor;
-    this.dirty = true;
+    this.dirty = this.fullDirty = true;
   }
 
   setOrder(order: Int32Array): void {
@@ -58,36 +125,8 @@ export class Canvas2DRenderer implements Renderer {
 
   /** Re-colours the atlas: one colour table per channel, then one table look-up per value. */
   private paintAtlas(layer: LayerValues, ranges: Float32Array, lut: Uint8Array): void {
-    const { channels, height, width, values } = layer;
-    const columns = Math.max(1, Math.ceil(Math.sqrt((channels * height) / width)));
-    const rows = Math.ceil(channels / columns);
-    this.atlasColumns = columns;
-    this.atlas.width = columns * width;
-    this.atlas.height = rows * height;
-    const actx = this.atlas.getContext("2d");
-    if (actx === null) throw new Error("grid: the Canvas 2D fallback could not create its atlas");
-    const image = actx.createImageData(this.atlas.width, this.atlas.height);
-    const out = new Uint32Array(image.data.buffer);
-    const lut32 = new Uint32Array(lut.buffer.slice(lut.byteOffset, lut.byteOffset + 1024));
-    const nanBytes = new Uint8Array(this.nan.slice(0, 4));
-    const nan32 = new Uint32Array(nanBytes.buffer)[0];
-    const table = new Uint32Array(256);
-    const plane = height * width;
-    for (let c = 0; c < channels; c++) {
-      const [qmin, qmax, lo, hi] = ranges.subarray(4 * c, 4 * c + 4);
-      for (let q = 0; q < 255; q++) {
-        table[q] = lut32[Math.floor(toUnit(dequantize(q, qmin, qmax), lo, hi) * 255 + 0.5)];
-      }
-      table[255] = nan32;
-      const ox = (c % columns) * width;
-      const oy = Math.floor(c / columns) * height;
-      for (let y = 0; y < height; y++) {
-        const src = c * plane + y * width;
-        const dst = (oy + y) * this.atlas.width + ox;
-        for (let x = 0; x < width; x++) out[dst + x] = table[values[src + x]];
-      }
-    }
-    actx.putImageData(image, 0, 0);
+    this.atlasColumns = Math.max(1, Math.ceil(Math.sqrt((layer.channels * layer.height) / layer.width)));
+    paintMaps(this.atlas, layer, this.atlasColumns, (i) => i, ranges, lut, this.nan);
   }
 
   draw(layout: Layout, view: View, dpr: number): void {
@@ -121,11 +160,34 @@ export class Canvas2DRenderer implements Renderer {
         ctx.drawImage(this.atlas, sx, sy, width, height, x0, y0, x1 - x0, y1 - y0);
       }
     }
+    const full = this.full;
+    if (full === null || full.channels.length === 0) return;
+    if (this.fullDirty) {
+      const maps = { channels: full.channels.length, height: full.height, width: full.width, values: full.values };
+      this.fullColumns = Math.max(1, Math.ceil(Math.sqrt(full.channels.length)));
+      paintMaps(this.fullAtlas, maps, this.fullColumns, (i) => full.channels[i], ranges, lut, this.nan);
+      this.fullDirty = false;
+    }
+    tilesOf(full.channels, this.order).forEach((i, slot) => {
+      if (i < 0 || i >= n) return;
+      const [wx, wy] = tileOrigin(layout, i);
+      const x0 = Math.round(wx * s + view.x * dpr);
+      const y0 = Math.round(wy * s + view.y * dpr);
+      const x1 = Math.round((wx + layout.tileWidth) * s + view.x * dpr);
+      const y1 = Math.round((wy + layout.tileHeight) * s + view.y * dpr);
+      if (x1 < 0 || y1 < 0 || x0 > this.canvas.width || y0 > this.canvas.height) return;
+      const sx = (slot % this.fullColumns) * full.width;
+      const sy = Math.floor(slot / this.fullColumns) * full.height;
+      ctx.drawImage(this.fullAtlas, sx, sy, full.width, full.height, x0, y0, x1 - x0, y1 - y0);
+    });
   }
 
   destroy(): void {
     this.atlas.width = 0;
     this.atlas.height = 0;
+    this.fullAtlas.width = 0;
+    this.fullAtlas.height = 0;
+    this.full = null;
     this.layer = null;
     this.ranges = null;
   }

@@ -290,6 +290,98 @@ describe("createGrid", () => {
     expect(g.hitTest(...pixelCentre(g, 0, 1, 1, 2, 2))?.value).toBeNaN();
   });
 
+  it("reports user zoom and pan once per frame, and applies setView without reporting it as the user's", async () => {
+    const g = make(400);
+    g.setLayer(peakLayer(4, 8, 8));
+    await nextFrame();
+    const events: [ReturnType<Grid["getView"]>, boolean][] = [];
+    g.onViewChange((v, byUser) => events.push([v, byUser]));
+    const rect = g.canvas.getBoundingClientRect();
+    for (let i = 0; i < 3; i++) {
+      g.canvas.dispatchEvent(new WheelEvent("wheel", { deltaY: -100, clientX: rect.left + 50, clientY: rect.top + 50, cancelable: true }));
+    }
+    await nextFrame();
+    expect(events.length).toBe(1);
+    expect(events[0][1]).toBe(true);
+    expect(events[0][0].zoom).toBeGreaterThan(1);
+    expect(events[0][0]).toEqual(g.getView());
+
+    g.setView({ zoom: 2, x: 0.25, y: 0.25 });
+    await nextFrame();
+    expect(events.length).toBe(2);
+    expect(events[1][1]).toBe(false);
+    const v = g.getView();
+    expect(v.zoom).toBe(2);
+    expect(v.x).toBeCloseTo(0.25, 6);
+    expect(v.y).toBeCloseTo(0.25, 6);
+    // The visible centre is a quarter into the grid: at zoom 2 the grid's top-left corner is on screen.
+    expect(g.tileClientRect(0)!.left).toBeCloseTo(rect.left, 3);
+    expect(g.tileClientRect(0)!.width).toBeCloseTo(2 * 199, 0);
+    expect(g.visibleTiles().channels).toEqual([0]);
+    g.setView({ zoom: Number.NaN, x: 0, y: 0 });
+    expect(g.getView()).toEqual(v);
+  });
+
+  it("applies a view set before the first layout once the layer arrives", async () => {
+    const g = make(400);
+    g.setView({ zoom: 2, x: 0.75, y: 0.25 });
+    g.setLayer(peakLayer(4, 8, 8));
+    await nextFrame();
+    expect(g.getView().zoom).toBe(2);
+    expect(g.getView().x).toBeCloseTo(0.75, 6);
+  });
+
+  it("keeps zoom and pan for a layer of the same shape, and resets them for another shape", async () => {
+    const g = make(400);
+    g.setLayer(peakLayer(4, 8, 8, "conv1"));
+    await nextFrame();
+    g.setView({ zoom: 3, x: 0.3, y: 0.6 });
+    g.setLayer(peakLayer(4, 8, 8, "relu1"));
+    await nextFrame();
+    expect(g.getView().zoom).toBe(3);
+    expect(g.getView().x).toBeCloseTo(0.3, 6);
+    g.setLayer(peakLayer(4, 4, 4, "pool1"));
+    await nextFrame();
+    expect(g.getView()).toEqual({ zoom: 1, x: 0.5, y: 0.5 });
+  });
+
+  for (const backend of ["webgl2", "canvas2d"] as const) {
+    it(`draws full-resolution tiles over a downsampled layer and hit-tests them at full resolution (${backend})`, async () => {
+      if (backend === "canvas2d") {
+        const original = HTMLCanvasElement.prototype.getContext;
+        vi.spyOn(HTMLCanvasElement.prototype, "getContext").mockImplementation(function (this: HTMLCanvasElement, id: string, o?: unknown) {
+          return id === "webgl2" ? null : (original.call(this, id, o) as never);
+        } as typeof original);
+        vi.spyOn(console, "warn").mockImplementation(() => undefined);
+      }
+      const g = make(400);
+      expect(g.backend).toBe(backend);
+      // 4 channels pooled 4× to 2×2 maps of zeros; channel 1 at full resolution (8×8) has one peak.
+      const pooled = peakLayer(4, 2, 2);
+      pooled.values.fill(0);
+      g.setLayer({ ...pooled, fullHeight: 8, fullWidth: 8, downsample: 4 });
+      const values = new Uint8Array(64);
+      values[5 * 8 + 2] = 254;
+      g.setFullRes({ channels: Int32Array.from([1]), height: 8, width: 8, values });
+      let peak: number[] = [];
+      let beside: number[] = [];
+      await new Promise<void>((resolve) =>
+        requestAnimationFrame(() => {
+          peak = pixelAt(g, ...pixelCentre(g, 1, 5, 2, 8, 8));
+          beside = pixelAt(g, ...pixelCentre(g, 1, 5, 3, 8, 8));
+          resolve();
+        }),
+      );
+      expect(peak).toEqual([255, 255, 255, 255]);
+      expect(beside).toEqual([0, 0, 0, 255]);
+      expect(g.hitTest(...pixelCentre(g, 1, 5, 2, 8, 8))).toMatchObject({ channel: 1, row: 5, col: 2, value: 1, downsample: 1 });
+      expect(g.hitTest(...pixelCentre(g, 0, 1, 1, 2, 2))).toMatchObject({ channel: 0, row: 1, col: 1, downsample: 4 });
+      // A new layer drops them.
+      g.setLayer({ ...pooled, fullHeight: 8, fullWidth: 8, downsample: 4 });
+      expect(g.hitTest(...pixelCentre(g, 1, 1, 0, 2, 2))).toMatchObject({ channel: 1, row: 1, col: 0, downsample: 4 });
+    });
+  }
+
   it("rejects a malformed layer with what was wrong", () => {
     const g = make(400);
     const bad = { ...peakLayer(2, 4, 4), stats: new Float32Array(6) };

@@ -13,6 +13,7 @@ import { type ColormapName, NAN_COLOR, colormapLUT } from "../colormaps";
 import { type Scope, dequantize, displayRange, formatValue } from "../scale";
 import { Canvas2DRenderer } from "./canvas2d";
 import {
+  type FullResTiles,
   IDENTITY_VIEW,
   type Layout,
   type Renderer,
@@ -23,6 +24,7 @@ import {
   panBy,
   revealTile,
   tileOrigin,
+  visibleCells,
   zoomAround,
 } from "./layout";
 import { type Theme, drawOverlay, readTheme } from "./overlay";
@@ -58,14 +60,17 @@ export interface GridOptions {
   selected: ReadonlySet<number>;
   /** Optional per-channel number printed on tiles (e.g. Grad-CAM weight), indexed by channel. */
   badges: Float32Array | null;
+  /** What the badge number is, in the tooltip ("Grad-CAM weight", "d"). */
+  badgeLabel: string;
   /** Largest height of the grid in CSS px at zoom 1 (0 = as tall as a near-square grid needs). */
   maxHeight: number;
 }
 
 /**
- * A point of the grid: the channel, the stored data pixel (row, col; multiply by `downsample` for
- * full-resolution coordinates), its dequantized value (approximate: 8 bits per channel range) and the
- * tile's index in the drawing order. A tile activated from the keyboard reports pixel (0, 0).
+ * A point of the grid: the channel, the data pixel (row, col; multiply by `downsample` for
+ * full-resolution coordinates: 1 on a tile shown at full resolution), its dequantized value
+ * (approximate: 8 bits per channel range) and the tile's index in the drawing order. A tile activated
+ * from the keyboard reports pixel (0, 0).
  */
 export interface HitInfo {
   channel: number;
@@ -73,6 +78,23 @@ export interface HitInfo {
   col: number;
   value: number;
   tileIndex: number;
+  downsample: number;
+}
+
+/**
+ * Zoom and pan in a form independent of the grid's pixel size: `zoom` (1 = the whole grid fits) and the
+ * centre of the visible part as a fraction of the grid's width (`x`) and height (`y`).
+ */
+export interface ViewState {
+  zoom: number;
+  x: number;
+  y: number;
+}
+
+/** What is on screen: the channels whose tiles are at least partly visible, and CSS px per stored pixel. */
+export interface VisibleTiles {
+  channels: number[];
+  pixelSize: number;
 }
 
 export interface Grid {
@@ -81,13 +103,32 @@ export interface Grid {
   /** The interactive canvas (aria-label "Feature maps", data-columns / data-rows of the unzoomed layout). */
   readonly canvas: HTMLCanvasElement;
   readonly backend: "webgl2" | "canvas2d";
-  /** Shows a layer: its values are uploaded once; zoom is kept when the same layer comes back (new sample). */
+  /**
+   * Shows a layer: its values are uploaded once; zoom, pan and focus are kept when the new layer has the
+   * same channel count and map size (another sample, the activation partner). Drops full-resolution tiles.
+   */
   setLayer(data: LayerData): void;
   /** Changes how the layer is drawn; never re-uploads values. */
   setOptions(opts: Partial<GridOptions>): void;
   /** Re-fits the layout to the element's width (also done by a ResizeObserver). */
   resize(): void;
   resetView(): void;
+  /** The current zoom and pan. */
+  getView(): ViewState;
+  /**
+   * Applies a zoom and pan (clamped to the grid) without reporting it as a user change; before the first
+   * layout it is kept and applied then. Non-finite numbers are ignored.
+   */
+  setView(view: ViewState): void;
+  /** Called once per frame after the view changed; `byUser` is false for setView and re-layouts. */
+  onViewChange(cb: (view: ViewState, byUser: boolean) => void): void;
+  /** The visible tiles under the current view (empty before the first layout). */
+  visibleTiles(): VisibleTiles;
+  /**
+   * Draws some channels of the shown (downsampled) layer at full resolution over their tiles; hit
+   * testing, values and tooltips follow. The maps use the layer's per-channel ranges. Null removes them.
+   */
+  setFullRes(tiles: FullResTiles | null): void;
   /** Zooms by `factor` around a client point (default: the centre of the grid). */
   zoomBy(factor: number, clientX?: number, clientY?: number): void;
   hitTest(clientX: number, clientY: number): HitInfo | null;
@@ -113,6 +154,7 @@ const DEFAULTS: GridOptions = {
   order: null,
   selected: new Set<number>(),
   badges: null,
+  badgeLabel: "weight",
   maxHeight: 0,
 };
 
@@ -187,6 +229,13 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
   let data: LayerData | null = null;
   let layout: Layout | null = null;
   let view: View = IDENTITY_VIEW;
+  /** The view last reported to onViewChange, whether the user changed it since, and one set before any layout. */
+  let reportedView: View = IDENTITY_VIEW;
+  let userMoved = false;
+  let pendingView: ViewState | null = null;
+  let full: FullResTiles | null = null;
+  /** Channel → index in `full`. */
+  let fullSlot = new Map<number, number>();
   let order = new Int32Array(0);
   let ranges = new Float32Array(0);
   let dpr = window.devicePixelRatio || 1;
@@ -206,6 +255,7 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
   const clickCbs: ((hit: HitInfo, ev: MouseEvent) => void)[] = [];
   const hoverCbs: ((hit: HitInfo | null) => void)[] = [];
   const drawnCbs: ((layer: string) => void)[] = [];
+  const viewCbs: ((view: ViewState, byUser: boolean) => void)[] = [];
 
   function useCanvas2D(): Renderer {
     glCanvas.hidden = true;
@@ -236,6 +286,7 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
       r.setValues(data);
       r.setRanges(ranges);
       r.setOrder(order);
+      r.setFullRes(full);
     }
   }
 
@@ -287,8 +338,17 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
         view = IDENTITY_VIEW;
       }
       view = clampView(view, layout);
+      if (pendingView !== null) {
+        view = fromViewState(pendingView, layout);
+        pendingView = null;
+      }
       overlay.dataset.columns = String(layout.columns);
       overlay.dataset.rows = String(layout.rows);
+      // Unzoomed tile geometry in CSS px, for automation: tile i sits at (i % columns, i / columns) cells.
+      overlay.dataset.tileWidth = String(layout.tileWidth);
+      overlay.dataset.tileHeight = String(layout.tileHeight);
+      overlay.dataset.cellWidth = String(layout.cellWidth);
+      overlay.dataset.cellHeight = String(layout.cellHeight);
     }
     const w = layout?.viewportWidth ?? width;
     const h = layout?.viewportHeight ?? 0;
@@ -337,6 +397,7 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
           selected: opts.selected,
           focused,
           badges: opts.badges,
+          full,
         });
       } else {
         // Nothing to show (no layer, or an empty order): relayout() already cleared the canvases by resizing.
@@ -353,6 +414,42 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
       needHover = false;
       updateHover();
     }
+    if (view.k !== reportedView.k || view.x !== reportedView.x || view.y !== reportedView.y) {
+      reportedView = view;
+      const byUser = userMoved;
+      userMoved = false;
+      const state = getView();
+      for (const cb of viewCbs) cb(state, byUser);
+    }
+  }
+
+  function getView(): ViewState {
+    if (layout === null) return pendingView ?? { zoom: 1, x: 0.5, y: 0.5 };
+    const { viewportWidth: w, viewportHeight: h } = layout;
+    return {
+      zoom: view.k,
+      x: w > 0 ? (w / 2 - view.x) / view.k / w : 0.5,
+      y: h > 0 ? (h / 2 - view.y) / view.k / h : 0.5,
+    };
+  }
+
+  function fromViewState(v: ViewState, l: Layout): View {
+    const { viewportWidth: w, viewportHeight: h } = l;
+    return clampView({ k: v.zoom, x: w / 2 - v.zoom * v.x * w, y: h / 2 - v.zoom * v.y * h }, l);
+  }
+
+  function visibleTiles(): VisibleTiles {
+    if (layout === null) return { channels: [], pixelSize: 0 };
+    const { c0, c1, r0, r1 } = visibleCells(layout, view);
+    const channels: number[] = [];
+    const n = Math.min(order.length, layout.count);
+    for (let r = r0; r <= r1; r++) {
+      for (let c = c0; c <= c1; c++) {
+        const i = r * layout.columns + c;
+        if (i < n) channels.push(order[i]);
+      }
+    }
+    return { channels, pixelSize: layout.scale * view.k };
   }
 
   function hitAt(sx: number, sy: number): HitInfo | null {
@@ -360,7 +457,20 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
     const hit = hitTestLayout(layout, view, sx, sy);
     if (hit === null) return null;
     const channel = order[hit.tileIndex];
-    return { channel, row: hit.row, col: hit.col, value: valueAt(data, channel, hit.row, hit.col), tileIndex: hit.tileIndex };
+    const slot = fullSlot.get(channel);
+    if (full !== null && slot !== undefined) {
+      // Inside this tile the full-resolution map is drawn: the pixel is one of its pixels.
+      const [tx, ty] = tileOrigin(layout, hit.tileIndex);
+      const lx = (sx - view.x) / view.k - tx;
+      const ly = (sy - view.y) / view.k - ty;
+      const row = Math.min(full.height - 1, Math.max(0, Math.floor((ly / layout.tileHeight) * full.height)));
+      const col = Math.min(full.width - 1, Math.max(0, Math.floor((lx / layout.tileWidth) * full.width)));
+      const q = full.values[(slot * full.height + row) * full.width + col];
+      const value = dequantize(q, data.stats[6 * channel], data.stats[6 * channel + 1]);
+      return { channel, row, col, value, tileIndex: hit.tileIndex, downsample: 1 };
+    }
+    const value = valueAt(data, channel, hit.row, hit.col);
+    return { channel, row: hit.row, col: hit.col, value, tileIndex: hit.tileIndex, downsample: data.downsample };
   }
 
   function hitTest(clientX: number, clientY: number): HitInfo | null {
@@ -381,9 +491,9 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
       `min ${formatValue(s[0])} · max ${formatValue(s[1])} · mean ${formatValue(s[2])}`,
       `zeros ${formatValue(100 * s[3])}% · NaN ${s[4]} · Inf ${s[5]}`,
     ];
-    if (opts.badges !== null && channel < opts.badges.length) lines.push(`weight ${formatValue(opts.badges[channel])}`);
+    if (opts.badges !== null && channel < opts.badges.length) lines.push(`${opts.badgeLabel} ${formatValue(opts.badges[channel])}`);
     if (hit !== null) {
-      const f = data.downsample;
+      const f = hit.downsample;
       const where = f > 1 ? `mean of ${f}×${f} at row ${hit.row * f}, col ${hit.col * f}` : `row ${hit.row}, col ${hit.col}`;
       lines.push(`${where}: ≈ ${formatValue(hit.value)} (8-bit; exact in the channel view)`);
     }
@@ -438,9 +548,11 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
     return { x: wx * view.k + view.x, y: wy * view.k + view.y, w: layout.tileWidth * view.k, h: layout.tileHeight * view.k };
   }
 
-  function setView(v: View): void {
+  /** A view change made by the user (reported with byUser = true). */
+  function moveView(v: View): void {
     if (layout === null) return;
     view = clampView(v, layout);
+    userMoved = true;
     requestDraw();
   }
 
@@ -449,14 +561,14 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
     const rect = overlay.getBoundingClientRect();
     const sx = clientX === undefined ? layout.viewportWidth / 2 : clientX - rect.left;
     const sy = clientY === undefined ? layout.viewportHeight / 2 : clientY - rect.top;
-    setView(zoomAround(view, layout, factor, sx, sy));
+    moveView(zoomAround(view, layout, factor, sx, sy));
   }
 
   function focusTile(channel: number): void {
     focused = channel;
     if (layout !== null) {
       const i = order.indexOf(channel);
-      if (i >= 0) view = revealTile(view, layout, i);
+      if (i >= 0) moveView(revealTile(view, layout, i));
     }
     requestDraw();
   }
@@ -517,7 +629,7 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
           press.dragging = true;
           press.x = ev.clientX;
           press.y = ev.clientY;
-          setView(panBy(view, layout, dx, dy));
+          moveView(panBy(view, layout, dx, dy));
           return;
         }
       }
@@ -553,7 +665,7 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
     },
     { signal },
   );
-  overlay.addEventListener("dblclick", () => setView(IDENTITY_VIEW), { signal });
+  overlay.addEventListener("dblclick", () => moveView(IDENTITY_VIEW), { signal });
   overlay.addEventListener(
     "keydown",
     (ev) => {
@@ -567,14 +679,15 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
         if (r !== null) zoomBy(KEY_ZOOM, rect.left + r.x + r.w / 2, rect.top + r.y + r.h / 2);
         else zoomBy(KEY_ZOOM);
       } else if (ev.key === "-" || ev.key === "_") zoomBy(1 / KEY_ZOOM);
-      else if (ev.key === "0") setView(IDENTITY_VIEW);
-      else if (arrow !== undefined && ev.shiftKey) setView(panBy(view, layout, -arrow[0] * step, -arrow[1] * step));
+      else if (ev.key === "0") moveView(IDENTITY_VIEW);
+      else if (arrow !== undefined && ev.shiftKey) moveView(panBy(view, layout, -arrow[0] * step, -arrow[1] * step));
       else if (arrow !== undefined) moveFocus(arrow[0], arrow[1]);
       else if ((ev.key === "Enter" || ev.key === " ") && focused !== null && data !== null && focused < data.channels) {
         const i = order.indexOf(focused);
         if (i < 0) return;
         const mouse = new MouseEvent("click", { shiftKey: ev.shiftKey });
-        click({ channel: focused, row: 0, col: 0, value: valueAt(data, focused, 0, 0), tileIndex: i }, mouse);
+        const downsample = fullSlot.has(focused) ? 1 : data.downsample;
+        click({ channel: focused, row: 0, col: 0, value: valueAt(data, focused, 0, 0), tileIndex: i, downsample }, mouse);
       } else return;
       keyboardMode = true;
       // JupyterLab's shortcuts would otherwise act on these keys too.
@@ -654,12 +767,15 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
     },
     setLayer(d: LayerData): void {
       checkLayer(d);
-      const sameKind = data !== null && data.layer === d.layer && data.height === d.height && data.width === d.width;
+      // Another sample, or the activation partner of a conv: same tiles, so the user's zoom and focus stay.
+      const sameKind = data !== null && data.channels === d.channels && data.height === d.height && data.width === d.width;
       if (!sameKind) {
         layout = null;
         focused = null;
       }
       data = d;
+      full = null;
+      fullSlot = new Map();
       renderer.setValues(d);
       computeRanges();
       computeOrder();
@@ -676,7 +792,34 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
       requestDraw();
     },
     resize: relayout,
-    resetView: () => setView(IDENTITY_VIEW),
+    resetView(): void {
+      if (layout === null) return;
+      view = IDENTITY_VIEW;
+      requestDraw();
+    },
+    getView,
+    setView(v: ViewState): void {
+      if (![v?.zoom, v?.x, v?.y].every((n) => typeof n === "number" && Number.isFinite(n))) return;
+      if (layout === null) {
+        pendingView = { zoom: v.zoom, x: v.x, y: v.y };
+        return;
+      }
+      view = fromViewState(v, layout);
+      requestDraw();
+    },
+    onViewChange: (cb) => void viewCbs.push(cb),
+    visibleTiles,
+    setFullRes(tiles: FullResTiles | null): void {
+      if (data === null) return;
+      if (tiles !== null && tiles.channels.some((c) => !(c >= 0 && c < data!.channels))) {
+        throw new Error(`grid: full-resolution tiles for channels ${tiles.channels.join(", ")}; layer "${data.layer}" has ${data.channels}`);
+      }
+      full = tiles;
+      fullSlot = new Map();
+      tiles?.channels.forEach((c, slot) => fullSlot.set(c, slot));
+      renderer.setFullRes(tiles);
+      requestDraw();
+    },
     zoomBy,
     hitTest,
     tileClientRect(channel: number): DOMRect | null {
@@ -702,7 +845,7 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
       listeners.abort();
       resizeObserver.disconnect();
       renderer.destroy();
-      clickCbs.length = hoverCbs.length = drawnCbs.length = 0;
+      clickCbs.length = hoverCbs.length = drawnCbs.length = viewCbs.length = 0;
       data = null;
       element.remove();
     },

@@ -224,6 +224,31 @@ export interface LayerValues {
 }
 
 /**
+ * Some channels of a downsampled layer at full resolution (a `layer` reply with `channels`): drawn over
+ * their tiles instead of the pooled maps. Quantized like the layer, on the same per-channel ranges.
+ */
+export interface FullResTiles {
+  /** The channels held, in the order of `values`. */
+  channels: Int32Array;
+  height: number;
+  width: number;
+  /** channels.length × height × width, q = 255 for non-finite values. */
+  values: Uint8Array;
+}
+
+/**
+ * Where each tile of `channels` sits in the drawing order (−1 when it is not shown).
+ *
+ * @example
+ *   tilesOf(Int32Array.from([5, 2]), Int32Array.from([2, 9, 5])); // Int32Array [2, 0]
+ */
+export function tilesOf(channels: Int32Array, order: Int32Array): Int32Array {
+  const index = new Map<number, number>();
+  order.forEach((c, i) => index.set(c, i));
+  return channels.map((c) => index.get(c) ?? -1);
+}
+
+/**
  * What the grid asks of a backend (WebGL2 or Canvas 2D). Each setter stores one kind of input, so a
  * change of colormap or scale never re-sends the values.
  */
@@ -236,6 +261,8 @@ export interface Renderer {
   setColormap(lut: Uint8Array, nanColor: readonly number[]): void;
   /** Channel drawn in each tile, in tile order. */
   setOrder(order: Int32Array): void;
+  /** Full-resolution maps drawn over their channels' tiles (null: none). Cleared by setValues. */
+  setFullRes(tiles: FullResTiles | null): void;
   /** Draws all tiles into a drawing buffer of `round(viewport × dpr)` device px. */
   draw(layout: Layout, view: View, dpr: number): void;
   destroy(): void;

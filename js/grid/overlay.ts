@@ -4,10 +4,10 @@
  * visited, so 2048 tiles cost nothing while their labels are too small to draw.
  *
  * @example
- *   drawOverlay(ctx, { layout, view, dpr, order, layer, ranges, lut, theme, selected, focused, badges });
+ *   drawOverlay(ctx, { layout, view, dpr, order, layer, ranges, lut, theme, selected, focused, badges, full: null });
  */
 import { dequantize, formatValue, toUnit } from "../scale";
-import { type Layout, type View, VALUE_LABEL_MIN_PX, tileOrigin, visibleCells } from "./layout";
+import { type FullResTiles, type Layout, type View, VALUE_LABEL_MIN_PX, tileOrigin, visibleCells } from "./layout";
 
 /** Colours and fonts of the overlay, read from JupyterLab's CSS variables. */
 export interface Theme {
@@ -64,6 +64,16 @@ export interface OverlayState {
   selected: ReadonlySet<number>;
   focused: number | null;
   badges: Float32Array | null;
+  /** Full-resolution maps drawn over some tiles (their values are printed at full resolution). */
+  full: FullResTiles | null;
+}
+
+/** One channel's quantized map: `values[base + row * width + col]`. */
+interface MapSource {
+  values: Uint8Array;
+  width: number;
+  height: number;
+  base: number;
 }
 
 /** Tiles narrower than this (CSS px on screen) get no channel number: it would cover the picture. */
@@ -87,20 +97,28 @@ function tag(ctx: CanvasRenderingContext2D, text: string, x: number, y: number, 
   ctx.fillText(text, left + 3, y + 10);
 }
 
-function drawValues(ctx: CanvasRenderingContext2D, s: OverlayState, channel: number, x0: number, y0: number, px: number): void {
-  const { layer, layout, ranges, lut, theme } = s;
-  const { width, height, values } = layer;
+function drawValues(
+  ctx: CanvasRenderingContext2D,
+  s: OverlayState,
+  channel: number,
+  map: MapSource,
+  x0: number,
+  y0: number,
+  px: number,
+  py: number,
+): void {
+  const { layout, ranges, lut, theme } = s;
+  const { width, height, values, base } = map;
   const cx0 = Math.max(0, Math.floor(-x0 / px));
   const cx1 = Math.min(width - 1, Math.floor((layout.viewportWidth - x0) / px));
-  const cy0 = Math.max(0, Math.floor(-y0 / px));
-  const cy1 = Math.min(height - 1, Math.floor((layout.viewportHeight - y0) / px));
+  const cy0 = Math.max(0, Math.floor(-y0 / py));
+  const cy1 = Math.min(height - 1, Math.floor((layout.viewportHeight - y0) / py));
   if (cx0 > cx1 || cy0 > cy1) return;
   const [qmin, qmax, lo, hi] = ranges.subarray(4 * channel, 4 * channel + 4);
-  const size = Math.min(14, Math.max(8, Math.floor(px / 3.2)));
+  const size = Math.min(14, Math.max(8, Math.floor(Math.min(px, py) / 3.2)));
   ctx.font = `${size}px ${theme.mono}`;
   ctx.textAlign = "center";
   ctx.textBaseline = "middle";
-  const base = channel * width * height;
   for (let r = cy0; r <= cy1; r++) {
     for (let c = cx0; c <= cx1; c++) {
       const q = values[base + r * width + c];
@@ -114,7 +132,7 @@ function drawValues(ctx: CanvasRenderingContext2D, s: OverlayState, channel: num
         light = 0.299 * lut[i] + 0.587 * lut[i + 1] + 0.114 * lut[i + 2] > 140;
       }
       ctx.fillStyle = light ? "#000" : "#fff";
-      ctx.fillText(text, x0 + (c + 0.5) * px, y0 + (r + 0.5) * px);
+      ctx.fillText(text, x0 + (c + 0.5) * px, y0 + (r + 0.5) * py);
     }
   }
   ctx.textAlign = "left";
@@ -130,8 +148,10 @@ export function drawOverlay(ctx: CanvasRenderingContext2D, s: OverlayState): voi
   const n = Math.min(order.length, layout.count);
   const tw = layout.tileWidth * view.k;
   const th = layout.tileHeight * view.k;
-  const px = layout.scale * view.k;
   const { c0, c1, r0, r1 } = visibleCells(layout, view);
+  const fullSlot = new Map<number, number>();
+  s.full?.channels.forEach((c, slot) => fullSlot.set(c, slot));
+  const full = s.full;
   ctx.font = `11px ${theme.font}`;
   for (let r = r0; r <= r1; r++) {
     for (let col = c0; col <= c1; col++) {
@@ -141,8 +161,17 @@ export function drawOverlay(ctx: CanvasRenderingContext2D, s: OverlayState): voi
       const [wx, wy] = tileOrigin(layout, i);
       const x0 = wx * view.k + view.x;
       const y0 = wy * view.k + view.y;
-      if (px >= VALUE_LABEL_MIN_PX) {
-        drawValues(ctx, s, channel, x0, y0, px);
+      const slot = fullSlot.get(channel);
+      const { height, width, values } = s.layer;
+      const map: MapSource =
+        full !== null && slot !== undefined
+          ? { values: full.values, width: full.width, height: full.height, base: slot * full.width * full.height }
+          : { values, width, height, base: channel * width * height };
+      // A full-resolution map may not be an exact multiple of the pooled one: each axis has its own pitch.
+      const px = tw / map.width;
+      const py = th / map.height;
+      if (Math.min(px, py) >= VALUE_LABEL_MIN_PX) {
+        drawValues(ctx, s, channel, map, x0, y0, px, py);
         ctx.font = `11px ${theme.font}`;
       }
       if ((s.layer.flags[channel] & 1) !== 0) {

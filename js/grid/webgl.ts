@@ -2,14 +2,16 @@
  * WebGL2 backend: a layer lives on the GPU as one R8UI `TEXTURE_2D_ARRAY` (a channel per array layer,
  * or several channels packed side by side per layer when the device has fewer array layers than
  * channels), the per-channel ranges as a small RGBA32F texture and the colormap as a 256×1 texture. The
- * whole grid is one instanced draw of a quad, one instance per tile.
+ * whole grid is one instanced draw of a quad, one instance per tile; full-resolution maps of a few
+ * channels (a zoomed-in downsampled layer) live in a second texture array and are drawn over their tiles
+ * by a second instanced draw of the same program.
  *
  * @example
  *   const r = new WebGLRenderer(canvas);          // throws if WebGL2 is unavailable
  *   r.setValues(layer); r.setRanges(ranges); r.setColormap(colormapLUT("gray"), NAN_COLOR);
  *   r.setOrder(order); r.draw(layout, view, devicePixelRatio);
  */
-import type { LayerValues, Layout, Renderer, View } from "./layout";
+import { type FullResTiles, type LayerValues, type Layout, type Renderer, type View, tilesOf } from "./layout";
 
 /** How channels are placed in the texture array: `slotsX × slotsY` maps per array layer. */
 export interface Packing {
@@ -59,7 +61,10 @@ const RANGE_TEX_WIDTH = 1024;
 const VERTEX = `#version 300 es
 layout(location = 0) in vec2 a_corner;
 layout(location = 1) in int a_channel;
+layout(location = 2) in int a_tile;
 uniform int u_columns;
+uniform int u_count;
+uniform bool u_full;      // drawing full-resolution tiles: the tile comes from a_tile, the map from the instance
 uniform vec2 u_cell;
 uniform vec2 u_tile;
 uniform vec3 u_view;      // k, x, y (CSS px)
@@ -67,8 +72,13 @@ uniform float u_dpr;
 uniform vec2 u_viewport;  // device px
 out vec2 v_uv;
 flat out int v_channel;
+flat out int v_slot;
 void main() {
-  int i = gl_InstanceID;
+  int i = u_full ? a_tile : gl_InstanceID;
+  if (i < 0 || i >= u_count) {
+    gl_Position = vec4(2.0, 2.0, 0.0, 1.0);  // a channel not shown: outside the clip volume
+    return;
+  }
   vec2 cell = vec2(float(i % u_columns), float(i / u_columns));
   vec2 world = cell * u_cell + a_corner * u_tile;
   vec2 screen = (world * u_view.x + u_view.yz) * u_dpr;
@@ -76,6 +86,7 @@ void main() {
   gl_Position = vec4(clip.x, -clip.y, 0.0, 1.0);
   v_uv = a_corner;
   v_channel = a_channel;
+  v_slot = u_full ? gl_InstanceID : a_channel;
 }`;
 
 const FRAGMENT = `#version 300 es
@@ -90,11 +101,12 @@ uniform int u_slotsPerLayer;
 uniform vec4 u_nan;
 in vec2 v_uv;
 flat in int v_channel;
+flat in int v_slot;
 out vec4 o_color;
 void main() {
   ivec2 px = clamp(ivec2(floor(v_uv * vec2(u_mapSize))), ivec2(0), u_mapSize - 1);
-  int layer = v_channel / u_slotsPerLayer;
-  int slot = v_channel - layer * u_slotsPerLayer;
+  int layer = v_slot / u_slotsPerLayer;
+  int slot = v_slot - layer * u_slotsPerLayer;
   ivec2 offset = ivec2(slot % u_slotsX, slot / u_slotsX) * u_mapSize;
   uint q = texelFetch(u_values, ivec3(offset + px, layer), 0).r;
   if (q == 255u) {
@@ -108,11 +120,11 @@ void main() {
 }`;
 
 type UniformName =
-  | "u_columns" | "u_cell" | "u_tile" | "u_view" | "u_dpr" | "u_viewport"
+  | "u_columns" | "u_count" | "u_full" | "u_cell" | "u_tile" | "u_view" | "u_dpr" | "u_viewport"
   | "u_values" | "u_ranges" | "u_lut" | "u_mapSize" | "u_slotsX" | "u_slotsPerLayer" | "u_nan";
 
 const UNIFORMS: readonly UniformName[] = [
-  "u_columns", "u_cell", "u_tile", "u_view", "u_dpr", "u_viewport",
+  "u_columns", "u_count", "u_full", "u_cell", "u_tile", "u_view", "u_dpr", "u_viewport",
   "u_values", "u_ranges", "u_lut", "u_mapSize", "u_slotsX", "u_slotsPerLayer", "u_nan",
 ];
 
@@ -143,6 +155,14 @@ export class WebGLRenderer implements Renderer {
   private readonly cornerBuffer: WebGLBuffer;
   private readonly orderBuffer: WebGLBuffer;
   private readonly valuesTex: WebGLTexture;
+  private readonly fullVao: WebGLVertexArrayObject;
+  private readonly fullChannelBuffer: WebGLBuffer;
+  private readonly fullTileBuffer: WebGLBuffer;
+  private readonly fullTex: WebGLTexture;
+  private full: FullResTiles | null = null;
+  /** The full-resolution tiles' positions must be recomputed (new order or new tiles). */
+  private fullDirty = false;
+  private order: Int32Array = new Int32Array(0);
   private readonly rangesTex: WebGLTexture;
   private readonly lutTex: WebGLTexture;
   private readonly loc: Record<UniformName, WebGLUniformLocation | null>;
@@ -200,6 +220,25 @@ export class WebGLRenderer implements Renderer {
     gl.vertexAttribIPointer(1, 1, gl.INT, 0, 0);
     gl.vertexAttribDivisor(1, 1);
     gl.bindVertexArray(null);
+    // The main draw leaves a_tile disabled: its constant value must be an int, or WebGL2 refuses to draw.
+    gl.vertexAttribI4i(2, 0, 0, 0, 0);
+
+    this.fullVao = gl.createVertexArray();
+    gl.bindVertexArray(this.fullVao);
+    gl.bindBuffer(gl.ARRAY_BUFFER, this.cornerBuffer);
+    gl.enableVertexAttribArray(0);
+    gl.vertexAttribPointer(0, 2, gl.FLOAT, false, 0, 0);
+    this.fullChannelBuffer = gl.createBuffer();
+    gl.bindBuffer(gl.ARRAY_BUFFER, this.fullChannelBuffer);
+    gl.enableVertexAttribArray(1);
+    gl.vertexAttribIPointer(1, 1, gl.INT, 0, 0);
+    gl.vertexAttribDivisor(1, 1);
+    this.fullTileBuffer = gl.createBuffer();
+    gl.bindBuffer(gl.ARRAY_BUFFER, this.fullTileBuffer);
+    gl.enableVertexAttribArray(2);
+    gl.vertexAttribIPointer(2, 1, gl.INT, 0, 0);
+    gl.vertexAttribDivisor(2, 1);
+    gl.bindVertexArray(null);
 
     const texture = (target: number): WebGLTexture => {
       const t = gl.createTexture();
@@ -212,6 +251,7 @@ export class WebGLRenderer implements Renderer {
     };
     this.valuesTex = texture(gl.TEXTURE_2D_ARRAY);
     this.rangesTex = texture(gl.TEXTURE_2D);
+    this.fullTex = texture(gl.TEXTURE_2D_ARRAY);
     this.lutTex = texture(gl.TEXTURE_2D);
     gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA8, 256, 1, 0, gl.RGBA, gl.UNSIGNED_BYTE, null);
   }
@@ -249,6 +289,30 @@ export class WebGLRenderer implements Renderer {
     gl.texImage3D(gl.TEXTURE_2D_ARRAY, 0, gl.R8UI, p.texWidth, p.texHeight, p.layers, 0, gl.RED_INTEGER, gl.UNSIGNED_BYTE, data);
     this.packing = p;
     this.mapSize = [width, height];
+    this.full = null;
+  }
+
+  setFullRes(tiles: FullResTiles | null): void {
+    const gl = this.gl;
+    this.full = tiles;
+    this.fullDirty = true;
+    if (tiles === null || gl.isContextLost()) return;
+    const { channels, height, width, values } = tiles;
+    const n = channels.length;
+    if (values.length !== n * height * width) {
+      throw new Error(`grid: full-resolution tiles hold ${values.length} bytes, expected ${n}×${height}×${width}`);
+    }
+    if (n > this.maxLayers || height > this.maxSize || width > this.maxSize) {
+      throw new Error(
+        `grid: ${n} full-resolution maps of ${height}×${width} exceed this GPU's textures (${this.maxLayers} layers of ${this.maxSize}²)`,
+      );
+    }
+    if (n === 0) return;
+    gl.bindTexture(gl.TEXTURE_2D_ARRAY, this.fullTex);
+    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
+    gl.texImage3D(gl.TEXTURE_2D_ARRAY, 0, gl.R8UI, width, height, n, 0, gl.RED_INTEGER, gl.UNSIGNED_BYTE, values);
+    gl.bindBuffer(gl.ARRAY_BUFFER, this.fullChannelBuffer);
+    gl.bufferData(gl.ARRAY_BUFFER, channels, gl.DYNAMIC_DRAW);
   }
 
   setRanges(ranges: Float32Array): void {
@@ -280,6 +344,8 @@ export class WebGLRenderer implements Renderer {
   setOrder(order: Int32Array): void {
     const gl = this.gl;
     this.tiles = order.length;
+    this.order = order;
+    this.fullDirty = true;
     if (gl.isContextLost()) return;
     gl.bindBuffer(gl.ARRAY_BUFFER, this.orderBuffer);
     gl.bufferData(gl.ARRAY_BUFFER, order, gl.DYNAMIC_DRAW);
@@ -296,7 +362,10 @@ export class WebGLRenderer implements Renderer {
     if (p === null || this.tiles === 0 || this.rangeRows === 0) return;
     gl.useProgram(this.program);
     const u = this.loc;
+    const count = Math.min(this.tiles, layout.count);
     gl.uniform1i(u.u_columns, layout.columns);
+    gl.uniform1i(u.u_count, count);
+    gl.uniform1i(u.u_full, 0);
     gl.uniform2f(u.u_cell, layout.cellWidth, layout.cellHeight);
     gl.uniform2f(u.u_tile, layout.tileWidth, layout.tileHeight);
     gl.uniform3f(u.u_view, view.k, view.x, view.y);
@@ -317,7 +386,23 @@ export class WebGLRenderer implements Renderer {
     gl.bindTexture(gl.TEXTURE_2D, this.lutTex);
     gl.uniform1i(u.u_lut, 2);
     gl.bindVertexArray(this.vao);
-    gl.drawArraysInstanced(gl.TRIANGLE_STRIP, 0, 4, Math.min(this.tiles, layout.count));
+    gl.drawArraysInstanced(gl.TRIANGLE_STRIP, 0, 4, count);
+    const full = this.full;
+    if (full !== null && full.channels.length > 0) {
+      if (this.fullDirty) {
+        gl.bindBuffer(gl.ARRAY_BUFFER, this.fullTileBuffer);
+        gl.bufferData(gl.ARRAY_BUFFER, tilesOf(full.channels, this.order), gl.DYNAMIC_DRAW);
+        this.fullDirty = false;
+      }
+      gl.uniform1i(u.u_full, 1);
+      gl.uniform2i(u.u_mapSize, full.width, full.height);
+      gl.uniform1i(u.u_slotsX, 1);
+      gl.uniform1i(u.u_slotsPerLayer, 1);
+      gl.activeTexture(gl.TEXTURE0);
+      gl.bindTexture(gl.TEXTURE_2D_ARRAY, this.fullTex);
+      gl.bindVertexArray(this.fullVao);
+      gl.drawArraysInstanced(gl.TRIANGLE_STRIP, 0, 4, full.channels.length);
+    }
     gl.bindVertexArray(null);
   }
 
@@ -326,6 +411,10 @@ export class WebGLRenderer implements Renderer {
     const gl = this.gl;
     if (!gl.isContextLost()) {
       gl.deleteTexture(this.valuesTex);
+      gl.deleteTexture(this.fullTex);
+      gl.deleteBuffer(this.fullChannelBuffer);
+      gl.deleteBuffer(this.fullTileBuffer);
+      gl.deleteVertexArray(this.fullVao);
       gl.deleteTexture(this.rangesTex);
       gl.deleteTexture(this.lutTex);
       gl.deleteBuffer(this.cornerBuffer);

@@ -1,0 +1,107 @@
+import { afterEach, describe, expect, it } from "vitest";
+import { heatmapLUT } from "./colormaps";
+import { createGradcamPanel, type GradcamResult, heatmapPicture, upsampleBilinear } from "./gradcam";
+
+function result(extra: Partial<GradcamResult> = {}): GradcamResult {
+  // A 4×4 map with its maximum at row 3, col 0 (bottom-left) and a weaker spot at row 0, col 3.
+  const heatmap = new Float32Array(16);
+  heatmap[3 * 4 + 0] = 2;
+  heatmap[0 * 4 + 3] = 0.5;
+  return { layer: "layer4", sample: 0, target: 285, label: "Egyptian cat", height: 4, width: 4, heatmap, weights: new Float32Array(8), ...extra };
+}
+
+describe("upsampleBilinear", () => {
+  it("places source values at pixel centres, as torch's align_corners=False does", () => {
+    expect(Array.from(upsampleBilinear(new Float32Array([0, 1]), 1, 2, 1, 4))).toEqual([0, 0.25, 0.75, 1]);
+    // 2×2 → 4×4: torch.nn.functional.interpolate([[0, 4], [8, 12]], size=4, mode="bilinear") row 1.
+    const up = upsampleBilinear(new Float32Array([0, 4, 8, 12]), 2, 2, 4, 4);
+    expect(Array.from(up.subarray(4, 8))).toEqual([2, 3, 5, 6]);
+  });
+
+  it("keeps the size when no scaling is asked", () => {
+    const src = Float32Array.from([1, 2, 3, 4, 5, 6]);
+    expect(upsampleBilinear(src, 2, 3, 2, 3)).toEqual(src);
+  });
+});
+
+describe("heatmapPicture", () => {
+  it("puts the hottest colour where the heatmap peaks, blended over the input by the opacity", () => {
+    const input = { height: 32, width: 32, pixels: new Uint8Array(32 * 32 * 3).fill(200) };
+    const image = heatmapPicture(result(), input, 1);
+    expect([image.width, image.height]).toEqual([32, 32]);
+    const lut = heatmapLUT();
+    const at = (r: number, c: number): number[] => Array.from(image.data.subarray(4 * (r * 32 + c), 4 * (r * 32 + c) + 3));
+    // Bottom-left 8×8 block is the peak's pixel; its centre gets the top of the colormap.
+    expect(at(28, 3)).toEqual(Array.from(lut.subarray(4 * 255, 4 * 255 + 3)));
+    expect(at(4, 4)).toEqual(Array.from(lut.subarray(0, 3)));
+    const half = heatmapPicture(result(), input, 0.5);
+    expect(half.data[4 * (4 * 32 + 4)]).toBe(Math.round(0.5 * 200 + 0.5 * lut[0]));
+  });
+
+  it("draws the heatmap alone at its own size without an input", () => {
+    const image = heatmapPicture(result(), null, 0.3);
+    expect([image.width, image.height]).toEqual([4, 4]);
+    expect(image.data[4 * 12 + 0]).toBe(heatmapLUT()[4 * 255]);
+  });
+});
+
+describe("Grad-CAM panel", () => {
+  const hosts: HTMLElement[] = [];
+  afterEach(() => {
+    for (const h of hosts.splice(0)) h.remove();
+  });
+
+  function mount(): { panel: ReturnType<typeof createGradcamPanel>; targets: (number | null)[]; root: HTMLElement } {
+    const root = document.createElement("div");
+    document.body.append(root);
+    hosts.push(root);
+    const targets: (number | null)[] = [];
+    return { panel: createGradcamPanel(root, { onTarget: (t) => targets.push(t) }), targets, root };
+  }
+
+  it("lists predicted and the top classes as text, and reports the chosen class", () => {
+    const { panel, targets, root } = mount();
+    panel.setClasses(
+      [
+        { index: 285, label: "Egyptian cat", prob: 0.71 },
+        { index: 17, label: null, prob: 0.1 },
+        { index: 3, label: "<img src=x onerror=alert(1)>", prob: 0.01 },
+      ],
+      null,
+    );
+    const select = root.querySelector<HTMLSelectElement>('select[aria-label="Class"]')!;
+    expect(Array.from(select.options).map((o) => o.textContent)).toEqual([
+      "predicted",
+      "Egyptian cat (71%)",
+      "class 17 (10%)",
+      "<img src=x onerror=alert(1)> (1%)",
+    ]);
+    expect(root.querySelector("img")).toBeNull();
+    select.value = "17";
+    select.dispatchEvent(new Event("change"));
+    select.value = "";
+    select.dispatchEvent(new Event("change"));
+    expect(targets).toEqual([17, null]);
+    panel.setClasses([], 42);
+    expect(select.value).toBe("42");
+  });
+
+  it("captions the layer resolution and class, and replaces the picture by a readable error", () => {
+    const { panel, root } = mount();
+    panel.element.hidden = false;
+    panel.show(result());
+    expect(panel.element.textContent).toContain("4 × 4 map");
+    expect(panel.element.textContent).toContain("class: Egyptian cat (285)");
+    panel.showError("the model's output is (1, 7, 7): not a classifier");
+    const alert = root.querySelector<HTMLElement>('[role="alert"]')!;
+    expect(alert.textContent).toContain("not a classifier");
+    expect(root.querySelector<HTMLElement>(".fm-gradcam-body")!.hidden).toBe(true);
+    expect(panel.element.dataset.state).toBe("error");
+  });
+
+  it("says when the map is zero everywhere", () => {
+    const { panel } = mount();
+    panel.show(result({ heatmap: new Float32Array(16) }));
+    expect(panel.element.textContent).toContain("Zero everywhere");
+  });
+});

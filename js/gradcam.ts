@@ -1,0 +1,272 @@
+/**
+ * The Grad-CAM panel: the input image with the Grad-CAM heatmap of the shown layer laid over it
+ * (bilinear upsampling, Turbo colours, an opacity slider), a class picker and a caption saying which
+ * layer resolution and which class the map is for. The widget does the requests; this module draws.
+ *
+ * @example
+ *   const panel = createGradcamPanel(root, { onTarget: (t) => model.set("target", t) });
+ *   panel.setClasses(predictions[sample], model.get("target"));
+ *   panel.setInput({ height: 224, width: 224, pixels });
+ *   panel.show(result);              // or panel.showLoading("layer4") / panel.showError("not a classifier")
+ */
+import { heatmapLUT } from "./colormaps";
+import { predictionLabel } from "./controls";
+import type { Prediction } from "./protocol";
+import { formatValue } from "./scale";
+
+/** A decoded `gradcam` reply. */
+export interface GradcamResult {
+  layer: string;
+  sample: number;
+  /** The class the map is for (the kernel's choice when the request asked for the predicted one). */
+  target: number | null;
+  label: string | null;
+  height: number;
+  width: number;
+  /** height × width, non-negative, not normalized. */
+  heatmap: Float32Array;
+  /** One weight per channel of the layer. */
+  weights: Float32Array;
+}
+
+/** The input picture, RGB bytes row by row. */
+export interface InputPicture {
+  height: number;
+  width: number;
+  pixels: Uint8Array;
+}
+
+/**
+ * Resizes a map with bilinear interpolation, pixel centres aligned as in PyTorch's
+ * `F.interpolate(mode="bilinear", align_corners=False)`: each source value sits at its pixel's centre.
+ *
+ * @example
+ *   upsampleBilinear(new Float32Array([0, 1]), 1, 2, 1, 4); // [0, 0.25, 0.75, 1]
+ */
+export function upsampleBilinear(src: Float32Array, h: number, w: number, H: number, W: number): Float32Array {
+  const out = new Float32Array(H * W);
+  // Source coordinate of each destination row / column, split into the lower index and the weight.
+  const axis = (n: number, N: number): [Int32Array, Int32Array, Float32Array] => {
+    const lo = new Int32Array(N);
+    const hi = new Int32Array(N);
+    const t = new Float32Array(N);
+    for (let i = 0; i < N; i++) {
+      const x = Math.min(n - 1, Math.max(0, ((i + 0.5) * n) / N - 0.5));
+      lo[i] = Math.floor(x);
+      hi[i] = Math.min(n - 1, lo[i] + 1);
+      t[i] = x - lo[i];
+    }
+    return [lo, hi, t];
+  };
+  const [y0, y1, ty] = axis(h, H);
+  const [x0, x1, tx] = axis(w, W);
+  for (let r = 0; r < H; r++) {
+    const a = y0[r] * w;
+    const b = y1[r] * w;
+    for (let c = 0; c < W; c++) {
+      const top = src[a + x0[c]] * (1 - tx[c]) + src[a + x1[c]] * tx[c];
+      const bottom = src[b + x0[c]] * (1 - tx[c]) + src[b + x1[c]] * tx[c];
+      out[r * W + c] = top * (1 - ty[r]) + bottom * ty[r];
+    }
+  }
+  return out;
+}
+
+/** Largest finite value of a heatmap (0 when there is none). */
+function peak(heatmap: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < heatmap.length; i++) if (Number.isFinite(heatmap[i]) && heatmap[i] > m) m = heatmap[i];
+  return m;
+}
+
+/**
+ * The panel's picture: the heatmap scaled to its maximum, upsampled to the input's size (or kept at its
+ * own size without an input) and blended over the input with `opacity`.
+ *
+ * @example
+ *   const image = heatmapPicture(result, input, 0.5); // ImageData of input.width × input.height
+ */
+export function heatmapPicture(result: GradcamResult, input: InputPicture | null, opacity: number): ImageData {
+  const H = input?.height ?? result.height;
+  const W = input?.width ?? result.width;
+  const m = peak(result.heatmap);
+  const scaled = result.heatmap.map((v) => (m > 0 && Number.isFinite(v) ? v / m : 0));
+  const heat = upsampleBilinear(scaled, result.height, result.width, H, W);
+  const lut = heatmapLUT();
+  const image = new ImageData(W, H);
+  const a = input === null ? 1 : Math.min(1, Math.max(0, opacity));
+  for (let i = 0; i < H * W; i++) {
+    const j = 4 * Math.round(Math.min(1, Math.max(0, heat[i])) * 255);
+    for (let k = 0; k < 3; k++) {
+      const under = input === null ? 0 : input.pixels[3 * i + k];
+      image.data[4 * i + k] = Math.round((1 - a) * under + a * lut[j + k]);
+    }
+    image.data[4 * i + 3] = 255;
+  }
+  return image;
+}
+
+export interface GradcamPanel {
+  readonly element: HTMLElement;
+  /** The class picker's entries: the sample's top predictions, "predicted" first; `target` is selected. */
+  setClasses(predictions: readonly Prediction[], target: number | null): void;
+  /** The picture under the heatmap; null with a reason when there is none (the heatmap is drawn alone). */
+  setInput(input: InputPicture | null, note?: string): void;
+  show(result: GradcamResult): void;
+  showLoading(layer: string): void;
+  showError(text: string): void;
+  destroy(): void;
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(tag: K, className: string, text?: string): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/**
+ * Builds the Grad-CAM panel inside `container` (hide it with `panel.element.hidden`).
+ *
+ * @example
+ *   const panel = createGradcamPanel(root, { onTarget: (t) => setTrait("target", t) });
+ */
+export function createGradcamPanel(container: HTMLElement, handlers: { onTarget(target: number | null): void }): GradcamPanel {
+  const element = el("section", "fm-gradcam");
+  element.setAttribute("aria-label", "Grad-CAM panel");
+  element.hidden = true;
+
+  const head = el("div", "fm-gradcam-head");
+  const title = el("span", "fm-section-title", "Grad-CAM");
+  const classes = el("select", "fm-select");
+  classes.setAttribute("aria-label", "Class");
+  classes.title = "The class whose evidence the heatmap shows";
+  classes.addEventListener("change", () => handlers.onTarget(classes.value === "" ? null : Number(classes.value)));
+  const opacity = el("input", "fm-slider");
+  opacity.type = "range";
+  opacity.min = "0";
+  opacity.max = "1";
+  opacity.step = "0.05";
+  opacity.value = "0.5";
+  opacity.setAttribute("aria-label", "Heatmap opacity");
+  const classField = el("label", "fm-field");
+  classField.append(el("span", "fm-field-label", "Class"), classes);
+  const opacityField = el("label", "fm-field fm-gradcam-opacity");
+  opacityField.append(el("span", "fm-field-label", "Opacity"), opacity);
+  head.append(title, classField, opacityField);
+
+  const body = el("div", "fm-gradcam-body");
+  const picture = el("canvas", "fm-gradcam-picture");
+  picture.setAttribute("aria-label", "Grad-CAM heatmap over the input");
+  const side = el("div", "fm-gradcam-side");
+  const caption = el("div", "fm-gradcam-caption");
+  caption.setAttribute("role", "status");
+  const legend = el("div", "fm-gradcam-legend");
+  const strip = el("canvas", "fm-gradcam-strip");
+  strip.width = 256;
+  strip.height = 1;
+  const stripImage = new ImageData(256, 1);
+  stripImage.data.set(heatmapLUT());
+  strip.getContext("2d")?.putImageData(stripImage, 0, 0);
+  const legendLow = el("span", "fm-caption", "0");
+  const legendHigh = el("span", "fm-caption", "max");
+  legend.append(legendLow, strip, legendHigh);
+  const note = el("div", "fm-caption");
+  side.append(caption, legend, note);
+  body.append(picture, side);
+  const message = el("div", "fm-gradcam-message");
+  element.append(head, message, body);
+  container.append(element);
+
+  let result: GradcamResult | null = null;
+  let input: InputPicture | null = null;
+  let inputNote = "";
+
+  function setMessage(text: string, isError: boolean): void {
+    message.textContent = text;
+    message.hidden = text === "";
+    message.classList.toggle("fm-error-text", isError);
+    if (isError) message.setAttribute("role", "alert");
+    else message.removeAttribute("role");
+  }
+
+  function draw(): void {
+    if (result === null) return;
+    const image = heatmapPicture(result, input, opacity.valueAsNumber);
+    picture.width = image.width;
+    picture.height = image.height;
+    picture.getContext("2d")?.putImageData(image, 0, 0);
+  }
+
+  function describe(): void {
+    if (result === null) return;
+    const r = result;
+    const cls = r.target === null ? "the predicted class" : r.label === null ? `class ${r.target}` : `${r.label} (${r.target})`;
+    caption.replaceChildren(
+      el("div", "fm-gradcam-layer", r.layer),
+      el("div", "", `${r.height} × ${r.width} map${input === null ? "" : `, upsampled to ${input.height} × ${input.width}`}`),
+      el("div", "", `class: ${cls}`),
+    );
+    const m = peak(r.heatmap);
+    legendHigh.textContent = formatValue(m);
+    const notes: string[] = [];
+    if (!(m > 0)) notes.push("Zero everywhere: no positive evidence for this class at this layer.");
+    if (inputNote !== "") notes.push(inputNote);
+    note.textContent = notes.join(" ");
+  }
+
+  const redraw = (): void => draw();
+  opacity.addEventListener("input", redraw);
+
+  return {
+    element,
+    setClasses(predictions: readonly Prediction[], target: number | null): void {
+      const entries: [string, string][] = [["", "predicted"]];
+      for (const p of predictions) entries.push([String(p.index), `${predictionLabel(p)} (${Math.round(p.prob * 100)}%)`]);
+      // A class set from Python outside the top 5 is still shown as chosen.
+      if (target !== null && !predictions.some((p) => p.index === target)) entries.push([String(target), `class ${target}`]);
+      classes.replaceChildren(
+        ...entries.map(([value, text]) => {
+          const o = document.createElement("option");
+          o.value = value;
+          o.textContent = text;
+          return o;
+        }),
+      );
+      classes.value = target === null ? "" : String(target);
+    },
+    setInput(picture: InputPicture | null, text = ""): void {
+      input = picture;
+      inputNote = text;
+      opacityField.hidden = picture === null;
+      draw();
+      describe();
+    },
+    show(r: GradcamResult): void {
+      result = r;
+      element.dataset.state = "ready";
+      setMessage("", false);
+      body.hidden = false;
+      body.classList.remove("fm-stale");
+      draw();
+      describe();
+    },
+    showLoading(layer: string): void {
+      element.dataset.state = "loading";
+      setMessage(`Computing Grad-CAM for ${layer}…`, false);
+      // The previous map stays, dimmed, while the next layer's is computed (scrubbing stays calm).
+      body.classList.add("fm-stale");
+      body.hidden = result === null;
+    },
+    showError(text: string): void {
+      element.dataset.state = "error";
+      result = null;
+      body.hidden = true;
+      setMessage(text, true);
+    },
+    destroy(): void {
+      opacity.removeEventListener("input", redraw);
+      element.remove();
+    },
+  };
+}
