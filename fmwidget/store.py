@@ -19,18 +19,20 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from fmwidget.capture import Capture, CaptureReport, LayerInfo
 from fmwidget.wire import FLAG_CONSTANT, FLAG_DEAD, FLAG_NONFINITE, channel_stats
 
-__all__ = ["ActivationStore", "UnknownLayerError", "default_budget_bytes"]
+__all__ = ["ActivationStore", "UnknownLayerError", "default_budget_bytes", "precomputed"]
 
 _GIB = 1 << 30
 _PAIRABLE = ("conv", "norm")
@@ -89,6 +91,55 @@ def default_budget_bytes(device: torch.device | str) -> int:
     return _GIB
 
 
+def precomputed(activations: Mapping[str, torch.Tensor]) -> Capture:
+    """Activations computed elsewhere, checked and described as a capture the store can hold.
+
+    Every value must be a floating-point ``(N, C, H, W)`` tensor, all with the same ``N``. Layers
+    keep the mapping's order. A mapping with ``info(name)`` (a :class:`fmwidget.capture.Capture`,
+    ``widget.capture``) keeps each layer's module, kind and type; other layers are described as
+    kind ``"other"``, type ``"Tensor"``. Tensors are detached, not copied. The capture's ``output``
+    is ``None``.
+
+    Example:
+        >>> import torch
+        >>> cap = precomputed({"diff": torch.zeros(2, 4, 8, 8)})
+        >>> cap.info("diff").kind, ActivationStore(cap, filters=False).shape("diff")
+        ('other', (2, 4, 8, 8))
+    """
+    if not isinstance(activations, Mapping) or not activations:
+        got = "an empty mapping" if isinstance(activations, Mapping) else type(activations).__name__
+        raise ValueError(f"activations must map layer names to (N, C, H, W) tensors; got {got}")
+    described = getattr(activations, "info", None)
+    tensors: dict[str, torch.Tensor] = {}
+    infos: list[LayerInfo] = []
+    batch: tuple[str, int] | None = None
+    for name, value in activations.items():
+        if not isinstance(name, str):
+            raise TypeError(f"layer names must be strings; got {name!r}")
+        if not isinstance(value, torch.Tensor) or value.dim() != 4:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"layer {name!r}: expected an (N, C, H, W) tensor, got {got}")
+        if not value.is_floating_point():
+            raise ValueError(
+                f"layer {name!r}: expected floating-point values, got {value.dtype}; "
+                "convert it with .float()"
+            )
+        if batch is None:
+            batch = (name, value.shape[0])
+        elif value.shape[0] != batch[1]:
+            raise ValueError(
+                f"layer {name!r} holds {value.shape[0]} samples but layer {batch[0]!r} holds "
+                f"{batch[1]}: every layer must come from the same batch of inputs"
+            )
+        tensors[name] = value.detach()
+        shape, dtype = tuple(value.shape), str(value.dtype).removeprefix("torch.")
+        if callable(described):
+            infos.append(dataclasses.replace(described(name), shape=shape, dtype=dtype))
+        else:
+            infos.append(LayerInfo(name, name, 1, "Tensor", "other", shape, dtype, None))
+    return Capture(tensors, CaptureReport(infos), None)
+
+
 @dataclass
 class _Layer:
     info: _LayerInfo
@@ -110,6 +161,9 @@ class ActivationStore:
     bytes of layer tensors held. Eviction needs ``recompute(name) -> Tensor``, which must return the
     layer's output for the same inputs; without it every layer stays.
 
+    ``filters=False`` says no model stands behind the activations (see :func:`precomputed`): no
+    layer then offers the conv kernel that produced it (``LayerMeta.filter`` is false).
+
     Example:
         >>> import torch
         >>> from fmwidget.capture import capture
@@ -125,8 +179,10 @@ class ActivationStore:
         *,
         budget_bytes: int | None = None,
         recompute: Callable[[str], torch.Tensor] | None = None,
+        filters: bool = True,
     ) -> None:
         self._recompute = recompute
+        self._filters = filters
         self._closed = False
         self._layers: dict[str, _Layer] = {}
         # Most recently used last; early layers are touched last so the first ones shown stay.
@@ -293,7 +349,7 @@ class ActivationStore:
             "kind": info.kind,
             "pre": None,
             "post": None,
-            "filter": info.type == "Conv2d",
+            "filter": self._filters and info.type == "Conv2d",
         }
         nbytes = maps.numel() * maps.element_size()
         return _Layer(info, (n, c, h, w), nbytes, flags, meta, precomputed)
@@ -307,7 +363,7 @@ class ActivationStore:
                 continue
             layer.meta["pre"] = source.info.name
             source.meta["post"] = name
-            if source.info.type == "Conv2d":
+            if self._filters and source.info.type == "Conv2d":
                 layer.meta["filter"] = True
 
     def _evict(self, keep: str | None) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import operator
 import reprlib
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -28,11 +29,11 @@ import torch
 import traitlets
 from torch import nn
 
-from fmwidget import wire
-from fmwidget.analysis import group_differences
+from fmwidget import analysis, wire
+from fmwidget.analysis import AblationResult, group_differences
 from fmwidget.capture import CaptureBuffers, CaptureReport, LayerInfo, LayerSelector, capture
 from fmwidget.gradcam import gradcam_layer, top_classes
-from fmwidget.store import ActivationStore, UnknownLayerError
+from fmwidget.store import ActivationStore, UnknownLayerError, precomputed
 
 __all__ = ["CapturedLayers", "FeatureMapWidget"]
 
@@ -44,7 +45,7 @@ SCALES = ("channel", "layer", "global")
 SORTS = ("index", "mean", "max", "zeros", "gradcam", "effect")
 _TOP_PREDICTIONS = 5
 # Traits only the kernel writes: a constructor argument for them would be silently overwritten.
-_KERNEL_TRAITS = ("num_samples", "revision", "status", "predictions")
+_KERNEL_TRAITS = ("num_samples", "revision", "status", "predictions", "ablation")
 
 
 class CapturedLayers(Mapping[str, torch.Tensor]):
@@ -109,6 +110,9 @@ class FeatureMapWidget(anywidget.AnyWidget):
         budget_bytes: bytes of activations kept; beyond, layers are recomputed when shown.
         colormap, scale, layer, height: initial view; other synced traits as keywords.
 
+    Activations computed elsewhere (saved ones, the difference of two models) are shown with
+    :meth:`from_activations`, without a model.
+
     Example:
         >>> import torch
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
@@ -141,6 +145,12 @@ class FeatureMapWidget(anywidget.AnyWidget):
     view = traitlets.Dict({"zoom": 1.0, "x": 0.5, "y": 0.5}).tag(sync=True)
     groups = traitlets.List(traitlets.Unicode()).tag(sync=True)
     group_pair = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    ablation = traitlets.Dict(allow_none=True).tag(sync=True)
+
+    @traitlets.default("ablation")
+    def _no_ablation(self) -> None:
+        # A Dict trait's default is {}; the protocol says null until the first ablation.
+        return None
 
     def __init__(
         self,
@@ -159,13 +169,72 @@ class FeatureMapWidget(anywidget.AnyWidget):
         **kwargs: Any,
     ) -> None:
         self._check_keywords(kwargs)
-        self._model: nn.Module | None = model
         # Names and types are kept as given; a one-shot iterable must survive re-runs.
         keep = layers is None or isinstance(layers, str) or callable(layers)
-        self._selector = layers if keep else list(layers)
+        self._prepare(model, layers if keep else list(layers), labels, budget_bytes)
+        state = self._run(inputs, image, groups)
+        self._open(state, colormap=colormap, scale=scale, layer=layer, height=height, **kwargs)
+
+    @classmethod
+    def from_activations(
+        cls,
+        activations: Mapping[str, torch.Tensor],
+        *,
+        output: Any = None,
+        labels: Sequence[str] | None = None,
+        image: Any = None,
+        groups: Sequence[Hashable] | None = None,
+        colormap: str = "gray",
+        scale: str = "channel",
+        layer: str | None = None,
+        height: int = 520,
+        **kwargs: Any,
+    ) -> FeatureMapWidget:
+        """A widget over activations computed elsewhere, with no model behind it.
+
+        ``activations`` maps layer names to floating-point ``(N, C, H, W)`` tensors (one batch),
+        shown in the mapping's order and held as given (no memory budget: nothing could recompute
+        an evicted layer). A :class:`fmwidget.capture.Capture` or ``widget.capture`` keeps each
+        layer's kind and type, so the before/after-activation toggle works; its ``output`` gives
+        the predictions unless ``output=`` (e.g. ``(N, classes)`` logits, for ``labels``) is
+        passed. ``image``, ``groups`` and the view options are as for the constructor.
+
+        Without a model, ``channel`` replies carry no conv filter, ``gradcam`` requests and
+        :meth:`ablate` fail with a clear message, and new inputs cannot be assigned.
+
+        Example:
+            >>> import torch
+            >>> acts = {"a - b": torch.randn(2, 8, 16, 16)}
+            >>> w = FeatureMapWidget.from_activations(acts, colormap="diverging")
+            >>> w.layer, w.num_samples, w.model, w.symmetric
+            ('a - b', 2, None, True)
+            >>> w.close()
+        """
+        widget = cls.__new__(cls)
+        widget._check_keywords(kwargs)
+        widget._prepare(None, None, labels, None)
+        captured = precomputed(activations)
+        if output is None:
+            output = getattr(activations, "output", None)
+        store = ActivationStore(captured, filters=False)
+        state = widget._adopt(store, None, captured.report, output, image, groups)
+        widget._open(state, colormap=colormap, scale=scale, layer=layer, height=height, **kwargs)
+        return widget
+
+    def _prepare(
+        self,
+        model: nn.Module | None,
+        selector: LayerSelector | None,
+        labels: Sequence[str] | None,
+        budget_bytes: int | None,
+    ) -> None:
+        """Set the private state both constructors start from."""
+        self._model: nn.Module | None = model
+        self._closed = False
+        self._selector = selector
         self._labels = None if labels is None else [str(label) for label in labels]
         self._budget_bytes = budget_bytes
-        self._buffers: CaptureBuffers | None = CaptureBuffers()
+        self._buffers: CaptureBuffers | None = CaptureBuffers() if model is not None else None
         self._store: ActivationStore | None = None
         self._report: CaptureReport | None = None
         self._output: Any = None
@@ -174,22 +243,20 @@ class FeatureMapWidget(anywidget.AnyWidget):
         self._gradcam_cache: dict[tuple[str, int | None], Any] = {}
         self._incoming: set[str] = set()
         self._classes: int | None = None
-        state = self._run(inputs, image, groups)
+
+    def _open(self, state: dict[str, Any], *, layer: str | None, **traits: Any) -> None:
+        """Start the widget (ipywidgets' constructor) with the first capture's state."""
         if layer is None:
             layer = state["layer"]
-        super().__init__(
-            colormap=colormap,
-            scale=scale,
-            height=height,
-            **{**kwargs, **state, "layer": layer, "revision": 1},
-        )
+        super().__init__(**{**traits, **state, "layer": layer, "revision": 1})
         self.on_msg(self._on_msg)
 
     # -- public API -------------------------------------------------------------------------
 
     @property
     def model(self) -> nn.Module | None:
-        """The model the widget shows (``None`` after :meth:`close`)."""
+        """The model the widget shows (``None`` after :meth:`close`, or without one:
+        :meth:`from_activations`)."""
         return self._model
 
     @property
@@ -231,7 +298,7 @@ class FeatureMapWidget(anywidget.AnyWidget):
             >>> w.num_samples  # doctest: +SKIP
             4
         """
-        self._require_open()
+        self._require_model("assigning new inputs re-runs the model")
         self.status = {"state": "busy", "message": "running the model"}
         try:
             state = self._run(inputs, image, groups)
@@ -243,12 +310,112 @@ class FeatureMapWidget(anywidget.AnyWidget):
         with self.hold_trait_notifications():
             self.sample = min(self.sample, state["num_samples"] - 1)
             self.revision += 1
+            # An ablation describes the previous inputs.
+            self.ablation = None
             for name, value in state.items():
                 setattr(self, name, value)
         self._close_channel_if_out_of_range()
 
+    def input_image(self, sample: int | None = None) -> np.ndarray:
+        """The input of ``sample`` (default: the shown one) as the view shows it, ``(H, W, 3)``
+        uint8: the ``image=`` picture, else the input tensor rescaled.
+
+        Example:
+            >>> w.input_image(0).shape  # doctest: +SKIP
+            (64, 64, 3)
+        """
+        self._require_data()
+        sample = self.sample if sample is None else sample
+        if not 0 <= sample < self.num_samples:
+            raise IndexError(
+                f"sample {sample} is out of range: the batch has {self.num_samples} inputs"
+            )
+        if self._images is not None:
+            return self._images[sample]
+        return _input_picture(self._inputs, sample)
+
+    @property
+    def selection(self) -> dict[str, Any]:
+        """The channels picked in the view: ``{"layer": shown layer, "channels": [...]}``.
+
+        The channels are the shift-click selection (``selected``), else the channel open in the
+        drill-down, else none: what :meth:`ablate` acts on by default.
+
+        Example:
+            >>> w.selected = [3, 7]  # doctest: +SKIP
+            >>> w.selection  # doctest: +SKIP
+            {'layer': 'layer1.0.conv1', 'channels': [3, 7]}
+        """
+        if self.selected:
+            channels = list(self.selected)
+        else:
+            channels = [] if self.channel is None else [self.channel]
+        return {"layer": self.layer, "channels": channels}
+
+    def ablate(
+        self, layer: str | None = None, channels: Sequence[int] | None = None
+    ) -> AblationResult:
+        """Re-run the model with ``channels`` of ``layer`` set to zero; show how predictions move.
+
+        Defaults: the shown layer and :attr:`selection` (the selected channels, else the open
+        one). Returns :func:`fmwidget.analysis.ablate`'s result and sets the ``ablation`` trait
+        (``docs/protocol.md``) so the view can show, per sample, the top class before and after
+        and how the probability of the class predicted before changed. The model, its hooks and
+        its buffers are left as they were; the shown activations stay those without ablation.
+
+        Example:
+            >>> w.selected = [3, 7]  # doctest: +SKIP
+            >>> w.ablate().changes[0].prob_change  # doctest: +SKIP
+            -0.21
+            >>> w.ablate("layer4.1.conv2", [12])  # doctest: +SKIP
+        """
+        self._require_model("ablation re-runs the model")
+        store = self._require_data()
+        if layer is None:
+            layer = self.layer
+        elif layer not in store:
+            raise UnknownLayerError(layer, store.names)
+        if channels is None:
+            if layer != self.layer:
+                raise ValueError(
+                    f"say which channels of layer {layer!r} to ablate (channels=[...]): the "
+                    f"selection in the view belongs to the shown layer {self.layer!r}"
+                )
+            channels = self.selection["channels"]
+            if not channels:
+                raise ValueError(
+                    f"no channel of layer {layer!r} is selected: shift-click tiles in the view "
+                    "(or set w.selected / w.channel), or pass channels=[...]"
+                )
+        channels = _channel_list(channels)
+        count = store.shape(layer)[1]
+        bad = [c for c in channels if not 0 <= c < count]
+        if not channels or bad:
+            raise ValueError(
+                f"channels {bad or channels} cannot be ablated: layer {layer!r} has {count} "
+                f"channels (0 to {count - 1})"
+            )
+        result = analysis.ablate(self._model, self._inputs, layer, channels)
+        changes = None
+        if result.changes is not None:
+            changes = [
+                {
+                    "top_before": c.top_before,
+                    "label_before": self._label(c.top_before),
+                    "prob_before": c.prob_before,
+                    "top_after": c.top_after,
+                    "label_after": self._label(c.top_after),
+                    "prob_after": c.prob_after,
+                    "prob_change": c.prob_change,
+                }
+                for c in result.changes
+            ]
+        self.ablation = {"layer": layer, "channels": channels, "changes": changes}
+        return result
+
     def close(self) -> None:
         """Close the view and free every activation; the widget lets go of the model."""
+        self._closed = True
         store = getattr(self, "_store", None)
         if store is not None:
             store.close()
@@ -281,15 +448,27 @@ class FeatureMapWidget(anywidget.AnyWidget):
         if store.evicted:
             # The pool holds every buffer of the capture: evicting frees memory only without it.
             self._buffers.clear()
+        return self._adopt(store, inputs, captured.report, captured.output, image, groups)
+
+    def _adopt(
+        self,
+        store: ActivationStore,
+        inputs: Any,
+        report: CaptureReport,
+        output: Any,
+        image: Any,
+        groups: Sequence[Hashable] | None,
+    ) -> dict[str, Any]:
+        """Make ``store`` the one served; returns the kernel-owned trait values."""
         if not len(store):
             raise ValueError(f"every captured layer has empty maps: {store.skipped}")
         num_samples = store.shape(store.names[0])[0]
         images = None if image is None else _images_per_sample(image, num_samples)
         group_labels = [] if groups is None else _group_labels(groups, num_samples)
-        predictions = self._predictions(captured.output, num_samples)
-        self._classes = int(captured.output.shape[1]) if predictions else None
+        predictions = self._predictions(output, num_samples)
+        self._classes = int(output.shape[1]) if predictions else None
         self._store, self._inputs, self._images = store, inputs, images
-        self._report, self._output = captured.report, captured.output
+        self._report, self._output = report, output
         self._gradcam_cache = {}
         metas = store.layers_meta()
         return {
@@ -436,8 +615,16 @@ class FeatureMapWidget(anywidget.AnyWidget):
             self.channel = None
 
     def _require_open(self) -> None:
-        if self._model is None:
+        if self._closed:
             raise RuntimeError("this FeatureMapWidget is closed; create a new one")
+
+    def _require_model(self, action: str) -> None:
+        self._require_open()
+        if self._model is None:
+            raise RuntimeError(
+                f"{action}, and this widget has none: it shows precomputed activations "
+                "(FeatureMapWidget.from_activations); build a new one from new activations"
+            )
 
     def _require_data(self) -> ActivationStore:
         self._require_open()
@@ -546,15 +733,19 @@ class FeatureMapWidget(anywidget.AnyWidget):
 
     def _serve_input(self, request: dict[str, Any]) -> tuple[dict, dict]:
         sample = self._sample_field(request)
-        if self._images is not None:
-            picture = self._images[sample]
-        else:
-            picture = _input_picture(self._inputs, sample)
+        try:
+            picture = self.input_image(sample)
+        except ValueError as error:
+            raise _BadRequest(str(error)) from error
         meta, arrays = wire.image_payload(picture)
         return {"sample": sample, **meta}, arrays
 
     def _serve_gradcam(self, request: dict[str, Any]) -> tuple[dict, dict]:
         name, sample = self._layer_field(request), self._sample_field(request)
+        if self._model is None:
+            raise _BadRequest(
+                "Grad-CAM needs the model, and this widget shows precomputed activations"
+            )
         # The request's target wins; without one, the `target` trait (null: the predicted class).
         target = request.get("target", self.target)
         if target is not None:
@@ -619,6 +810,15 @@ def _check_channel(channel: Any, layer: str, count: int) -> None:
         raise _BadRequest(
             f"channel {channel!r} is out of range: layer {layer!r} has {count} channels"
         )
+
+
+def _channel_list(channels: Any) -> list[int]:
+    """``channels`` (ints, an int tensor or array) as a list; floats are refused, not rounded."""
+    values = channels.tolist() if hasattr(channels, "tolist") else list(channels)
+    try:
+        return [operator.index(c) for c in values]
+    except TypeError:
+        raise TypeError(f"channels must be channel indices (ints), got {values!r}") from None
 
 
 def _check_target(target: Any, classes: int | None) -> None:
@@ -696,7 +896,7 @@ def _input_picture(inputs: Any, sample: int) -> np.ndarray:
     for tensor in candidates:
         if isinstance(tensor, torch.Tensor) and tensor.dim() == 4 and tensor.shape[1] in (1, 3):
             return _tensor_picture(tensor[sample])
-    raise _BadRequest(
+    raise ValueError(
         "the inputs hold no image batch (N, 1 or 3, H, W) to show; pass image= to the widget"
     )
 

@@ -1,4 +1,4 @@
-"""FeatureMapWidget: traits, request handling through a fake comm, re-runs, close."""
+"""FeatureMapWidget: traits, requests via a fake comm, re-runs, close, ablate, from_activations."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from fmwidget import wire
-from fmwidget.analysis import group_differences
+from fmwidget.analysis import ablate, group_differences
 from fmwidget.capture import capture
 from fmwidget.widget import FeatureMapWidget
 
@@ -405,3 +405,187 @@ def test_target_trait_picks_the_gradcam_class(make: Make) -> None:
         "out of range"
         in browser.request("gradcam", layer="2", sample=0, revision=1, target=9).error
     )
+
+
+# -- ablation -------------------------------------------------------------------------------
+
+
+def test_ablate_zeroes_the_selected_channels_like_analysis_ablate_and_by_hand(make: Make) -> None:
+    model, x = _tiny(), torch.randn(3, 3, 16, 16)
+    w = make(model, x, labels=LABELS, layer="2")
+    shown = w.capture["2"].clone()
+    w.selected = [1, 4]
+    assert w.selection == {"layer": "2", "channels": [1, 4]}
+    result = w.ablate()
+    with torch.no_grad():
+        maps = model[:3](x)
+        maps[:, [1, 4]] = 0
+        by_hand = model[3:](maps)
+        before = model(x)
+    reference = ablate(model, x, "2", [1, 4])
+    assert torch.equal(result.output_after, by_hand)
+    assert torch.equal(result.output_after, reference.output_after)
+    assert result.changes == reference.changes
+    assert not torch.equal(by_hand, before)
+    probs_before, probs_after = torch.softmax(before, 1), torch.softmax(by_hand, 1)
+    assert w.ablation["layer"] == "2" and w.ablation["channels"] == [1, 4]
+    assert len(w.ablation["changes"]) == 3
+    for sample, change in enumerate(w.ablation["changes"]):
+        top, top_after = int(probs_before[sample].argmax()), int(probs_after[sample].argmax())
+        assert (change["top_before"], change["label_before"]) == (top, LABELS[top])
+        assert (change["top_after"], change["label_after"]) == (top_after, LABELS[top_after])
+        assert change["prob_before"] == pytest.approx(float(probs_before[sample, top]))
+        assert change["prob_after"] == pytest.approx(float(probs_after[sample, top_after]))
+        expected = float(probs_after[sample, top] - probs_before[sample, top])
+        assert change["prob_change"] == pytest.approx(expected, abs=1e-6)
+    assert torch.equal(w.capture["2"], shown), "the shown activations stay unablated"
+    assert any("ablation" in update for update in _browser(w).state_updates())
+    assert not _has_hooks(model)
+
+
+def test_ablate_defaults_to_the_open_channel_and_takes_any_layer_name(make: Make) -> None:
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    w = make(model, x, layer="layer1.0.relu:2")
+    w.channel = 7
+    assert w.selection == {"layer": "layer1.0.relu:2", "channels": [7]}
+    result = w.ablate()
+    reference = ablate(model, x, "layer1.0.relu:2", [7])
+    assert torch.equal(result.output_after, reference.output_after)
+    assert w.ablation["channels"] == [7] and w.ablation["changes"][0]["label_before"] is None
+    w.ablate("layer4.1.conv2", torch.tensor([3, 9]))
+    assert w.ablation["layer"] == "layer4.1.conv2" and w.ablation["channels"] == [3, 9]
+    assert not _has_hooks(model)
+
+
+def test_ablate_without_class_scores_reports_no_changes(make: Make) -> None:
+    w = make(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval(), torch.randn(1, 3, 8, 8))
+    result = w.ablate("0", [2])
+    assert result.changes is None
+    assert w.ablation == {"layer": "0", "channels": [2], "changes": None}
+
+
+def test_ablate_errors_name_what_to_fix(make: Make) -> None:
+    w = make(_tiny(), torch.randn(2, 3, 16, 16), layer="2")
+    assert w.selection == {"layer": "2", "channels": []}
+    with pytest.raises(ValueError, match=r"no channel of layer '2' is selected: shift-click"):
+        w.ablate()
+    with pytest.raises(ValueError, match=r"say which channels of layer '4'.*shown layer '2'"):
+        w.ablate("4")
+    with pytest.raises(ValueError, match=r"channels \[6, 9\] cannot be ablated: layer '2' has 6"):
+        w.ablate(channels=[1, 6, 9])
+    with pytest.raises(ValueError, match=r"channels \[\] cannot be ablated"):
+        w.ablate(channels=[])
+    with pytest.raises(TypeError, match=r"channels must be channel indices \(ints\), got \[1.5\]"):
+        w.ablate(channels=[1.5])
+    with pytest.raises(KeyError, match="unknown layer '22'; close names: '2'"):
+        w.ablate("22", [0])
+    with pytest.raises(TypeError, match="'ablation' is set by the widget"):
+        make(_tiny(), torch.randn(1, 3, 8, 8), ablation={})
+    assert w.ablation is None
+
+
+def test_new_inputs_clear_the_ablation(make: Make) -> None:
+    w = make(_tiny(), torch.randn(2, 3, 16, 16))
+    w.ablate("2", [0])
+    assert w.ablation is not None
+    w.inputs = torch.randn(2, 3, 16, 16)
+    assert w.ablation is None
+
+
+# -- from_activations -----------------------------------------------------------------------
+
+
+def test_from_activations_serves_layer_channel_and_input_requests(make: Make) -> None:
+    torch.manual_seed(5)
+    acts = {"first": torch.randn(2, 4, 8, 8), "second": torch.randn(2, 3, 5, 6)}
+    pictures = np.random.default_rng(2).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    with fake_comms():
+        w = FeatureMapWidget.from_activations(acts, image=pictures, layer="second", sample=1)
+    try:
+        assert (w.layer, w.sample, w.num_samples, w.model, w.predictions) == (
+            "second",
+            1,
+            2,
+            None,
+            [],
+        )
+        assert [(m["name"], m["kind"], m["type"], m["filter"]) for m in w.layers] == [
+            ("first", "other", "Tensor", False),
+            ("second", "other", "Tensor", False),
+        ]
+        browser = _browser(w)
+        layer = browser.request("layer", layer="first", sample=1, revision=1)
+        assert layer.ok and layer.meta["shape"] == [4, 8, 8]
+        values = wire.dequantize(layer.arrays["values"], layer.arrays["stats"])
+        np.testing.assert_allclose(values, acts["first"][1].numpy(), atol=8 / 508)
+        channel = browser.request("channel", layer="second", sample=0, channel=2, revision=1)
+        assert channel.meta["filter_shape"] is None and "filter" not in channel.arrays
+        np.testing.assert_array_equal(channel.arrays["values"], acts["second"][0, 2].numpy())
+        image = browser.request("input", sample=1, revision=1)
+        np.testing.assert_array_equal(image.arrays["image"], pictures[1])
+        cam = browser.request("gradcam", layer="first", sample=0, revision=1)
+        assert not cam.ok and "Grad-CAM needs the model" in cam.error
+        assert torch.equal(w.capture["first"], acts["first"])
+    finally:
+        w.close()
+
+
+def test_from_a_capture_keeps_kinds_pairs_and_predictions() -> None:
+    model, x = _tiny(), torch.randn(2, 3, 16, 16)
+    captured = capture(model, x)
+    with fake_comms():
+        w = FeatureMapWidget.from_activations(captured, labels=LABELS)
+    try:
+        metas = {m["name"]: m for m in w.layers}
+        assert metas["1"]["pre"] == "0" and metas["0"]["post"] == "1"
+        assert metas["0"]["type"] == "Conv2d" and not metas["0"]["filter"]
+        top = int(captured.output[1].argmax())
+        assert w.predictions[1][0]["label"] == LABELS[top]
+        assert torch.equal(w.capture["3"], captured["3"])
+    finally:
+        w.close()
+    assert not _has_hooks(model)
+
+
+def test_from_activations_refuses_what_needs_a_model_and_bad_tensors() -> None:
+    with fake_comms():
+        w = FeatureMapWidget.from_activations({"a": torch.randn(1, 2, 4, 4)})
+    try:
+        with pytest.raises(RuntimeError, match="re-runs the model, and this widget has none"):
+            w.inputs = torch.randn(1, 3, 8, 8)
+        with pytest.raises(RuntimeError, match="ablation re-runs the model"):
+            w.ablate("a", [0])
+        reply = _browser(w).request("input", sample=0, revision=1)
+        assert not reply.ok and "pass image=" in reply.error
+        with pytest.raises(ValueError, match="pass image="):
+            w.input_image(0)
+    finally:
+        w.close()
+    cases = [
+        ({}, ValueError, "got an empty mapping"),
+        ({"a": torch.randn(2, 4, 4)}, ValueError, r"layer 'a': expected an \(N, C, H, W\) tensor"),
+        ({"a": torch.ones(1, 2, 4, 4, dtype=torch.int64)}, ValueError, "convert it with .float"),
+        (
+            {"a": torch.randn(2, 1, 4, 4), "b": torch.randn(3, 1, 4, 4)},
+            ValueError,
+            "layer 'b' holds 3 samples but layer 'a' holds 2",
+        ),
+        ({3: torch.randn(1, 1, 2, 2)}, TypeError, "layer names must be strings"),
+    ]
+    for activations, error, message in cases:
+        with pytest.raises(error, match=message):
+            FeatureMapWidget.from_activations(activations)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'budget_bytes'"):
+        FeatureMapWidget.from_activations({"a": torch.randn(1, 1, 2, 2)}, budget_bytes=10)
+
+
+def test_closing_a_widget_from_activations_frees_them() -> None:
+    with fake_comms():
+        w = FeatureMapWidget.from_activations({"a": torch.randn(2, 3, 4, 4)})
+    held = weakref.ref(w.capture["a"])
+    w.close()
+    gc.collect()
+    assert held() is None and w.comm is None
+    with pytest.raises(RuntimeError, match="closed"):
+        _ = w.capture
