@@ -1,4 +1,4 @@
-"""fmwidget: see what a CNN sees — every feature map of a PyTorch model as a zoomable grid in Jupyter.
+"""fmwidget: see what a CNN sees — every feature map of a PyTorch CNN as a zoomable grid in Jupyter.
 
 >>> import fmwidget
 >>> w = fmwidget.demo()                                   # MobileNetV2 (ImageNet) on a real photo
@@ -6,8 +6,22 @@
 >>> acts = fmwidget.capture(model, images)               # {layer name: (N, C, H, W) tensor}
 """
 
-from fmwidget.analysis import ablate, channel_health, compare_layers, group_differences, rank_channels
-from fmwidget.capture import Capture, CaptureBuffers, CaptureError, CaptureReport, LayerInfo, capture
+from fmwidget.analysis import (
+    ablate,
+    channel_health,
+    compare_layers,
+    group_differences,
+    rank_channels,
+)
+from fmwidget.capture import (
+    Capture,
+    CaptureBuffers,
+    CaptureError,
+    CaptureReport,
+    LayerInfo,
+    capture,
+)
+from fmwidget.compare import CompareWidget, compare
 from fmwidget.demo import demo
 from fmwidget.gradcam import gradcam, gradcam_layer, top_classes
 from fmwidget.widget import FeatureMapWidget
@@ -20,11 +34,13 @@ __all__ = [
     "CaptureBuffers",
     "CaptureError",
     "CaptureReport",
+    "CompareWidget",
     "FeatureMapWidget",
     "LayerInfo",
     "ablate",
     "capture",
     "channel_health",
+    "compare",
     "compare_layers",
     "decode",
     "demo",

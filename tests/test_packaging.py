@@ -1,4 +1,4 @@
-"""The wheel carries the built front end and the shipped weights, and imports with no Node on the PATH."""
+"""The wheel carries the built front end and the shipped weights; it imports with no Node."""
 
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ def test_wheel_imports_without_node(wheel: Path, tmp_path: Path) -> None:
     code = (
         "import fmwidget, pathlib, shutil;"
         "assert shutil.which('node') is None;"
-        "assert pathlib.Path(fmwidget.__file__).parent.parent == pathlib.Path(%r);"
+        f"assert pathlib.Path(fmwidget.__file__).parent.parent == pathlib.Path({str(site)!r});"
         "from fmwidget import FeatureMapWidget;"
         "assert 'render' in str(FeatureMapWidget._esm);"
         "print('ok')"
-    ) % str(site)
+    )
     res = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True
     )

@@ -1,4 +1,4 @@
-"""A real JupyterLab for end-to-end tests: a server on a free port and Chromium driven by Playwright."""
+"""A real JupyterLab for end-to-end tests: a server on a free port, Chromium via Playwright."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _free_port() -> int:
 
 
 def write_notebook(path: Path, cells: list[str]) -> None:
-    """Write a notebook whose kernelspec names python3, so JupyterLab opens it without a kernel prompt."""
+    """Write a notebook whose kernelspec names python3, so it opens without a kernel prompt."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {
         "name": "python3",

@@ -1,8 +1,8 @@
 """End to end: the demo widget in a real JupyterLab, driven by Playwright in Debian's Chromium.
 
-One JupyterLab session walks through what a user does: run the notebook, see the grid, check the picture
-against the kernel's numbers, click a tile, read a value, move the slider, drive the view from Python,
-switch to the dark theme. Screenshots go to ``artifacts/e2e/`` (light and dark) for people to look at.
+One JupyterLab session walks through what a user does: run the notebook, see the grid, check the
+picture against the kernel's numbers, click a tile, read a value, move the slider, drive the view
+from Python, switch to the dark theme. Screenshots (light and dark) go to ``artifacts/e2e/``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ w.channel = 3
 
 
 def _run_cell(page, index: int) -> None:
-    """Run one cell the way a user does (click it, Shift+Enter); retry if the kernel was not listening yet."""
+    """Run a cell as a user does (click, Shift+Enter); retry if the kernel was not listening yet."""
     cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
     prompt = cell.locator(".jp-InputPrompt")
     for _ in range(3):
@@ -79,7 +79,7 @@ def _ready(page, timeout: float = 90_000) -> None:
 
 
 def _canvas_picture(page) -> tuple[np.ndarray, dict]:
-    """The grid canvas as it is on screen (WebGL and overlay composited), and its layout attributes."""
+    """The grid canvas as on screen (WebGL and overlay composited), and its layout attributes."""
     canvas = page.locator("canvas[aria-label='Feature maps']")
     attrs = canvas.evaluate(
         "c => Object.fromEntries(Object.entries(c.dataset).map(([k, v]) => [k, Number(v)]))"
@@ -100,8 +100,8 @@ def _tile_on_screen(
     h, w = values.shape
     x0, y0 = _tile_origin(attrs, index)
     step = attrs["tileWidth"] / w
-    # One pixel in from each edge: the screenshot's crop starts at a fraction of a pixel, so edge pixels
-    # blend with the gap between tiles.
+    # One pixel in from each edge: the screenshot's crop starts at a fraction of a pixel, so edge
+    # pixels blend with the gap between tiles.
     xs = np.arange(int(np.ceil(x0)) + 1, int(x0 + attrs["tileWidth"]) - 1)
     ys = np.arange(int(np.ceil(y0)) + 1, int(y0 + attrs["tileHeight"]) - 1)
     cols = np.clip(np.floor((xs + 0.5 - x0) / step).astype(int), 0, w - 1)
@@ -158,7 +158,7 @@ def test_widget_in_jupyterlab(lab) -> None:
         root_el.screenshot(path=str(ARTIFACTS / "widget-light.png"))
 
         # The picture: each tile is its channel's map in the per-channel gray scale (bright = high),
-        # sampled nearest-neighbour, so on screen it equals the kernel's values resampled the same way.
+        # sampled nearest-neighbour, so on screen it equals the kernel's values sampled alike.
         img, attrs = _canvas_picture(page)
         c, h, w = first.shape
         assert int(attrs["columns"]) * int(attrs["rows"]) >= c
@@ -170,7 +170,7 @@ def test_widget_in_jupyterlab(lab) -> None:
             hi = want.max() - (first[k].max() - first[k].min()) / 254
             assert want.ravel()[np.argmax(shown)] >= hi, f"tile {k}: brightest pixel is not the max"
 
-        # Click a tile: the kernel's `channel` follows, and the readout shows the kernel's exact value.
+        # Click a tile: the kernel's `channel` follows; the readout shows the kernel's exact value.
         tx, ty = _tile_origin(attrs, 5)
         page.mouse.click(
             attrs["left"] + tx + attrs["tileWidth"] / 2, attrs["top"] + ty + attrs["tileHeight"] / 2
