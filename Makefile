@@ -33,8 +33,11 @@ node_modules/.installed: package.json package-lock.json
 fmwidget/static/widget.js: node_modules/.installed $(JS_SOURCES)
 	npm run build
 
+# As root (containers, CI machines) JupyterLab refuses to start without --allow-root.
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: setup
-	$(BIN)/jupyter lab notebooks/01_quickstart.ipynb
+	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/01_quickstart.ipynb
 
 chromium:
 	@if [ ! -x "$(CHROMIUM)" ]; then \

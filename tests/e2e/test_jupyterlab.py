@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 from pathlib import Path
 
@@ -37,11 +38,13 @@ first = w.layer
 np.save("first.npy", w.capture[first][0].float().cpu().numpy())
 Path("layers.json").write_text(json.dumps([m["name"] for m in w.layers]))
 
-def dump(change=None):
-    Path("state.json").write_text(json.dumps(
-        {"layer": w.layer, "channel": w.channel, "sample": w.sample, "colormap": w.colormap}))
+Path("predictions.json").write_text(json.dumps(w.predictions))
+WATCHED = ["layer", "channel", "sample", "colormap", "gradcam", "target", "selected", "ablation"]
 
-w.observe(dump, names=["layer", "channel", "sample", "colormap"])
+def dump(change=None):
+    Path("state.json").write_text(json.dumps({name: getattr(w, name) for name in WATCHED}))
+
+w.observe(dump, names=WATCHED)
 dump()
 """
 
@@ -87,8 +90,9 @@ def _canvas_picture(page) -> tuple[np.ndarray, dict]:
     png = canvas.screenshot()
     img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int32)
     box = canvas.bounding_box()
-    attrs["scale_x"] = img.shape[1] / box["width"]
-    attrs["scale_y"] = img.shape[0] / box["height"]
+    # The screenshot's crop starts at floor(box), while the canvas is composited at round(box).
+    attrs["dx"] = round(box["x"]) - math.floor(box["x"])
+    attrs["dy"] = round(box["y"]) - math.floor(box["y"])
     attrs["left"], attrs["top"] = box["x"], box["y"]
     return img, attrs
 
@@ -100,13 +104,12 @@ def _tile_on_screen(
     h, w = values.shape
     x0, y0 = _tile_origin(attrs, index)
     step = attrs["tileWidth"] / w
-    # One pixel in from each edge: the screenshot's crop starts at a fraction of a pixel, so edge
-    # pixels blend with the gap between tiles.
+    # One pixel in from the tile's edges, which may blend with the gap when composited.
     xs = np.arange(int(np.ceil(x0)) + 1, int(x0 + attrs["tileWidth"]) - 1)
     ys = np.arange(int(np.ceil(y0)) + 1, int(y0 + attrs["tileHeight"]) - 1)
     cols = np.clip(np.floor((xs + 0.5 - x0) / step).astype(int), 0, w - 1)
     rows = np.clip(np.floor((ys + 0.5 - y0) / step).astype(int), 0, h - 1)
-    shown = img[np.ix_(ys, xs)].mean(axis=2)
+    shown = img[np.ix_(ys + attrs["dy"], xs + attrs["dx"])].mean(axis=2)
     want = values[np.ix_(rows, cols)]
     # The channel number sits in the tile's top-left corner: leave that corner out.
     keep = np.ones(shown.shape, dtype=bool)
@@ -164,11 +167,11 @@ def test_widget_in_jupyterlab(lab) -> None:
         assert int(attrs["columns"]) * int(attrs["rows"]) >= c
         for k in range(c):
             shown, want = _tile_on_screen(img, attrs, k, first[k])
-            corr = np.corrcoef(shown.ravel(), want.ravel())[0, 1]
+            corr = np.corrcoef(shown, want)[0, 1]
             assert corr > 0.98, f"tile {k} does not show channel {k} (correlation {corr:.3f})"
             # The brightest pixel on screen is where the kernel's maximum (outside the label) is.
             hi = want.max() - (first[k].max() - first[k].min()) / 254
-            assert want.ravel()[np.argmax(shown)] >= hi, f"tile {k}: brightest pixel is not the max"
+            assert want[np.argmax(shown)] >= hi, f"tile {k}: brightest pixel is not the max"
 
         # Click a tile: the kernel's `channel` follows; the readout shows the kernel's exact value.
         tx, ty = _tile_origin(attrs, 5)
@@ -209,6 +212,45 @@ def test_widget_in_jupyterlab(lab) -> None:
         page.wait_for_selector("[aria-label='Channel detail'][data-state='ready']")
         assert page.locator(".fmwidget").inner_text().count("features.2.conv.0.0") >= 1
         assert slider.evaluate("s => Number(s.value)") == layers.index("features.2.conv.0.0")
+
+        # Before/after the activation: step to the BatchNorm after that conv, then to its ReLU6.
+        slider.focus()
+        page.keyboard.press("ArrowRight")
+        wait_for_file_json(root / "state.json", lambda s: s["layer"] == "features.2.conv.0.1")
+        _ready(page)
+        page.get_by_role("button", name="after ReLU6 →").click()
+        wait_for_file_json(
+            root / "state.json",
+            lambda s: s["layer"] == "features.2.conv.0.2" and s["channel"] == 3,
+        )
+        _ready(page)
+
+        # Grad-CAM: open the panel, pick the second-ranked class; the kernel sees the choice, and
+        # the heatmap follows the layer slider.
+        predictions = json.loads((root / "predictions.json").read_text())[0]
+        page.get_by_role("checkbox", name="Grad-CAM").check()
+        wait_for_file_json(root / "state.json", lambda s: s["gradcam"] is True)
+        panel_ready = "[aria-label='Grad-CAM panel'][data-state='ready']"
+        page.wait_for_selector(panel_ready)
+        panel = page.locator("[aria-label='Grad-CAM panel']")
+        assert "features.2.conv.0.2" in panel.inner_text()
+        second = predictions[1]
+        panel.locator("select[aria-label='Class']").select_option(value=str(second["index"]))
+        wait_for_file_json(root / "state.json", lambda s: s["target"] == second["index"])
+        page.wait_for_function(
+            "label => document.querySelector(\"[aria-label='Grad-CAM panel']\").innerText"
+            ".includes(label)",
+            arg=second["label"],
+        )
+        slider.focus()
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(
+            "name => document.querySelector(\"[aria-label='Grad-CAM panel']\").innerText"
+            ".includes(name)",
+            arg=layers[layers.index("features.2.conv.0.2") + 1],
+        )
+        page.wait_for_selector(panel_ready)
+        root_el.screenshot(path=str(ARTIFACTS / "widget-light-gradcam.png"))
 
         # Dark theme, switched live from JupyterLab's menu.
         light_bg = root_el.evaluate("e => getComputedStyle(e).backgroundColor")
