@@ -46,8 +46,8 @@ chromium:
 	fi
 
 lint: setup
-	$(BIN)/ruff check fmwidget tests benchmarks scripts
-	$(BIN)/ruff format --check fmwidget tests benchmarks scripts
+	$(BIN)/ruff check fmwidget tests benchmarks scripts notebooks
+	$(BIN)/ruff format --check fmwidget tests benchmarks scripts notebooks
 	npx tsc --noEmit
 
 test-js: setup chromium
