@@ -99,6 +99,7 @@ describe("controls", () => {
       };
     const handlers: ControlHandlers = {
       onLayer: record("layer"),
+      onPreview: record("preview"),
       onColormap: record("colormap"),
       onScale: record("scale"),
       onSymmetric: record("symmetric"),
@@ -128,21 +129,36 @@ describe("controls", () => {
 
   const nextFrame = (): Promise<void> => new Promise((r) => requestAnimationFrame(() => r()));
 
-  it("labels the slider instantly and sends the layer once per frame, with the latest position", async () => {
+  it("previews the layer under the thumb instantly and sends the layer once per frame, with the latest position", async () => {
     const { calls, controls, root } = mount();
     controls.update(state());
     const slider = root.querySelector<HTMLInputElement>('input[aria-label="Layer"]')!;
+    const position = root.querySelector(".fm-layer-pos")!;
+    expect(position.textContent).toBe("1 / 3");
     slider.value = "1";
     slider.dispatchEvent(new Event("input"));
-    expect(root.querySelector(".fm-layer-name")!.textContent).toBe("relu");
+    expect(position.textContent).toBe("2 / 3");
+    expect(calls).toEqual([["preview", "relu"]]);
     slider.value = "2";
     slider.dispatchEvent(new Event("input"));
-    expect(calls).toEqual([]);
+    expect(calls).toEqual([
+      ["preview", "relu"],
+      ["preview", '<img src=x onerror="alert(1)">'],
+    ]);
     await nextFrame();
-    expect(calls).toEqual([["layer", '<img src=x onerror="alert(1)">']]);
-    // The name is text, not markup.
+    expect(calls.at(-1)).toEqual(["layer", '<img src=x onerror="alert(1)">']);
+    expect(calls.filter(([name]) => name === "layer")).toHaveLength(1);
+    // Screen readers hear the name with the position; the names are text, not markup.
+    expect(slider.getAttribute("aria-valuetext")).toBe('<img src=x onerror="alert(1)"> (Conv2d, 64 × 8 × 8)');
     expect(root.querySelector("img")).toBeNull();
-    expect(root.querySelector(".fm-layer-name")!.textContent).toBe('<img src=x onerror="alert(1)">');
+  });
+
+  it("names the layer only in the header: the slider row shows the position alone", () => {
+    const { controls, root } = mount();
+    controls.update(state({ layer: "relu" }));
+    const row = root.querySelector<HTMLElement>(".fm-layer-row")!;
+    expect(row.textContent).toBe("2 / 3");
+    expect(row.textContent).not.toContain("ReLU");
   });
 
   it("shows the sample picker with predictions only for a batch", () => {
@@ -202,11 +218,19 @@ describe("controls", () => {
     ]);
   });
 
-  it("renders the header's name, shape, downsample badge and health as text", () => {
+  it("renders the header's name, shape, downsample badge, loading mark and health as text", () => {
     const root = document.createElement("div");
     containers.push(root);
     const header = createHeader(root, { onLayer: () => {} });
     header.update(meta("<b>x</b>", { dead: 3 }), 2);
+    const pending = root.querySelector<HTMLElement>(".fm-header-pending")!;
+    expect(pending.hidden).toBe(true);
+    header.setPending(true);
+    expect(pending.hidden).toBe(false);
+    expect(header.element.getAttribute("aria-busy")).toBe("true");
+    header.setPending(false);
+    expect(pending.hidden).toBe(true);
+    expect(header.element.hasAttribute("aria-busy")).toBe(false);
     expect(root.querySelector("b")).toBeNull();
     expect(root.textContent).toContain("<b>x</b>");
     expect(root.textContent).toContain("64 × 8 × 8");

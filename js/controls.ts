@@ -28,9 +28,13 @@ export interface ControlState {
   groups: readonly string[];
 }
 
-/** What the user changed. `onLayer` is called at most once per animation frame while dragging. */
+/**
+ * What the user changed. `onLayer` is called at most once per animation frame while dragging;
+ * `onPreview` on every slider movement, so the header can name the layer under the thumb at once.
+ */
 export interface ControlHandlers {
   onLayer(name: string): void;
+  onPreview(name: string): void;
   onColormap(name: ColormapName): void;
   onScale(scope: Scope): void;
   onSymmetric(on: boolean): void;
@@ -192,27 +196,22 @@ export function createControls(container: HTMLElement, handlers: ControlHandlers
   slider.min = "0";
   slider.step = "1";
   slider.setAttribute("aria-label", "Layer");
-  const label = el("output", "fm-layer-label");
-  const labelName = el("span", "fm-layer-name");
-  const labelType = el("span", "fm-badge");
-  const labelShape = el("span", "fm-layer-shape");
-  const labelPos = el("span", "fm-layer-pos");
-  label.append(labelPos, labelName, labelType, labelShape);
-  layerRow.append(slider, label);
+  // The layer's name, type and shape are in the header; the slider says only where it is.
+  const position = el("output", "fm-layer-pos");
+  position.title = "Position of the shown layer among the captured layers";
+  layerRow.append(slider, position);
 
-  const showLabel = (index: number): void => {
+  const showPosition = (index: number): void => {
     const meta = layers[index];
-    labelName.textContent = meta?.name ?? "";
-    labelType.textContent = meta?.type ?? "";
-    labelType.hidden = meta === undefined;
-    labelShape.textContent = meta === undefined ? "" : formatShape(meta.shape);
-    labelPos.textContent = meta === undefined ? "" : `${index + 1}/${layers.length}`;
+    position.textContent = meta === undefined ? "" : `${index + 1} / ${layers.length}`;
     slider.setAttribute("aria-valuetext", meta === undefined ? "" : `${meta.name} (${meta.type}, ${formatShape(meta.shape)})`);
   };
-  // Dragging fires `input` far more often than a layer can be fetched: the label follows every event,
-  // the layer change goes out once per frame with the latest position.
+  // Dragging fires `input` far more often than a layer can be fetched: the position and the header's
+  // name follow every event, the layer change goes out once per frame with the latest position.
   const onSlide = (): void => {
-    showLabel(slider.valueAsNumber);
+    showPosition(slider.valueAsNumber);
+    const under = layers[slider.valueAsNumber];
+    if (under !== undefined) handlers.onPreview(under.name);
     if (frame !== 0) return;
     frame = requestAnimationFrame(() => {
       frame = 0;
@@ -289,7 +288,7 @@ export function createControls(container: HTMLElement, handlers: ControlHandlers
       const index = layers.findIndex((l) => l.name === state.layer);
       // While a drag is between frames, the slider is ahead of the model: leave it where the user is.
       if (frame === 0 && index >= 0 && slider.valueAsNumber !== index) slider.value = String(index);
-      if (frame === 0) showLabel(index >= 0 ? index : slider.valueAsNumber);
+      if (frame === 0) showPosition(index >= 0 ? index : slider.valueAsNumber);
 
       colormap.value = state.colormap;
       scale.value = state.scale;
@@ -334,6 +333,8 @@ export interface Header {
    * `partner` is the layer's activation partner (`post` or `pre`), offered as a toggle.
    */
   update(meta: LayerMeta | undefined, downsample: number, partner?: LayerMeta): void;
+  /** Marks the named layer as not drawn yet (a small spinner, `aria-busy`), or clears the mark. */
+  setPending(pending: boolean): void;
 }
 
 /**
@@ -348,8 +349,8 @@ export function partnerLabel(meta: LayerMeta, partner: LayerMeta): string {
 }
 
 /**
- * The line above the grid: layer name, module type, shape, downsample badge, the before/after-activation
- * toggle and the health summary.
+ * The line above the grid, the one place that names the layer: name, module type, shape, a "loading" mark
+ * until the grid shows it, downsample badge, the before/after-activation toggle and the health summary.
  *
  * @example
  *   const header = createHeader(root, { onLayer: (name) => model.set("layer", name) });
@@ -358,6 +359,9 @@ export function partnerLabel(meta: LayerMeta, partner: LayerMeta): string {
 export function createHeader(container: HTMLElement, handlers: { onLayer(name: string): void }): Header {
   const element = el("div", "fm-header");
   const name = el("span", "fm-title");
+  const pending = el("span", "fm-header-pending");
+  pending.title = "Loading this layer";
+  pending.hidden = true;
   const type = el("span", "fm-badge");
   const shape = el("span", "fm-shape");
   const down = el("span", "fm-badge fm-badge-warn");
@@ -369,7 +373,7 @@ export function createHeader(container: HTMLElement, handlers: { onLayer(name: s
     if (target !== "") handlers.onLayer(target);
   });
   const health = el("span", "fm-health");
-  element.append(name, type, shape, down, toggle, health);
+  element.append(name, pending, type, shape, down, toggle, health);
   container.append(element);
   return {
     element,
@@ -389,6 +393,12 @@ export function createHeader(container: HTMLElement, handlers: { onLayer(name: s
       }
       health.textContent = meta === undefined ? "" : healthSummary(meta);
       health.classList.toggle("fm-health-bad", meta !== undefined && meta.dead + meta.constant + meta.nonfinite > 0);
+    },
+    setPending(on: boolean): void {
+      pending.hidden = !on;
+      element.classList.toggle("fm-header-loading", on);
+      if (on) element.setAttribute("aria-busy", "true");
+      else element.removeAttribute("aria-busy");
     },
   };
 }

@@ -1,13 +1,25 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { heatmapLUT } from "./colormaps";
-import { createGradcamPanel, type GradcamResult, heatmapPicture, upsampleBilinear } from "./gradcam";
+import { camMethodLabel, createGradcamPanel, type GradcamResult, heatmapPicture, upsampleBilinear } from "./gradcam";
 
 function result(extra: Partial<GradcamResult> = {}): GradcamResult {
   // A 4×4 map with its maximum at row 3, col 0 (bottom-left) and a weaker spot at row 0, col 3.
   const heatmap = new Float32Array(16);
   heatmap[3 * 4 + 0] = 2;
   heatmap[0 * 4 + 3] = 0.5;
-  return { layer: "layer4", sample: 0, target: 285, label: "Egyptian cat", height: 4, width: 4, heatmap, weights: new Float32Array(8), ...extra };
+  return {
+    layer: "layer4",
+    sample: 0,
+    method: "gradcam",
+    normalized: false,
+    target: 285,
+    label: "Egyptian cat",
+    height: 4,
+    width: 4,
+    heatmap,
+    weights: new Float32Array(8),
+    ...extra,
+  };
 }
 
 describe("upsampleBilinear", () => {
@@ -51,12 +63,14 @@ describe("Grad-CAM panel", () => {
     for (const h of hosts.splice(0)) h.remove();
   });
 
-  function mount(): { panel: ReturnType<typeof createGradcamPanel>; targets: (number | null)[]; root: HTMLElement } {
+  function mount(): { panel: ReturnType<typeof createGradcamPanel>; targets: (number | null)[]; methods: string[]; root: HTMLElement } {
     const root = document.createElement("div");
     document.body.append(root);
     hosts.push(root);
     const targets: (number | null)[] = [];
-    return { panel: createGradcamPanel(root, { onTarget: (t) => targets.push(t) }), targets, root };
+    const methods: string[] = [];
+    const panel = createGradcamPanel(root, { onTarget: (t) => targets.push(t), onMethod: (m) => methods.push(m) });
+    return { panel, targets, methods, root };
   }
 
   it("lists predicted and the top classes as text, and reports the chosen class", () => {
@@ -97,6 +111,53 @@ describe("Grad-CAM panel", () => {
     expect(alert.textContent).toContain("not a classifier");
     expect(root.querySelector<HTMLElement>(".fm-gradcam-body")!.hidden).toBe(true);
     expect(panel.element.dataset.state).toBe("error");
+  });
+
+  it("offers the kernel's CAM methods, ours first, only when there is a choice", () => {
+    const { panel, methods, root } = mount();
+    const picker = root.querySelector<HTMLSelectElement>('select[aria-label="CAM method"]')!;
+    panel.setMethods(["gradcam"], "gradcam");
+    expect(picker.closest("label")!.hidden).toBe(true);
+    panel.setMethods(["gradcam", "gradcam++", "scorecam", "eigencam", "something-new"], "gradcam");
+    expect(picker.closest("label")!.hidden).toBe(false);
+    expect(Array.from(picker.options).map((o) => o.textContent)).toEqual([
+      "Grad-CAM (ours)",
+      "Grad-CAM++",
+      "Score-CAM",
+      "EigenCAM",
+      "something-new",
+    ]);
+    picker.value = "scorecam";
+    picker.dispatchEvent(new Event("change"));
+    expect(methods).toEqual(["scorecam"]);
+    panel.setMethods(["gradcam", "gradcam++", "scorecam", "eigencam", "something-new"], "eigencam");
+    expect(picker.value).toBe("eigencam");
+    expect(camMethodLabel("layercam")).toBe("LayerCAM");
+    panel.showLoading("layer4", "scorecam");
+    expect(panel.element.textContent).toContain("Computing Score-CAM for layer4…");
+  });
+
+  it("captions a package method's map as input-sized and scaled to [0, 1], without channel weights", () => {
+    const { panel } = mount();
+    panel.setInput({ height: 4, width: 4, pixels: new Uint8Array(48) });
+    panel.show(result({ method: "gradcam++", normalized: true, weights: new Float32Array(0) }));
+    const text = panel.element.textContent!;
+    expect(text).toContain("method: Grad-CAM++ (pytorch-grad-cam)");
+    expect(text).toContain("4 × 4 map at input resolution, scaled to [0, 1] per image");
+    expect(text).not.toContain("upsampled");
+    expect(text).toContain("No per-channel weights: tile badges and the Grad-CAM sort need Grad-CAM (ours).");
+    panel.show(result());
+    expect(panel.element.textContent).toContain("method: Grad-CAM (ours)");
+    expect(panel.element.textContent).not.toContain("No per-channel weights");
+  });
+
+  it("keeps a normalized map on its own [0, 1] scale rather than stretching it to its peak", () => {
+    const heatmap = new Float32Array(16).fill(0.5);
+    const lut = heatmapLUT();
+    const normalized = heatmapPicture(result({ heatmap, normalized: true }), null, 1);
+    expect(Array.from(normalized.data.subarray(0, 3))).toEqual(Array.from(lut.subarray(4 * 128, 4 * 128 + 3)));
+    const ours = heatmapPicture(result({ heatmap }), null, 1);
+    expect(Array.from(ours.data.subarray(0, 3))).toEqual(Array.from(lut.subarray(4 * 255, 4 * 255 + 3)));
   });
 
   it("says when the map is zero everywhere", () => {

@@ -1,10 +1,12 @@
 /**
- * The Grad-CAM panel: the input image with the Grad-CAM heatmap of the shown layer laid over it
- * (bilinear upsampling, Turbo colours, an opacity slider), a class picker and a caption saying which
- * layer resolution and which class the map is for. The widget does the requests; this module draws.
+ * The Grad-CAM panel: the input image with the class activation map of the shown layer laid over it
+ * (bilinear upsampling, Turbo colours, an opacity slider), a class picker, a method picker (our Grad-CAM,
+ * or pytorch-grad-cam's methods where the kernel has the package) and a caption saying which method,
+ * resolution and class the map is for. The widget does the requests; this module draws.
  *
  * @example
- *   const panel = createGradcamPanel(root, { onTarget: (t) => model.set("target", t) });
+ *   const panel = createGradcamPanel(root, { onTarget: (t) => model.set("target", t), onMethod: (m) => model.set("cam_method", m) });
+ *   panel.setMethods(model.get("cam_methods"), model.get("cam_method"));
  *   panel.setClasses(predictions[sample], model.get("target"));
  *   panel.setInput({ height: 224, width: 224, pixels });
  *   panel.show(result);              // or panel.showLoading("layer4") / panel.showError("not a classifier")
@@ -18,15 +20,41 @@ import { formatValue } from "./scale";
 export interface GradcamResult {
   layer: string;
   sample: number;
+  /** "gradcam" (ours) or a pytorch-grad-cam method key such as "gradcam++". */
+  method: string;
+  /** The map is already scaled to [0, 1] per image (pytorch-grad-cam's methods, at input resolution). */
+  normalized: boolean;
   /** The class the map is for (the kernel's choice when the request asked for the predicted one). */
   target: number | null;
   label: string | null;
   height: number;
   width: number;
-  /** height × width, non-negative, not normalized. */
+  /** height × width, non-negative; not normalized unless `normalized`. */
   heatmap: Float32Array;
-  /** One weight per channel of the layer. */
+  /** One weight per channel of the layer; empty for methods without channel weights. */
   weights: Float32Array;
+}
+
+const METHOD_LABELS: Record<string, string> = {
+  gradcam: "Grad-CAM (ours)",
+  "gradcam++": "Grad-CAM++",
+  xgradcam: "XGrad-CAM",
+  layercam: "LayerCAM",
+  scorecam: "Score-CAM",
+  eigencam: "EigenCAM",
+  eigengradcam: "Eigen-Grad-CAM",
+  hirescam: "HiResCAM",
+  "gradcam-elementwise": "Grad-CAM element-wise",
+};
+
+/**
+ * How a CAM method reads in the picker and captions (an unknown key reads as itself).
+ *
+ * @example
+ *   camMethodLabel("gradcam++"); // "Grad-CAM++"
+ */
+export function camMethodLabel(method: string): string {
+  return METHOD_LABELS[method] ?? method;
 }
 
 /** The input picture, RGB bytes row by row. */
@@ -80,8 +108,9 @@ function peak(heatmap: Float32Array): number {
 }
 
 /**
- * The panel's picture: the heatmap scaled to its maximum, upsampled to the input's size (or kept at its
- * own size without an input) and blended over the input with `opacity`.
+ * The panel's picture: the heatmap scaled to its maximum (a `normalized` map is kept on [0, 1]),
+ * upsampled to the input's size (or kept at its own size without an input) and blended over the input
+ * with `opacity`.
  *
  * @example
  *   const image = heatmapPicture(result, input, 0.5); // ImageData of input.width × input.height
@@ -89,7 +118,7 @@ function peak(heatmap: Float32Array): number {
 export function heatmapPicture(result: GradcamResult, input: InputPicture | null, opacity: number): ImageData {
   const H = input?.height ?? result.height;
   const W = input?.width ?? result.width;
-  const m = peak(result.heatmap);
+  const m = result.normalized ? 1 : peak(result.heatmap);
   const scaled = result.heatmap.map((v) => (m > 0 && Number.isFinite(v) ? v / m : 0));
   const heat = upsampleBilinear(scaled, result.height, result.width, H, W);
   const lut = heatmapLUT();
@@ -108,12 +137,15 @@ export function heatmapPicture(result: GradcamResult, input: InputPicture | null
 
 export interface GradcamPanel {
   readonly element: HTMLElement;
+  /** The method picker's entries (hidden when there is only one) and the chosen one. */
+  setMethods(methods: readonly string[], method: string): void;
   /** The class picker's entries: the sample's top predictions, "predicted" first; `target` is selected. */
   setClasses(predictions: readonly Prediction[], target: number | null): void;
   /** The picture under the heatmap; null with a reason when there is none (the heatmap is drawn alone). */
   setInput(input: InputPicture | null, note?: string): void;
   show(result: GradcamResult): void;
-  showLoading(layer: string): void;
+  /** Says a map is being computed; the previous one stays, dimmed. */
+  showLoading(layer: string, method?: string): void;
   showError(text: string): void;
   destroy(): void;
 }
@@ -129,9 +161,12 @@ function el<K extends keyof HTMLElementTagNameMap>(tag: K, className: string, te
  * Builds the Grad-CAM panel inside `container` (hide it with `panel.element.hidden`).
  *
  * @example
- *   const panel = createGradcamPanel(root, { onTarget: (t) => setTrait("target", t) });
+ *   const panel = createGradcamPanel(root, { onTarget: (t) => setTrait("target", t), onMethod: (m) => setTrait("cam_method", m) });
  */
-export function createGradcamPanel(container: HTMLElement, handlers: { onTarget(target: number | null): void }): GradcamPanel {
+export function createGradcamPanel(
+  container: HTMLElement,
+  handlers: { onTarget(target: number | null): void; onMethod(method: string): void },
+): GradcamPanel {
   const element = el("section", "fm-gradcam");
   element.setAttribute("aria-label", "Grad-CAM panel");
   element.hidden = true;
@@ -151,9 +186,17 @@ export function createGradcamPanel(container: HTMLElement, handlers: { onTarget(
   opacity.setAttribute("aria-label", "Heatmap opacity");
   const classField = el("label", "fm-field");
   classField.append(el("span", "fm-field-label", "Class"), classes);
+  const methods = el("select", "fm-select");
+  methods.setAttribute("aria-label", "CAM method");
+  methods.title = "How the map is computed: ours gives per-channel weights; the others come from pytorch-grad-cam";
+  methods.addEventListener("change", () => handlers.onMethod(methods.value));
+  const methodField = el("label", "fm-field");
+  methodField.append(el("span", "fm-field-label", "Method"), methods);
+  methodField.hidden = true;
+  let methodSignature = "";
   const opacityField = el("label", "fm-field fm-gradcam-opacity");
   opacityField.append(el("span", "fm-field-label", "Opacity"), opacity);
-  head.append(title, classField, opacityField);
+  head.append(title, methodField, classField, opacityField);
 
   const body = el("div", "fm-gradcam-body");
   const picture = el("canvas", "fm-gradcam-picture");
@@ -202,15 +245,19 @@ export function createGradcamPanel(container: HTMLElement, handlers: { onTarget(
     if (result === null) return;
     const r = result;
     const cls = r.target === null ? "the predicted class" : r.label === null ? `class ${r.target}` : `${r.label} (${r.target})`;
+    const size = `${r.height} × ${r.width} map`;
+    const upsampled = input === null || (input.height === r.height && input.width === r.width) ? "" : `, upsampled to ${input.height} × ${input.width}`;
     caption.replaceChildren(
       el("div", "fm-gradcam-layer", r.layer),
-      el("div", "", `${r.height} × ${r.width} map${input === null ? "" : `, upsampled to ${input.height} × ${input.width}`}`),
+      el("div", "fm-gradcam-method", r.method === "gradcam" ? "method: Grad-CAM (ours)" : `method: ${camMethodLabel(r.method)} (pytorch-grad-cam)`),
+      el("div", "", r.normalized ? `${size} at input resolution, scaled to [0, 1] per image${upsampled}` : `${size}${upsampled}`),
       el("div", "", `class: ${cls}`),
     );
     const m = peak(r.heatmap);
-    legendHigh.textContent = formatValue(m);
+    legendHigh.textContent = r.normalized ? "1" : formatValue(m);
     const notes: string[] = [];
     if (!(m > 0)) notes.push("Zero everywhere: no positive evidence for this class at this layer.");
+    if (r.weights.length === 0) notes.push("No per-channel weights: tile badges and the Grad-CAM sort need Grad-CAM (ours).");
     if (inputNote !== "") notes.push(inputNote);
     note.textContent = notes.join(" ");
   }
@@ -220,6 +267,22 @@ export function createGradcamPanel(container: HTMLElement, handlers: { onTarget(
 
   return {
     element,
+    setMethods(list: readonly string[], method: string): void {
+      const signature = JSON.stringify(list);
+      if (signature !== methodSignature) {
+        methodSignature = signature;
+        methods.replaceChildren(
+          ...list.map((m) => {
+            const o = document.createElement("option");
+            o.value = m;
+            o.textContent = camMethodLabel(m);
+            return o;
+          }),
+        );
+      }
+      methodField.hidden = list.length < 2;
+      methods.value = method;
+    },
     setClasses(predictions: readonly Prediction[], target: number | null): void {
       const entries: [string, string][] = [["", "predicted"]];
       for (const p of predictions) entries.push([String(p.index), `${predictionLabel(p)} (${Math.round(p.prob * 100)}%)`]);
@@ -251,9 +314,9 @@ export function createGradcamPanel(container: HTMLElement, handlers: { onTarget(
       draw();
       describe();
     },
-    showLoading(layer: string): void {
+    showLoading(layer: string, method = "gradcam"): void {
       element.dataset.state = "loading";
-      setMessage(`Computing Grad-CAM for ${layer}…`, false);
+      setMessage(`Computing ${method === "gradcam" ? "Grad-CAM" : camMethodLabel(method)} for ${layer}…`, false);
       // The previous map stays, dimmed, while the next layer's is computed (scrubbing stays calm).
       body.classList.add("fm-stale");
       body.hidden = result === null;

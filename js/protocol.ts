@@ -57,6 +57,25 @@ export interface KernelStatus {
   message: string;
 }
 
+/** How one sample's prediction moved when channels were zeroed (an entry of `ablation.changes`). */
+export interface AblationChange {
+  top_before: number;
+  label_before: string | null;
+  prob_before: number;
+  top_after: number;
+  label_after: string | null;
+  prob_after: number;
+  /** Probability of `top_before` after minus before: negative when the channels supported it. */
+  prob_change: number;
+}
+
+/** The last ablation (`w.ablate()` or the view's button); `changes` is null without (N, classes) scores. */
+export interface Ablation {
+  layer: string;
+  channels: number[];
+  changes: AblationChange[] | null;
+}
+
 /** Every synced trait of FeatureMapWidget, as the front end sees it. */
 export interface Traits {
   layers: LayerMeta[];
@@ -80,6 +99,12 @@ export interface Traits {
   view: ViewState;
   groups: string[];
   group_pair: string[];
+  /** Written by the kernel; the view writes null to dismiss it. */
+  ablation: Ablation | null;
+  /** The Grad-CAM panel's method: "gradcam" (ours) or one of `cam_methods`. */
+  cam_method: string;
+  /** Methods this kernel offers, "gradcam" first (more with the grad-cam package installed). */
+  cam_methods: string[];
 }
 
 /** A decoded `layer` reply: what the grid draws plus the group comparison, when the widget has groups. */
@@ -163,7 +188,7 @@ export function decodeArrays(
   return out;
 }
 
-export type RequestKind = "layer" | "channel" | "input" | "gradcam";
+export type RequestKind = "layer" | "channel" | "input" | "gradcam" | "ablate";
 
 /** A successful reply, decoded. */
 export interface Reply {

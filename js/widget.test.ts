@@ -112,6 +112,9 @@ class FakeWidgetModel {
     });
     for (const h of this.handlers.get("msg:custom") ?? []) h(msg, buffers);
   }
+  private error(req: Record<string, any>, error: string): void {
+    for (const h of this.handlers.get("msg:custom") ?? []) h({ type: "reply", v: 1, id: req.id, kind: req.kind, ok: false, error }, []);
+  }
   private answer(req: Record<string, any>): void {
     const layerIndex = this.attrs.layers.findIndex((l) => l.name === req.layer);
     if (req.layer === "broken") {
@@ -120,7 +123,24 @@ class FakeWidgetModel {
       }
       return;
     }
-    if (req.kind === "layer" && req.layer === "big") {
+    if (req.kind === "ablate") {
+      // As the kernel: channel 3 is out of range for this layer; otherwise the trait is set, then the reply sent.
+      if (req.channels.includes(3)) {
+        this.error(req, `channels [3] cannot be ablated: layer '${req.layer}' has 3 channels (0 to 2)`);
+        return;
+      }
+      this.set("ablation", { ...ABLATION, layer: req.layer, channels: req.channels });
+      this.reply(req, { layer: req.layer, channels: req.channels }, []);
+    } else if (req.kind === "gradcam" && req.method !== "gradcam" && req.layer === "relu1") {
+      this.error(req, `${req.method} hooks whole modules, so it needs a module's first call with a tensor output; layer 'relu1' is call 2 of module 'relu'`);
+    } else if (req.kind === "gradcam" && req.method !== "gradcam") {
+      // pytorch-grad-cam's maps: input-sized (16×16), on [0, 1], no channel weights.
+      const heatmap = new Float32Array(256).map((_, i) => (i % 16) / 15);
+      this.reply(req, { layer: req.layer, sample: req.sample, target: req.target ?? 285, label: "Egyptian cat", shape: [16, 16], method: req.method, normalized: true }, [
+        ["heatmap", "float32", [16, 16], heatmap],
+        ["weights", "float32", [0], new Float32Array(0)],
+      ]);
+    } else if (req.kind === "layer" && req.layer === "big") {
       this.answerBig(req);
     } else if (req.kind === "layer") {
       const values = new Uint8Array(C * H * W);
@@ -238,8 +258,23 @@ function traits(): Traits {
     view: { zoom: 1, x: 0.5, y: 0.5 },
     groups: [],
     group_pair: [],
+    ablation: null,
+    cam_method: "gradcam",
+    cam_methods: ["gradcam"],
   };
 }
+
+const CAM_METHODS = ["gradcam", "gradcam++", "scorecam", "eigencam"];
+
+/** What the kernel's ablation of channels 1 and 3 of conv1 reports for two samples. */
+const ABLATION = {
+  layer: "conv1",
+  channels: [1, 3],
+  changes: [
+    { top_before: 285, label_before: "Egyptian cat", prob_before: 0.712, top_after: 281, label_after: "tabby", prob_after: 0.45, prob_change: -0.311 },
+    { top_before: 17, label_before: null, prob_before: 0.5, top_after: 17, label_after: null, prob_after: 0.52, prob_change: 0.02 },
+  ],
+};
 
 const hosts: HTMLElement[] = [];
 const cleanups: (() => void)[] = [];
@@ -592,5 +627,146 @@ describe("FeatureMapWidget view", () => {
     const [, row, col] = /row (\d+), col (\d+)/.exec(text)!.map(Number);
     const value = Number(/≈ (-?[\d.]+)/.exec(text)![1]);
     expect(value).toBeCloseTo(row / 16 + col / 256, 2);
+  });
+  it("names the layer under a dragged thumb in the header at once, marked as loading until drawn", async () => {
+    const { root, model } = await mount();
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    const header = root.querySelector<HTMLElement>(".fm-header")!;
+    const title = header.querySelector(".fm-title")!;
+    const pending = header.querySelector<HTMLElement>(".fm-header-pending")!;
+    expect(pending.hidden).toBe(true);
+    const slider = root.querySelector<HTMLInputElement>('input[aria-label="Layer"]')!;
+    slider.value = "1";
+    slider.dispatchEvent(new Event("input"));
+    // Before the next frame, before any reply: the header already names the layer under the thumb.
+    expect(title.textContent).toBe("relu1");
+    expect(header.textContent).toContain("ReLU6");
+    expect(pending.hidden).toBe(false);
+    expect(model.get("layer")).toBe("conv1");
+    // The slider row names nothing: one place for the layer's identity.
+    const row = root.querySelector<HTMLElement>(".fm-layer-row")!;
+    expect(row.textContent).toBe("2 / 4");
+    await expect.poll(() => model.get("layer")).toBe("relu1");
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    expect(pending.hidden).toBe(true);
+    expect(title.textContent).toBe("relu1");
+
+    // Dragged away and back within a frame: no layer change, the header returns to the shown layer.
+    slider.value = "2";
+    slider.dispatchEvent(new Event("input"));
+    expect(title.textContent).toBe("broken");
+    slider.value = "1";
+    slider.dispatchEvent(new Event("input"));
+    await nextFrame();
+    expect(title.textContent).toBe("relu1");
+    expect(pending.hidden).toBe(true);
+    expect(header.getAttribute("aria-busy")).toBeNull();
+  });
+
+  it("shows an ablation from Python for the shown sample, marks its tiles and dismisses it", async () => {
+    const predictions = [[{ index: 285, label: "Egyptian cat", prob: 0.712 }], [{ index: 17, label: null, prob: 0.5 }]];
+    const { root, model } = await mount({ predictions, num_samples: 2 });
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    const bar = root.querySelector<HTMLElement>('[aria-label="Ablation"]')!;
+    expect(bar.hidden).toBe(true);
+    model.set("ablation", ABLATION);
+    expect(bar.hidden).toBe(false);
+    const result = bar.querySelector<HTMLElement>('[role="status"]')!;
+    expect(result.textContent).toBe("Zeroed channels 1, 3 of conv1 (sample #0): Egyptian cat 71.2% → 40.1% (−31.1 pts) · now tabby 45.0%");
+    expect(bar.querySelector<HTMLElement>('[aria-label="Show the ablated layer"]')!.hidden).toBe(true);
+    expect(await tooltipAt(root, 5, 5)).not.toContain("Zeroed");
+    const cell = Number(root.querySelector<HTMLCanvasElement>('canvas[aria-label="Feature maps"]')!.dataset.cellWidth);
+    expect(await tooltipAt(root, cell + 5, 5)).toContain("Zeroed in the last ablation");
+
+    model.set("sample", 1);
+    await expect.poll(() => result.textContent).toContain("(sample #1): class 17 50.0% → 52.0% (+2.0 pts) · still the top class");
+    expect(result.querySelector<HTMLElement>(".fm-ablation-points")!.dataset.trend).toBe("up");
+
+    // On another layer the row offers to go back to the ablated one; that layer's tiles carry no marks.
+    model.set("layer", "relu1");
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    expect(await tooltipAt(root, cell + 5, 5)).not.toContain("Zeroed");
+    const show = bar.querySelector<HTMLButtonElement>('[aria-label="Show the ablated layer"]')!;
+    expect(show.hidden).toBe(false);
+    show.click();
+    expect(model.get("layer")).toBe("conv1");
+
+    bar.querySelector<HTMLButtonElement>('[aria-label="Dismiss ablation"]')!.click();
+    expect(model.get("ablation")).toBeNull();
+    expect(bar.hidden).toBe(true);
+  });
+
+  it("ablates the shift-clicked tiles with the button and shows a failure readably", async () => {
+    const predictions = [[{ index: 285, label: "Egyptian cat", prob: 0.712 }]];
+    const { root, model } = await mount({ predictions });
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    const canvas = root.querySelector<HTMLCanvasElement>('canvas[aria-label="Feature maps"]')!;
+    const cell = Number(canvas.dataset.cellWidth);
+    const bar = root.querySelector<HTMLElement>('[aria-label="Ablation"]')!;
+    const button = bar.querySelector<HTMLButtonElement>('[aria-label="Ablate selected channels"]')!;
+    expect(bar.hidden).toBe(true);
+    await userEvent.click(canvas, { position: { x: 4, y: 4 }, modifiers: ["Shift"] });
+    await userEvent.click(canvas, { position: { x: cell + 4, y: 4 }, modifiers: ["Shift"] });
+    expect(model.get("selected")).toEqual([0, 1]);
+    expect(bar.hidden).toBe(false);
+    expect(button.hidden).toBe(false);
+    expect(bar.querySelector<HTMLElement>('[aria-label="Show the ablated layer"]')!.hidden).toBe(true);
+    expect(bar.querySelector<HTMLElement>('[aria-label="Dismiss ablation"]')!.hidden).toBe(true);
+    expect(bar.textContent).toContain("2 channels selected");
+    button.click();
+    expect(button.disabled).toBe(true);
+    expect(button.textContent).toBe("Ablating…");
+    expect(model.sent.at(-1)).toMatchObject({ type: "request", kind: "ablate", layer: "conv1", channels: [0, 1], revision: 1 });
+    await expect.poll(() => bar.querySelector('[role="status"]')!.textContent).toContain("Zeroed channels 0, 1 of conv1");
+    expect(button.disabled).toBe(false);
+    expect(await tooltipAt(root, 5, 5)).toContain("Zeroed in the last ablation");
+
+    model.set("selected", [3]);
+    button.click();
+    const alert = bar.querySelector<HTMLElement>(".fm-ablation-error")!;
+    await expect.poll(() => alert.getAttribute("role")).toBe("alert");
+    expect(alert.hidden).toBe(false);
+    expect(alert.textContent).toBe("Ablation failed: channels [3] cannot be ablated: layer 'conv1' has 3 channels (0 to 2)");
+    // The earlier result stays; one dismiss clears both.
+    expect(bar.querySelector<HTMLElement>('[role="status"]')!.hidden).toBe(false);
+    bar.querySelector<HTMLButtonElement>('[aria-label="Dismiss ablation"]')!.click();
+    expect(alert.hidden).toBe(true);
+    expect(model.get("ablation")).toBeNull();
+    model.set("selected", []);
+    expect(bar.hidden).toBe(true);
+  });
+
+  it("picks a pytorch-grad-cam method: the trait and the request carry it, tiles lose their weights gracefully", async () => {
+    const predictions = [[{ index: 285, label: "Egyptian cat", prob: 0.71 }]];
+    const { root, model } = await mount({ predictions, gradcam: true, cam_methods: CAM_METHODS });
+    const panel = root.querySelector<HTMLElement>('[aria-label="Grad-CAM panel"]')!;
+    await expect.poll(() => panel.dataset.state).toBe("ready");
+    const camRequests = (): Record<string, any>[] => model.sent.filter((m) => m.kind === "gradcam");
+    expect(camRequests().at(-1)).toMatchObject({ layer: "conv1", method: "gradcam" });
+    const picker = panel.querySelector<HTMLSelectElement>('select[aria-label="CAM method"]')!;
+    expect(Array.from(picker.options).map((o) => o.textContent)).toEqual(["Grad-CAM (ours)", "Grad-CAM++", "Score-CAM", "EigenCAM"]);
+    expect(await tooltipAt(root, 5, 5)).toContain("Grad-CAM weight 0.1");
+
+    picker.value = "gradcam++";
+    picker.dispatchEvent(new Event("change"));
+    expect(model.get("cam_method")).toBe("gradcam++");
+    await expect.poll(() => camRequests().at(-1)).toMatchObject({ layer: "conv1", method: "gradcam++", target: null });
+    await expect.poll(() => panel.textContent).toContain("16 × 16 map at input resolution, scaled to [0, 1] per image");
+    expect(panel.textContent).toContain("method: Grad-CAM++ (pytorch-grad-cam)");
+    expect(await tooltipAt(root, 5, 5)).not.toContain("Grad-CAM weight");
+    model.set("sort", "gradcam");
+    await expect.poll(() => root.querySelector(".fm-readout")!.textContent).toContain("weights only for Grad-CAM");
+
+    // A layer the method cannot hook: the panel says why, the grid stays.
+    model.set("layer", "relu1");
+    await expect.poll(() => panel.dataset.state).toBe("error");
+    expect(panel.querySelector('[role="alert"]')!.textContent).toContain("hooks whole modules");
+    await expect.poll(() => root.dataset.state).toBe("ready");
+
+    // Python picks ours again: the picker follows and the weights come back.
+    model.set("cam_method", "gradcam");
+    expect(picker.value).toBe("gradcam");
+    await expect.poll(() => panel.dataset.state).toBe("ready");
+    await expect.poll(() => root.querySelector(".fm-readout")!.textContent).toBe("");
   });
 });

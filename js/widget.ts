@@ -1,6 +1,6 @@
 /**
- * anywidget entry point: builds the view (header, group bar, grid, colorbar, controls, Grad-CAM panel,
- * channel view) and wires it to the model's traits and to the request client. The parts live in their own modules; this file only
+ * anywidget entry point: builds the view (header, group bar, controls, ablation row, grid, colorbar,
+ * Grad-CAM panel, channel view) and wires it to the model's traits and to the request client. The parts live in their own modules; this file only
  * connects them.
  *
  * @example
@@ -8,12 +8,13 @@
  *   const cleanup = widget.render({ model, el, signal });
  */
 import type { RenderProps } from "@anywidget/types";
+import { createAblationBar } from "./ablation";
 import { LayerLoader, layerKey, type LayerKey } from "./cache";
 import { createColorbar } from "./colorbar";
 import { type ColormapName, isDiverging } from "./colormaps";
 import { type ControlState, createControls, createHeader, tileOrder } from "./controls";
 import { createDetail } from "./detail";
-import { createGradcamPanel, type GradcamResult } from "./gradcam";
+import { camMethodLabel, createGradcamPanel, type GradcamResult } from "./gradcam";
 import { createGrid, type Grid } from "./grid/grid";
 import { createGroupBar } from "./groups";
 import { isDropped, type LayerMeta, type LoadedLayer, Requester, toLayerData, type Traits } from "./protocol";
@@ -85,6 +86,9 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
   let gradcamPending = ""; // the key of the Grad-CAM request in flight
   let gradcamError: { key: string; text: string } | null = null;
   let gradcamInputKey = "";
+  let preview: string | null = null; // the layer under the slider's thumb, not yet sent to the model
+  let ablatePending = false;
+  let ablateError = "";
   let writingView = false; // the view trait is being set from this view's grid: its change event is ours
   // Full-resolution tiles of the shown (downsampled) layer: which key and channels are shown / asked for.
   let fullRes: { key: string; channels: Set<number> } | null = null;
@@ -142,7 +146,18 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
   cleanups.push(() => colorbar.destroy());
 
   const controls = createControls(root, {
-    onLayer: (name) => setTrait("layer", name),
+    onLayer: (name) => {
+      preview = null;
+      setTrait("layer", name);
+      // The same layer again sends no change event: the header must come back from the preview itself.
+      syncHeader();
+      refreshState();
+    },
+    onPreview: (name) => {
+      preview = name;
+      syncHeader();
+      refreshState();
+    },
     onColormap: (name: ColormapName) => {
       model.set("colormap", name);
       // A diverging map only means something centred on zero.
@@ -160,8 +175,24 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
   root.insertBefore(controls.element, banner);
   cleanups.push(() => controls.destroy());
 
+  const ablationBar = createAblationBar(root, {
+    onAblate: () => requestAblation(),
+    onDismiss: () => {
+      ablateError = "";
+      if (model.get("ablation") != null) setTrait("ablation", null);
+      updateAblation();
+    },
+    onShowLayer: (name) => setTrait("layer", name),
+  });
+  // Right above the grid whose tiles it marks.
+  root.insertBefore(ablationBar.element, banner);
+  cleanups.push(() => ablationBar.destroy());
+
   // Below the grid, above the channel view: the heatmap is read against the tiles' weights.
-  const gradcamPanel = createGradcamPanel(root, { onTarget: (t) => setTrait("target", t) });
+  const gradcamPanel = createGradcamPanel(root, {
+    onTarget: (t) => setTrait("target", t),
+    onMethod: (m) => setTrait("cam_method", m),
+  });
   cleanups.push(() => gradcamPanel.destroy());
 
   const detail = createDetail(root, {
@@ -192,6 +223,8 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     const loading = !drawn;
     root.dataset.state = error ? "error" : loading ? "loading" : "ready";
     const layer = model.get("layer");
+    // For automation: which layer the "ready" refers to (the grid drawn is this layer's).
+    if (!error && !loading) root.dataset.layer = layer;
     if (error) {
       messageText.textContent = error;
       message.setAttribute("role", "alert");
@@ -202,6 +235,8 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     // A cached layer is drawn within a frame: no spinner flash for it.
     message.hidden = !error && (drawn || (shown !== null && shownKey === layerKey(currentKey())));
     message.classList.toggle("fm-message-error", Boolean(error));
+    // The header names the layer at once (even the one under a dragged thumb); the mark says it is not drawn yet.
+    header.setPending(!error && (!drawn || (preview !== null && preview !== layer)));
     const busy = kernelBusy || status?.state === "busy";
     banner.textContent = busy
       ? status?.state === "busy" && status.message
@@ -209,6 +244,51 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
         : "Kernel busy: the view updates when the running cell finishes."
       : "";
     banner.hidden = !busy;
+  }
+
+  /** The header shows the layer under the slider's thumb while dragging, else the model's layer. */
+  function syncHeader(): void {
+    const name = preview ?? model.get("layer");
+    const meta = metaOf(name);
+    const downsample = shown !== null && shown.layer === name && shownKey === layerKey(currentKey()) ? shown.downsample : 1;
+    header.update(meta, downsample, partnerOf(meta));
+  }
+
+  function updateAblation(): void {
+    const ablation = model.get("ablation") ?? null;
+    ablationBar.update({
+      ablation,
+      sample: model.get("sample"),
+      numSamples: model.get("num_samples"),
+      layer: model.get("layer"),
+      selected: model.get("selected") ?? [],
+      pending: ablatePending,
+      error: ablateError,
+    });
+    // Marks belong to the layer the grid holds, which lags the layer trait while the next one loads.
+    const marked = ablation !== null && shown !== null && ablation.layer === shown.layer;
+    g?.setOptions({ ablated: new Set(marked ? ablation.channels : []) });
+  }
+
+  /** "Ablate selected": the kernel zeroes the channels, re-runs the model and sets the `ablation` trait. */
+  function requestAblation(): void {
+    const channels = [...(model.get("selected") ?? [])];
+    if (channels.length === 0 || ablatePending) return;
+    ablatePending = true;
+    ablateError = "";
+    updateAblation();
+    requester.request("ablate", { layer: model.get("layer"), channels }, { purpose: "ablate" }).then(
+      () => {
+        ablatePending = false;
+        if (!disposed) updateAblation();
+      },
+      (e: unknown) => {
+        ablatePending = false;
+        if (disposed) return;
+        if (!isDropped(e)) ablateError = (e as Error).message;
+        updateAblation();
+      },
+    );
   }
 
   function controlState(): ControlState {
@@ -255,14 +335,17 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     readout.hidden = text === "";
   }
 
-  /** The Grad-CAM cache key of a layer key under the current class. */
-  const gradcamKeyOf = (k: string): string => `${model.get("target") ?? "predicted"}|${k}`;
+  const camMethod = (): string => model.get("cam_method") ?? "gradcam";
+  /** The Grad-CAM cache key of a layer key under the current class and method. */
+  const gradcamKeyOf = (k: string): string => `${model.get("target") ?? "predicted"}|${camMethod()}|${k}`;
   const gradcamWanted = (): boolean => (model.get("gradcam") ?? false) || model.get("sort") === "gradcam";
 
   function applyOrder(): void {
     if (shown === null || g === null) return;
     const sort = model.get("sort");
-    const weights = gradcam.get(gradcamKeyOf(shownKey))?.weights ?? null;
+    const result = gradcam.get(gradcamKeyOf(shownKey));
+    // Only our Grad-CAM has per-channel weights; other methods' maps leave the tiles in their order.
+    const weights = result !== undefined && result.weights.length > 0 ? result.weights : null;
     const badges = sort === "effect" ? shown.effect : gradcamWanted() ? weights : null;
     g.setOptions({
       order: tileOrder(sort, shown.stats, shown.channels, model.get("top_k"), weights, shown.effect),
@@ -272,6 +355,9 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     const camError = gradcamError?.key === gradcamKeyOf(shownKey) ? gradcamError.text : "";
     let note = "";
     if (sort === "gradcam" && camError !== "") note = `Grad-CAM order unavailable: ${camError}`;
+    if (sort === "gradcam" && result !== undefined && weights === null) {
+      note = `Tiles stay in channel order: weights only for Grad-CAM (ours); ${camMethodLabel(result.method)} gives no per-channel weights.`;
+    }
     if (sort === "effect" && shown.effect === null) {
       note =
         (model.get("groups") ?? []).length === 0
@@ -288,6 +374,7 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     gradcamPanel.element.hidden = !open;
     const key = currentKey();
     if (open) {
+      gradcamPanel.setMethods(model.get("cam_methods") ?? ["gradcam"], camMethod());
       gradcamPanel.setClasses(model.get("predictions")?.[key.sample] ?? [], model.get("target"));
       requestInput();
     }
@@ -302,11 +389,12 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
       if (open) gradcamPanel.showError(gradcamError.text);
       return;
     }
-    if (open) gradcamPanel.showLoading(key.layer);
+    const method = camMethod();
+    if (open) gradcamPanel.showLoading(key.layer, method);
     if (gradcamPending === k) return;
     gradcamPending = k;
     const target = model.get("target");
-    const args: Record<string, unknown> = { layer: key.layer, sample: key.sample, target };
+    const args: Record<string, unknown> = { layer: key.layer, sample: key.sample, target, method };
     requester.request("gradcam", args, { purpose: "gradcam" }).then(
       (reply) => {
         if (gradcamPending === k) gradcamPending = "";
@@ -321,6 +409,8 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
         gradcam.set(k, {
           layer: key.layer,
           sample: key.sample,
+          method: typeof reply.meta.method === "string" ? reply.meta.method : method,
+          normalized: reply.meta.normalized === true,
           target: typeof used === "number" ? used : target,
           label: typeof label === "string" ? label : null,
           height: heatmap.shape[0],
@@ -430,8 +520,8 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     hovered = null;
     fullRes = null;
     showNote("");
-    const meta = metaOf(data.layer);
-    header.update(meta, data.downsample, partnerOf(meta));
+    syncHeader();
+    updateAblation();
     updateGroups();
     refreshState();
     g?.setLayer(data);
@@ -454,7 +544,7 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     // Same layer again (a trait echo): nothing to do, unless an error covers it.
     if (k === shownKey && shown !== null && layerError === "") return;
     const meta = metaOf(key.layer);
-    header.update(meta, 1, partnerOf(meta));
+    syncHeader();
     updateGradcam();
     drawn = false;
     if (meta === undefined) {
@@ -533,10 +623,12 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
   listen("change:layer", () => {
     syncControls();
     showLayer();
+    updateAblation();
   });
   listen("change:sample", () => {
     syncControls();
     showLayer();
+    updateAblation();
   });
   listen("change:revision", () => {
     loader.clear();
@@ -562,9 +654,16 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     updateGradcam();
     applyOrder();
   });
-  listen("change:target", () => {
-    updateGradcam();
-    applyOrder();
+  for (const name of ["target", "cam_method", "cam_methods"] as const) {
+    listen(`change:${name}`, () => {
+      updateGradcam();
+      applyOrder();
+    });
+  }
+  listen("change:ablation", () => {
+    // A new ablation (from Python or the button) replaces an error shown for an earlier try.
+    if (model.get("ablation") != null) ablateError = "";
+    updateAblation();
   });
   listen("change:view", () => {
     if (!writingView) g?.setView(model.get("view"));
@@ -577,7 +676,10 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
       detail.redraw();
     });
   }
-  listen("change:num_samples", syncControls);
+  listen("change:num_samples", () => {
+    syncControls();
+    updateAblation();
+  });
   listen("change:predictions", () => {
     syncControls();
     updateGradcam();
@@ -591,7 +693,10 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     syncControls();
     applyOrder();
   });
-  listen("change:selected", () => g?.setOptions({ selected: new Set(model.get("selected") ?? []) }));
+  listen("change:selected", () => {
+    g?.setOptions({ selected: new Set(model.get("selected") ?? []) });
+    updateAblation();
+  });
   listen("change:channel", () => {
     const c = model.get("channel");
     if (c !== null) cursor = c;
@@ -637,6 +742,7 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
   const view = model.get("view");
   if (view) g?.setView(view);
   updateGroups();
+  updateAblation();
   showLayer();
   const channel = model.get("channel");
   if (channel !== null) detail.show(channel);

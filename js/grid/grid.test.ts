@@ -224,6 +224,31 @@ describe("createGrid", () => {
     expect(hovers.at(-1)).toBe(1);
   });
 
+  it("marks the channels of the last ablation on their tiles and in the tooltip", async () => {
+    const g = make(400);
+    g.setLayer(peakLayer(4, 8, 8));
+    await nextFrame();
+    const ctx = g.canvas.getContext("2d")!;
+    const text = vi.spyOn(ctx, "fillText");
+    const outline = vi.spyOn(ctx, "strokeRect");
+    g.setOptions({ ablated: new Set([2]) });
+    await nextFrame();
+    expect(text.mock.calls.filter((c) => c[0] === "zeroed")).toHaveLength(1);
+    // The dashed outline sits inside channel 2's tile, 3 px in from its edges.
+    const r = g.tileClientRect(2)!;
+    const cr = g.canvas.getBoundingClientRect();
+    const inset = outline.mock.calls.find(([x, y]) => Math.abs(x - (r.left - cr.left + 3)) < 0.5 && Math.abs(y - (r.top - cr.top + 3)) < 0.5);
+    expect(inset).toBeDefined();
+    await userEvent.hover(g.canvas, { position: { x: r.left - cr.left + 5, y: r.top - cr.top + 5 } } as object);
+    await nextFrame();
+    const tip = g.element.querySelector<HTMLElement>(".fm-grid-tooltip")!;
+    expect(tip.textContent).toContain("Zeroed in the last ablation");
+    text.mockClear();
+    g.setOptions({ ablated: new Set() });
+    await nextFrame();
+    expect(text.mock.calls.filter((c) => c[0] === "zeroed")).toHaveLength(0);
+  });
+
   it("clicks report the channel and pixel; Enter on a focused tile clicks it", async () => {
     const g = make(400);
     const clicks: [number, number, number, boolean][] = [];

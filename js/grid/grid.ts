@@ -58,6 +58,8 @@ export interface GridOptions {
   /** Channel shown in each tile, in order (after sorting / top-k); null = 0..C-1. Out-of-range entries are skipped. */
   order: Int32Array | null;
   selected: ReadonlySet<number>;
+  /** Channels zeroed by the last ablation (marked on their tiles and in the tooltip). */
+  ablated: ReadonlySet<number>;
   /** Optional per-channel number printed on tiles (e.g. Grad-CAM weight), indexed by channel. */
   badges: Float32Array | null;
   /** What the badge number is, in the tooltip ("Grad-CAM weight", "d"). */
@@ -153,6 +155,7 @@ const DEFAULTS: GridOptions = {
   globalRange: [0, 1],
   order: null,
   selected: new Set<number>(),
+  ablated: new Set<number>(),
   badges: null,
   badgeLabel: "weight",
   maxHeight: 0,
@@ -395,6 +398,7 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
           lut: colormapLUT(opts.colormap),
           theme,
           selected: opts.selected,
+          ablated: opts.ablated,
           focused,
           badges: opts.badges,
           full,
@@ -492,6 +496,7 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
       `zeros ${formatValue(100 * s[3])}% · NaN ${s[4]} · Inf ${s[5]}`,
     ];
     if (opts.badges !== null && channel < opts.badges.length) lines.push(`${opts.badgeLabel} ${formatValue(opts.badges[channel])}`);
+    if (opts.ablated.has(channel)) lines.push("Zeroed in the last ablation");
     if (hit !== null) {
       const f = hit.downsample;
       const where = f > 1 ? `mean of ${f}×${f} at row ${hit.row * f}, col ${hit.col * f}` : `row ${hit.row}, col ${hit.col}`;

@@ -1,10 +1,10 @@
 /**
- * The 2D layer drawn over the picture: channel numbers, badges, dead-channel marks, selection and focus
- * outlines, and the value of each pixel once pixels are large enough to hold it. Only visible tiles are
+ * The 2D layer drawn over the picture: channel numbers, badges, dead-channel marks, selection, ablation
+ * and focus outlines, and the value of each pixel once pixels are large enough to hold it. Only visible tiles are
  * visited, so 2048 tiles cost nothing while their labels are too small to draw.
  *
  * @example
- *   drawOverlay(ctx, { layout, view, dpr, order, layer, ranges, lut, theme, selected, focused, badges, full: null });
+ *   drawOverlay(ctx, { layout, view, dpr, order, layer, ranges, lut, theme, selected, ablated, focused, badges, full: null });
  */
 import { dequantize, formatValue, toUnit } from "../scale";
 import { type FullResTiles, type Layout, type View, VALUE_LABEL_MIN_PX, tileOrigin, visibleCells } from "./layout";
@@ -15,6 +15,8 @@ export interface Theme {
   label: string;
   accent: string;
   dead: string;
+  /** Channels zeroed by the last ablation. */
+  warn: string;
   font: string;
   mono: string;
 }
@@ -24,6 +26,8 @@ const THEME_VARS: Record<keyof Theme, [string, string]> = {
   label: ["--jp-ui-font-color1", "rgba(0, 0, 0, 0.87)"],
   accent: ["--jp-brand-color1", "#1976d2"],
   dead: ["--jp-error-color1", "#d32f2f"],
+  // The widget's own variable: JupyterLab's warn colour, with light and dark fallbacks elsewhere.
+  warn: ["--fm-warn", "#b26a00"],
   font: ["--jp-ui-font-family", "system-ui, -apple-system, 'Segoe UI', sans-serif"],
   mono: ["--jp-code-font-family", "ui-monospace, Menlo, Consolas, monospace"],
 };
@@ -62,6 +66,8 @@ export interface OverlayState {
   lut: Uint8Array;
   theme: Theme;
   selected: ReadonlySet<number>;
+  /** Channels zeroed by the last ablation: a dashed outline and, on large tiles, a "zeroed" tag. */
+  ablated: ReadonlySet<number>;
   focused: number | null;
   badges: Float32Array | null;
   /** Full-resolution maps drawn over some tiles (their values are printed at full resolution). */
@@ -86,8 +92,13 @@ function roundRect(ctx: CanvasRenderingContext2D, x: number, y: number, w: numbe
   ctx.fill();
 }
 
-function tag(ctx: CanvasRenderingContext2D, text: string, x: number, y: number, alignRight: boolean, theme: Theme): void {
-  const w = ctx.measureText(text).width + 6;
+function tagWidth(ctx: CanvasRenderingContext2D, text: string): number {
+  return ctx.measureText(text).width + 6;
+}
+
+/** Draws a small text tag; returns its width. */
+function tag(ctx: CanvasRenderingContext2D, text: string, x: number, y: number, alignRight: boolean, theme: Theme): number {
+  const w = tagWidth(ctx, text);
   const left = alignRight ? x - w : x;
   ctx.globalAlpha = 0.75;
   ctx.fillStyle = theme.background;
@@ -95,6 +106,7 @@ function tag(ctx: CanvasRenderingContext2D, text: string, x: number, y: number, 
   ctx.globalAlpha = 1;
   ctx.fillStyle = theme.label;
   ctx.fillText(text, left + 3, y + 10);
+  return w;
 }
 
 function drawValues(
@@ -184,14 +196,26 @@ export function drawOverlay(ctx: CanvasRenderingContext2D, s: OverlayState): voi
         ctx.lineTo(x0, y0 + th);
         ctx.stroke();
       }
-      if (tw >= LABEL_MIN_TILE_PX) tag(ctx, String(channel), Math.max(0, x0) + 1, Math.max(0, y0) + 1, false, theme);
+      const label = tw >= LABEL_MIN_TILE_PX ? tag(ctx, String(channel), Math.max(0, x0) + 1, Math.max(0, y0) + 1, false, theme) : 0;
       if (s.badges !== null && tw >= BADGE_MIN_TILE_PX && channel < s.badges.length) {
-        tag(ctx, formatValue(s.badges[channel]), Math.min(layout.viewportWidth, x0 + tw) - 1, Math.max(0, y0) + 1, true, theme);
+        const text = formatValue(s.badges[channel]);
+        // Top-right beside the channel number when both fit; otherwise the bottom-right corner.
+        const fits = label + tagWidth(ctx, text) + 4 <= tw;
+        const y = fits ? Math.max(0, y0) + 1 : Math.min(layout.viewportHeight, y0 + th) - 14;
+        tag(ctx, text, Math.min(layout.viewportWidth, x0 + tw) - 1, y, true, theme);
       }
       if (s.selected.has(channel)) {
         ctx.strokeStyle = theme.accent;
         ctx.lineWidth = 2;
         ctx.strokeRect(x0 + 1, y0 + 1, tw - 2, th - 2);
+      }
+      if (s.ablated.has(channel)) {
+        ctx.strokeStyle = theme.warn;
+        ctx.lineWidth = 2;
+        ctx.setLineDash([5, 3]);
+        ctx.strokeRect(x0 + 3, y0 + 3, tw - 6, th - 6);
+        ctx.setLineDash([]);
+        if (tw >= BADGE_MIN_TILE_PX) tag(ctx, "zeroed", Math.max(0, x0) + 1, Math.min(layout.viewportHeight, y0 + th) - 14, false, theme);
       }
       if (s.focused === channel) {
         ctx.strokeStyle = theme.label;

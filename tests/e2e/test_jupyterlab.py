@@ -135,7 +135,7 @@ def test_widget_in_jupyterlab(lab) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page = browser.new_page(viewport={"width": 1600, "height": 1500})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(f"{url}/doc/tree/e2e.ipynb")
@@ -251,6 +251,33 @@ def test_widget_in_jupyterlab(lab) -> None:
         )
         page.wait_for_selector(panel_ready)
         root_el.screenshot(path=str(ARTIFACTS / "widget-light-gradcam.png"))
+
+        # Act on channels: shift-click two tiles (the kernel reads the selection), ablate them, and
+        # the view says how the prediction changed.
+        ablated_layer = layers[layers.index("features.2.conv.0.2") + 1]
+        grid = page.locator("canvas[aria-label='Feature maps']")
+        for k, want in ((2, [2]), (4, [2, 4])):
+            # Selecting shows the ablation bar above the grid, which moves it: measure each time.
+            grid.scroll_into_view_if_needed()
+            geo = grid.evaluate(
+                "c => Object.fromEntries(Object.entries(c.dataset).map(([k, v]) => [k, +v]))"
+            )
+            box = grid.bounding_box()
+            tx, ty = _tile_origin(geo, k)
+            page.keyboard.down("Shift")
+            page.mouse.click(
+                box["x"] + tx + geo["tileWidth"] / 2, box["y"] + ty + geo["tileHeight"] / 2
+            )
+            page.keyboard.up("Shift")
+            wait_for_file_json(root / "state.json", lambda s, want=want: s["selected"] == want)
+        wait_for_file_json(root / "state.json", lambda s: s["selected"] == [2, 4])
+        page.get_by_role("button", name="Ablate selected").click()
+        result = wait_for_file_json(root / "state.json", lambda s: s["ablation"] is not None)
+        assert result["ablation"]["layer"] == ablated_layer
+        assert result["ablation"]["channels"] == [2, 4]
+        page.wait_for_function(
+            "() => document.querySelector('.fmwidget').innerText.includes('Zeroed channels 2, 4')"
+        )
 
         # Dark theme, switched live from JupyterLab's menu.
         light_bg = root_el.evaluate("e => getComputedStyle(e).backgroundColor")
