@@ -21,9 +21,9 @@ time. Those names are remembered per model, so later captures of the same model 
 and run once. A :class:`CaptureBuffers` pool makes those copies land in memory reused across
 captures, or (``copy_all=True``) copies every output at hook time.
 
-Flags are never switched: the model runs exactly as it is. A model in training mode runs once,
-copying everything, instead of ever running twice, so BatchNorm running statistics move exactly as
-in one ordinary training-mode forward.
+Flags are never switched and state is left as it was: the model runs exactly as it is. A model in
+training mode runs once, copying everything, instead of ever running twice (a second run would draw
+new dropout masks), and its buffers (BatchNorm running statistics) are restored afterwards.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import difflib
 import re
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +156,18 @@ class CaptureBuffers:
     def __repr__(self) -> str:
         return f"CaptureBuffers({len(self._buffers)} buffers, {self.nbytes / 2**20:.1f} MiB)"
 
+    def holds(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` lives in one of the pool's buffers (the next capture overwrites it).
+
+        Example::
+
+            pool = CaptureBuffers(copy_all=True)
+            cap = capture(model, x, buffers=pool)
+            pool.holds(cap["conv1"]), pool.holds(cap["conv1"].clone())  # True, False
+        """
+        storage = tensor.untyped_storage().data_ptr()
+        return any(b.untyped_storage().data_ptr() == storage for b in self._buffers.values())
+
     def _start(self) -> None:
         # Buffers are about to be overwritten, even if this capture fails half-way.
         self._generation += 1
@@ -246,7 +259,9 @@ def capture(
     """Run ``model`` once on ``inputs`` and capture the (N, C, H, W) activations of its layers.
 
     Args:
-        model: any ``nn.Module``; it is left as it was (no hook stays, no flag is switched).
+        model: any ``nn.Module``; it is left as it was: no hook stays, no flag is switched, and
+            in training mode its buffers (BatchNorm running statistics) are restored after the
+            forward.
         inputs: a tensor, a tuple/list of positional arguments, or a dict of keyword arguments.
         layers: ``None`` for every leaf module with a 4-D floating output; or layer names (a
             plain name selects every call of a module, ``name:k`` only the k-th, ``name[0]`` one
@@ -280,26 +295,52 @@ def capture(
         buffers._start()
     known = _KNOWN_MUTATED.get(model, frozenset())
     notes: list[str] = []
+    copy_all = training or (buffers is not None and buffers.copy_all)
+    run: _Run | None = None
+    try:
+        with _state_kept(model):
+            run = _run(model, args, kwargs, selection, grad, copy_all, known, buffers)
+            mutated = frozenset() if copy_all else run.mutated()
+            if mutated:
+                _KNOWN_MUTATED[model] = known | mutated
+                # Otherwise the first run's outputs stay alive through the second one.
+                run.release()
+                run = _run(model, args, kwargs, selection, grad, False, known | mutated, buffers)
+                notes.append(
+                    f"the forward ran twice: {_examples(sorted(mutated))} changed in place after "
+                    "their module returned (e.g. `out += identity`), so the second run copied "
+                    "them at hook time; later captures of this model copy them at once"
+                )
+                if run.mutated():
+                    # Control flow changed between runs: copying everything cannot be wrong.
+                    run.release()
+                    run = _run(model, args, kwargs, selection, grad, True, frozenset(), buffers)
+        if buffers is not None:
+            buffers._keep_only(run.own_buffers)
+        return run.finish(selection, notes, buffers)
+    except BaseException:
+        # The traceback keeps this frame (IPython keeps the last one): let go of the tensors.
+        if run is not None:
+            run.release()
+        raise
 
-    if training or (buffers is not None and buffers.copy_all):
-        run = _run(model, args, kwargs, selection, grad, True, known, buffers)
-    else:
-        run = _run(model, args, kwargs, selection, grad, False, known, buffers)
-        mutated = run.mutated()
-        if mutated:
-            _KNOWN_MUTATED[model] = known | mutated
-            run = _run(model, args, kwargs, selection, grad, False, known | mutated, buffers)
-            notes.append(
-                f"the forward ran twice: {_examples(sorted(mutated))} changed in place after their "
-                "module returned (e.g. `out += identity`), so the second run copied them at hook "
-                "time; later captures of this model copy them at once"
-            )
-            if run.mutated():
-                # Control flow changed between runs: copying everything cannot be wrong.
-                run = _run(model, args, kwargs, selection, grad, True, frozenset(), buffers)
-    if buffers is not None:
-        buffers._keep_only(run.own_buffers)
-    return run.finish(selection, notes, buffers)
+
+@contextmanager
+def _state_kept(model: nn.Module) -> Iterator[None]:
+    """Restore buffers (BatchNorm running stats) after the block if any module is in training mode.
+
+    A forward in training mode updates running statistics; a visualization must not change them.
+    """
+    if not any(m.training for m in model.modules()):
+        yield
+        return
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
 
 
 # Layers of a model that some code outside modules changed in place after their hook saw them.
@@ -431,6 +472,11 @@ class _Selection:
             chosen = leaves
         elif isinstance(layers, type) or not callable(layers):
             items = [layers] if isinstance(layers, (str, type)) else list(layers)
+            if not items:
+                raise ValueError(
+                    "layers= is empty: name at least one layer (a name or a module type), or pass "
+                    "layers=None for every layer"
+                )
             chosen = []
             whole: set[nn.Module] = set()
             for item in items:
@@ -710,6 +756,14 @@ class _Run:
                 self.stored[name] = clone
                 self.versions[name] = clone._version
 
+    def release(self) -> None:
+        """Drop every tensor this run holds: before another run, or when the capture failed."""
+        self.stored.clear()
+        self.versions.clear()
+        self.seen.clear()
+        self.pending_source.clear()
+        self.output = None
+
     def mutated(self) -> frozenset[str]:
         return frozenset(n for n, t in self.stored.items() if t._version != self.versions[n])
 
@@ -807,6 +861,9 @@ def _run(
                 raise
             except Exception as exc:
                 raise CaptureError(_forward_failure(model, exc, args, kwargs)) from exc
+    except BaseException:
+        run.release()
+        raise
     finally:
         for handle in handles:
             handle.remove()

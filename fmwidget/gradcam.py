@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from fmwidget.capture import ROOT_NAME
+from fmwidget.capture import ROOT_NAME, _state_kept
 
 __all__ = ["CAM_METHODS", "GradCamResult", "TopClass", "gradcam", "gradcam_layer", "top_classes"]
 
@@ -183,24 +183,6 @@ def _tapped(ref: _LayerRef, fn: Callable[[torch.Tensor], torch.Tensor]) -> Itera
         yield tap
     finally:
         handle.remove()
-
-
-@contextmanager
-def _state_kept(model: nn.Module) -> Iterator[None]:
-    """Restore buffers (BatchNorm running stats) after the block if any module is in training mode.
-
-    A forward in training mode updates running statistics; a visualization must not change them.
-    """
-    if not any(m.training for m in model.modules()):
-        yield
-        return
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buf, value in saved:
-                buf.copy_(value)
 
 
 def _normal_tensors(inputs: Any) -> Any:

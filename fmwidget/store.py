@@ -313,7 +313,8 @@ class ActivationStore:
         n, c, h, w = maps.shape
         flat = maps.reshape(n, c, h * w)
         # Two reductions: on the CPU, torch.aminmax along a dim is ~20× slower than amin + amax.
-        lo, hi = flat.amin(-1).cpu().numpy(), flat.amax(-1).cpu().numpy()
+        # float64 holds every floating dtype exactly, bfloat16 included (numpy has none).
+        lo, hi = flat.amin(-1).double().cpu().numpy(), flat.amax(-1).double().cpu().numpy()
         precomputed: dict[int, torch.Tensor] = {}
         nonfinite = np.zeros(c, dtype=bool)
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):

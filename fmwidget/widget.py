@@ -15,13 +15,17 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import importlib.util
+import io
+import itertools
 import logging
 import operator
 import reprlib
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anywidget
 import numpy as np
@@ -31,8 +35,16 @@ from torch import nn
 
 from fmwidget import analysis, wire
 from fmwidget.analysis import AblationResult, group_differences
-from fmwidget.capture import CaptureBuffers, CaptureReport, LayerInfo, LayerSelector, capture
-from fmwidget.gradcam import gradcam_layer, top_classes
+from fmwidget.capture import (
+    ROOT_NAME,
+    CaptureBuffers,
+    CaptureReport,
+    LayerInfo,
+    LayerSelector,
+    _tensors_in,
+    capture,
+)
+from fmwidget.gradcam import CAM_METHODS, gradcam, gradcam_layer, top_classes
 from fmwidget.store import ActivationStore, UnknownLayerError, precomputed
 
 __all__ = ["CapturedLayers", "FeatureMapWidget"]
@@ -45,11 +57,16 @@ SCALES = ("channel", "layer", "global")
 SORTS = ("index", "mean", "max", "zeros", "gradcam", "effect")
 _TOP_PREDICTIONS = 5
 # Traits only the kernel writes: a constructor argument for them would be silently overwritten.
-_KERNEL_TRAITS = ("num_samples", "revision", "status", "predictions", "ablation")
+_KERNEL_TRAITS = ("num_samples", "revision", "status", "predictions", "ablation", "cam_methods")
 
 
 class CapturedLayers(Mapping[str, torch.Tensor]):
     """Layer name → activation of a widget's last run (what :attr:`FeatureMapWidget.capture` is).
+
+    A layer that lives in the widget's reused capture buffers (``pool``: copies the capture had
+    to make, see :class:`fmwidget.capture.CaptureBuffers`) is handed out as a copy, since the next
+    run overwrites those buffers; other layers are handed out as they are. Either way a tensor
+    read here keeps its values when the widget re-runs.
 
     Example:
         >>> acts = w.capture  # doctest: +SKIP
@@ -57,14 +74,22 @@ class CapturedLayers(Mapping[str, torch.Tensor]):
         (torch.Size([2, 64, 16, 16]), 'conv')
     """
 
-    def __init__(self, store: ActivationStore, report: CaptureReport, output: Any) -> None:
+    def __init__(
+        self,
+        store: ActivationStore,
+        report: CaptureReport,
+        output: Any,
+        pool: CaptureBuffers | None = None,
+    ) -> None:
         self._store = store
         self.report = report
         self.output = output
+        self._pool = pool
 
     def __getitem__(self, name: str) -> torch.Tensor:
         self._check_current()
-        return self._store.maps(name)
+        maps = self._store.maps(name)
+        return maps.clone() if self._pool is not None and self._pool.holds(maps) else maps
 
     def __iter__(self) -> Iterator[str]:
         self._check_current()
@@ -91,6 +116,27 @@ class _BadRequest(Exception):
     """A request the kernel cannot serve; its text goes back in the error reply."""
 
 
+class _StaleCapture(RuntimeError):
+    """An evicted layer cannot be recomputed: the model or its inputs changed since the capture."""
+
+
+class _CamMaps(NamedTuple):
+    """A CAM method's maps for the whole batch, as the ``gradcam`` request serves them."""
+
+    heatmap: torch.Tensor  # (N, H, W)
+    weights: torch.Tensor  # (N, C) for our Grad-CAM; (N, 0) for methods without channel weights
+    target: list[int] | None
+    normalized: bool  # scaled to [0, 1] per image (the grad-cam package's methods)
+
+
+def _available_cam_methods() -> list[str]:
+    """Our Grad-CAM, plus the grad-cam package's methods where it is installed."""
+    # find_spec does not import the package (it pulls in OpenCV): widgets stay quick to create.
+    if importlib.util.find_spec("pytorch_grad_cam") is None:
+        return ["gradcam"]
+    return ["gradcam", *CAM_METHODS]
+
+
 class FeatureMapWidget(anywidget.AnyWidget):
     """Every feature map of a CNN layer as a zoomable grid, with a layer slider and drill-down.
 
@@ -108,6 +154,10 @@ class FeatureMapWidget(anywidget.AnyWidget):
         groups: a group label per input (at least two labels): each ``layer`` reply then carries
             every channel's Cohen's d between the two groups of ``group_pair``.
         budget_bytes: bytes of activations kept; beyond, layers are recomputed when shown.
+        cam_method: the Grad-CAM panel's method: ``"gradcam"`` (ours, with per-channel weights)
+            or, where the ``grad-cam`` package is installed, a key of
+            :data:`fmwidget.gradcam.CAM_METHODS` (``"gradcam++"``, ``"scorecam"``, ...);
+            ``cam_methods`` lists what this widget offers.
         colormap, scale, layer, height: initial view; other synced traits as keywords.
 
     Activations computed elsewhere (saved ones, the difference of two models) are shown with
@@ -146,6 +196,8 @@ class FeatureMapWidget(anywidget.AnyWidget):
     groups = traitlets.List(traitlets.Unicode()).tag(sync=True)
     group_pair = traitlets.List(traitlets.Unicode()).tag(sync=True)
     ablation = traitlets.Dict(allow_none=True).tag(sync=True)
+    cam_method = traitlets.Unicode("gradcam").tag(sync=True)
+    cam_methods = traitlets.List(traitlets.Unicode(), ["gradcam"]).tag(sync=True)
 
     @traitlets.default("ablation")
     def _no_ablation(self) -> None:
@@ -169,11 +221,20 @@ class FeatureMapWidget(anywidget.AnyWidget):
         **kwargs: Any,
     ) -> None:
         self._check_keywords(kwargs)
+        view = dict(colormap=colormap, scale=scale, height=height, **kwargs)
+        # Whatever can be checked without the model fails before it runs.
+        self._check_values({**view, "layer": layer} if layer is not None else view)
         # Names and types are kept as given; a one-shot iterable must survive re-runs.
         keep = layers is None or isinstance(layers, str) or callable(layers)
         self._prepare(model, layers if keep else list(layers), labels, budget_bytes)
-        state = self._run(inputs, image, groups)
-        self._open(state, colormap=colormap, scale=scale, layer=layer, height=height, **kwargs)
+        try:
+            state = self._run(inputs, image, groups)
+            self._open(state, layer=layer, **view)
+        except BaseException:
+            # anywidget keeps every instance alive (its file watcher holds a callback bound to
+            # it), failed ones too: nothing big may stay behind.
+            self._release()
+            raise
 
     @classmethod
     def from_activations(
@@ -212,13 +273,20 @@ class FeatureMapWidget(anywidget.AnyWidget):
         """
         widget = cls.__new__(cls)
         widget._check_keywords(kwargs)
+        view = dict(colormap=colormap, scale=scale, height=height, **kwargs)
+        widget._check_values({**view, "layer": layer} if layer is not None else view)
         widget._prepare(None, None, labels, None)
         captured = precomputed(activations)
         if output is None:
             output = getattr(activations, "output", None)
         store = ActivationStore(captured, filters=False)
-        state = widget._adopt(store, None, captured.report, output, image, groups)
-        widget._open(state, colormap=colormap, scale=scale, layer=layer, height=height, **kwargs)
+        try:
+            state = widget._adopt(store, None, captured.report, output, image, groups)
+            widget._open(state, layer=layer, **view)
+        except BaseException:
+            store.close()
+            widget._release()
+            raise
         return widget
 
     def _prepare(
@@ -240,7 +308,7 @@ class FeatureMapWidget(anywidget.AnyWidget):
         self._output: Any = None
         self._inputs: Any = None
         self._images: list[np.ndarray] | None = None
-        self._gradcam_cache: dict[tuple[str, int | None], Any] = {}
+        self._gradcam_cache: dict[tuple[str, int | None, str], _CamMaps] = {}
         self._incoming: set[str] = set()
         self._classes: int | None = None
 
@@ -248,7 +316,14 @@ class FeatureMapWidget(anywidget.AnyWidget):
         """Start the widget (ipywidgets' constructor) with the first capture's state."""
         if layer is None:
             layer = state["layer"]
-        super().__init__(**{**traits, **state, "layer": layer, "revision": 1})
+        if "group_pair" in traits:
+            # The user's pair wins over the default (the first two groups); its validator checks
+            # that it names two of the groups.
+            state = {key: value for key, value in state.items() if key != "group_pair"}
+        cam_methods = _available_cam_methods() if self._model is not None else ["gradcam"]
+        super().__init__(
+            **{**traits, **state, "layer": layer, "revision": 1, "cam_methods": cam_methods}
+        )
         self.on_msg(self._on_msg)
 
     # -- public API -------------------------------------------------------------------------
@@ -274,9 +349,11 @@ class FeatureMapWidget(anywidget.AnyWidget):
 
         Read-only, like :class:`fmwidget.capture.Capture` (``report``, ``output``, ``info``), and
         backed by the widget's store: a layer evicted by the memory budget is recomputed when read.
-        Assigning new inputs replaces it; the previous one then raises when read.
+        Assigning new inputs replaces it; the previous one then raises when read. Tensors read from
+        it stay valid: a layer held in the buffers the widget reuses across runs is handed out as
+        a copy, so the next run cannot change it under you.
         """
-        return CapturedLayers(self._require_data(), self._report, self._output)
+        return CapturedLayers(self._require_data(), self._report, self._output, self._buffers)
 
     @property
     def report(self) -> CaptureReport:
@@ -362,6 +439,7 @@ class FeatureMapWidget(anywidget.AnyWidget):
         (``docs/protocol.md``) so the view can show, per sample, the top class before and after
         and how the probability of the class predicted before changed. The model, its hooks and
         its buffers are left as they were; the shown activations stay those without ablation.
+        The view's "Ablate selected" button calls this with the shown layer and the selection.
 
         Example:
             >>> w.selected = [3, 7]  # doctest: +SKIP
@@ -415,6 +493,11 @@ class FeatureMapWidget(anywidget.AnyWidget):
 
     def close(self) -> None:
         """Close the view and free every activation; the widget lets go of the model."""
+        self._release()
+        super().close()
+
+    def _release(self) -> None:
+        """Drop the activations, the model and the inputs (on close, or a failed constructor)."""
         self._closed = True
         store = getattr(self, "_store", None)
         if store is not None:
@@ -427,7 +510,6 @@ class FeatureMapWidget(anywidget.AnyWidget):
         self._images = None
         self._buffers = None
         self._gradcam_cache = {}
-        super().close()
 
     # -- capture ----------------------------------------------------------------------------
 
@@ -440,15 +522,25 @@ class FeatureMapWidget(anywidget.AnyWidget):
             self._store.close()
             self._store = None
         captured = capture(model, inputs, self._selector, buffers=self._buffers)
-        # Recomputing in training mode would give other values (dropout) and move BatchNorm's
-        # running statistics, so such a model's layers all stay.
+        report, output = captured.report, captured.output
+        # Recomputing in training mode would give other values (dropout, batch statistics), so
+        # such a model's layers all stay.
         training = any(module.training for module in model.modules())
-        recompute = None if training else _recomputer(model, inputs)
-        store = ActivationStore(captured, budget_bytes=self._budget_bytes, recompute=recompute)
-        if store.evicted:
-            # The pool holds every buffer of the capture: evicting frees memory only without it.
-            self._buffers.clear()
-        return self._adopt(store, inputs, captured.report, captured.output, image, groups)
+        recompute = None if training else _Recompute(model, inputs)
+        try:
+            store = ActivationStore(captured, budget_bytes=self._budget_bytes, recompute=recompute)
+        finally:
+            # From here only the store holds the activations; a traceback keeps this frame.
+            del captured
+        try:
+            if store.evicted:
+                # The pool holds every buffer of the capture: evicting frees memory only without
+                # it.
+                self._buffers.clear()
+            return self._adopt(store, inputs, report, output, image, groups)
+        except BaseException:
+            store.close()
+            raise
 
     def _adopt(
         self,
@@ -516,6 +608,13 @@ class FeatureMapWidget(anywidget.AnyWidget):
                     f"FeatureMapWidget got an unexpected keyword argument {key!r}{hint}"
                 )
 
+    def _check_values(self, values: Mapping[str, Any]) -> None:
+        """Check values against their traits' types, ranges and choices (``colormap="jet"``);
+        what depends on the capture (a layer name, a sample index) is checked once it exists."""
+        with self.cross_validation_lock:
+            for key, value in values.items():
+                self.traits()[key]._validate(self, value)
+
     @traitlets.validate("layer")
     def _valid_layer(self, proposal: dict[str, Any]) -> str:
         name = proposal["value"]
@@ -559,10 +658,19 @@ class FeatureMapWidget(anywidget.AnyWidget):
         return selected
 
     def set_state(self, sync_data: dict[str, Any]) -> None:
-        """Apply a state update from the browser (ipywidgets API)."""
+        """Apply a state update from the browser (ipywidgets API).
+
+        A rejected update (``sample=9`` in a batch of 2) is answered with the kernel's values of
+        its keys, so the view snaps back instead of showing what the kernel does not hold; the
+        error still propagates to ipywidgets, which shows or logs it.
+        """
         self._incoming = set(sync_data)
         try:
             super().set_state(sync_data)
+        except Exception:
+            # traitlets rolled every key of the update back; the view still shows the sent values.
+            self.send_state([key for key in sync_data if key in self.keys])
+            raise
         finally:
             self._incoming = set()
 
@@ -575,6 +683,13 @@ class FeatureMapWidget(anywidget.AnyWidget):
             except ValueError as error:
                 raise traitlets.TraitError(str(error)) from error
         return target
+
+    @traitlets.validate("cam_method")
+    def _valid_cam_method(self, proposal: dict[str, Any]) -> str:
+        method = proposal["value"]
+        if method not in self.cam_methods:
+            raise traitlets.TraitError(_unknown_cam_method(method, self.cam_methods))
+        return method
 
     @traitlets.validate("group_pair")
     def _valid_group_pair(self, proposal: dict[str, Any]) -> list[str]:
@@ -642,7 +757,7 @@ class FeatureMapWidget(anywidget.AnyWidget):
         kind = content.get("kind") if isinstance(content, dict) else None
         try:
             reply = self._serve(content)
-        except (_BadRequest, UnknownLayerError) as error:
+        except (_BadRequest, _StaleCapture, UnknownLayerError) as error:
             reply = wire.encode_error(request_id, kind, str(error))
         except Exception as error:
             _log.exception("fmwidget: request %r failed", content)
@@ -678,6 +793,7 @@ class FeatureMapWidget(anywidget.AnyWidget):
             "channel": self._serve_channel,
             "input": self._serve_input,
             "gradcam": self._serve_gradcam,
+            "ablate": self._serve_ablate,
         }
 
     def _serve_layer(self, request: dict[str, Any]) -> tuple[dict, dict]:
@@ -746,25 +862,87 @@ class FeatureMapWidget(anywidget.AnyWidget):
             raise _BadRequest(
                 "Grad-CAM needs the model, and this widget shows precomputed activations"
             )
-        # The request's target wins; without one, the `target` trait (null: the predicted class).
+        # The request's method and target win; without them, the `cam_method` and `target` traits.
+        method = request.get("method", self.cam_method)
+        if method not in self.cam_methods:
+            raise _BadRequest(_unknown_cam_method(method, self.cam_methods))
         target = request.get("target", self.target)
         if target is not None:
             try:
                 _check_target(target, self._classes)
             except ValueError as error:
                 raise _BadRequest(str(error)) from error
-        key = (name, target)
+        key = (name, target, method)
         result = self._gradcam_cache.get(key)
         if result is None:
-            try:
-                result = gradcam_layer(self._model, self._inputs, name, target=target)
-            except ValueError as error:
-                raise _BadRequest(str(error)) from error
+            result = self._cam_maps(name, target, method)
             self._gradcam_cache[key] = result
         used = None if result.target is None else int(result.target[sample])
         meta, arrays = wire.gradcam_payload(result.heatmap[sample], result.weights[sample])
         label = None if used is None else self._label(used)
-        return {"layer": name, "sample": sample, "target": used, "label": label, **meta}, arrays
+        meta.update(
+            layer=name,
+            sample=sample,
+            target=used,
+            label=label,
+            method=method,
+            normalized=result.normalized,
+        )
+        return meta, arrays
+
+    def _cam_maps(self, name: str, target: int | None, method: str) -> _CamMaps:
+        """The maps of ``method`` at layer ``name`` for the whole batch (cached by the caller)."""
+        if method == "gradcam":
+            try:
+                ours = gradcam_layer(self._model, self._inputs, name, target=target)
+            except ValueError as error:
+                raise _BadRequest(str(error)) from error
+            return _CamMaps(ours.heatmap, ours.weights, ours.target, normalized=False)
+        info = self._store.info(name)
+        if info.call != 1 or name != (info.module_name or ROOT_NAME):
+            what = (
+                f"call {info.call} of module {info.module_name!r}"
+                if info.call != 1
+                else f"a tensor inside the output of module {info.module_name!r}"
+            )
+            raise _BadRequest(
+                f"{_CAM_LABELS.get(method, method)} hooks whole modules, so it needs a module's "
+                f"first call with a tensor output; layer {name!r} is {what}. Pick another layer, "
+                "or Grad-CAM (ours), which handles both"
+            )
+        if target is None:
+            if self._classes is None:
+                raise _BadRequest(
+                    f"{_CAM_LABELS.get(method, method)} explains a class score, and the model "
+                    "does not output (N, classes) scores"
+                )
+            # The predicted class, named explicitly so the reply can say which class it was.
+            targets = self._output.argmax(dim=1).tolist()
+        else:
+            targets = [target] * self.num_samples
+        try:
+            # Score-CAM reports progress with tqdm on stderr: in a notebook that would print bars
+            # into whichever cell ran last.
+            with contextlib.redirect_stderr(io.StringIO()):
+                heatmap = gradcam(self._model, self._inputs, name, targets, method=method)
+        except (ValueError, TypeError, ImportError) as error:
+            raise _BadRequest(str(error)) from error
+        weights = heatmap.new_zeros((heatmap.shape[0], 0))
+        return _CamMaps(heatmap.float(), weights, targets, normalized=True)
+
+    def _serve_ablate(self, request: dict[str, Any]) -> tuple[dict, dict]:
+        """The view's "Ablate selected": :meth:`ablate` with the request's layer and channels."""
+        layer, channels = request.get("layer"), request.get("channels")
+        if layer is not None:
+            layer = self._layer_field(request)
+        if channels is not None and not isinstance(channels, list):
+            raise _BadRequest(f"channels must be a list of channel indices, got {channels!r}")
+        try:
+            self.ablate(layer, channels)
+        except (ValueError, TypeError, RuntimeError) as error:
+            raise _BadRequest(str(error)) from error
+        # The result travels in the `ablation` trait, sent before this reply.
+        return {"layer": self.ablation["layer"], "channels": self.ablation["channels"]}, {}
 
     def _layer_field(self, request: dict[str, Any]) -> str:
         name = request.get("layer")
@@ -796,6 +974,25 @@ class FeatureMapWidget(anywidget.AnyWidget):
             return None, False
         rgb = weight.shape[1] == 3 and info.input_from is None
         return weight[channel].detach(), rgb
+
+
+#: How the view names each CAM method (also in error messages).
+_CAM_LABELS = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "xgradcam": "XGrad-CAM",
+    "layercam": "LayerCAM",
+    "scorecam": "Score-CAM",
+    "eigencam": "EigenCAM",
+    "eigengradcam": "Eigen-Grad-CAM",
+    "hirescam": "HiResCAM",
+    "gradcam-elementwise": "Grad-CAM element-wise",
+}
+
+
+def _unknown_cam_method(method: Any, available: Sequence[str]) -> str:
+    hint = "" if len(available) > 1 else " (pip install grad-cam adds Grad-CAM++, Score-CAM, ...)"
+    return f"unknown CAM method {method!r}; this widget offers {', '.join(available)}{hint}"
 
 
 def _int_field(request: Mapping[str, Any], key: str) -> int:
@@ -880,7 +1077,11 @@ def _tensor_picture(tensor: torch.Tensor) -> np.ndarray:
         tensor = tensor[None]
     if tensor.dim() != 3 or tensor.shape[0] not in (1, 3):
         raise ValueError(f"an image tensor must be (1|3, H, W); got {tuple(tensor.shape)}")
-    return _to_rgb8(tensor.detach().cpu().permute(1, 2, 0).numpy())
+    pixels = tensor.detach().cpu()
+    if pixels.is_floating_point():
+        # numpy has no bfloat16.
+        pixels = pixels.float()
+    return _to_rgb8(pixels.permute(1, 2, 0).numpy())
 
 
 def _input_picture(inputs: Any, sample: int) -> np.ndarray:
@@ -917,10 +1118,59 @@ def _to_rgb8(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
-def _recomputer(model: nn.Module, inputs: Any) -> Callable[[str], torch.Tensor]:
-    """The store's recompute callback: one forward capturing just the evicted layer."""
+class _Recompute:
+    """The store's recompute callback: one forward capturing just the evicted layer.
 
-    def recompute(name: str) -> torch.Tensor:
-        return capture(model, inputs, [name])[name]
+    That gives the captured values only for the model and inputs as they were at the capture: it
+    refuses, naming the cause and the fix, once training flags, inputs or weights changed.
+    """
 
-    return recompute
+    def __init__(self, model: nn.Module, inputs: Any) -> None:
+        self._model = model
+        self._inputs = inputs
+        self._flags = _training_flags(model)
+        self._inputs_seen, self._weights_seen = self._versions()
+
+    def __call__(self, name: str) -> torch.Tensor:
+        inputs_now, weights_now = self._versions()
+        again = "assign w.inputs = ... to re-run the model as it is now"
+        if _training_flags(self._model) != self._flags:
+            cause = (
+                "the model was switched to training mode since (model.train()), where dropout "
+                "and batch statistics give other values and BatchNorm's running statistics "
+                "would move"
+            )
+            fix = f"call model.eval() to go back, or {again}"
+        elif inputs_now != self._inputs_seen:
+            cause, fix = "the inputs were changed in place since", again
+        elif weights_now != self._weights_seen:
+            cause = (
+                "the model's parameters or buffers were changed since (an optimizer step, "
+                "load_state_dict, ...)"
+            )
+            fix = again
+        else:
+            maps = capture(self._model, self._inputs, [name])[name]
+            # A model may change its own inputs in place; that is not a change by the user.
+            self._inputs_seen, self._weights_seen = self._versions()
+            return maps
+        raise _StaleCapture(
+            f"layer {name!r} was dropped to stay within budget_bytes, and recomputing it would "
+            f"not give the captured values: {cause}; {fix}"
+        )
+
+    def _versions(self) -> tuple[tuple[int, ...], int]:
+        """Version counters of the input tensors, and their sum over parameters and buffers:
+        every in-place change (an optimizer step, ``load_state_dict``) moves them."""
+        tensors = itertools.chain(self._model.parameters(), self._model.buffers())
+        inputs = tuple(_version(t) for _, t in _tensors_in(self._inputs, ""))
+        return inputs, sum(_version(t) for t in tensors)
+
+
+def _training_flags(model: nn.Module) -> tuple[bool, ...]:
+    return tuple(module.training for module in model.modules())
+
+
+def _version(tensor: torch.Tensor) -> int:
+    # Inference tensors keep no version counter; they cannot be changed outside inference mode.
+    return 0 if tensor.is_inference() else tensor._version

@@ -157,11 +157,14 @@ def quantize(maps: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Te
         tensor([[[  0, 254, 255]]], dtype=torch.uint8)
     """
     values = maps if maps.dtype == torch.float32 else maps.float()
-    lo = lo.to(device=values.device, dtype=torch.float32)
-    hi = hi.to(device=values.device, dtype=torch.float32)
-    span = hi - lo
-    scale = torch.where(span > 0, LEVELS / torch.where(span > 0, span, 1.0), 0.0)
-    q = (values - lo[:, None, None]).mul_(scale[:, None, None]).round_().clamp_(0, LEVELS)
+    half_lo = lo.to(device=values.device, dtype=torch.float32)[:, None, None] * 0.5
+    half_hi = hi.to(device=values.device, dtype=torch.float32)[:, None, None] * 0.5
+    # On halves: max - min of float32 values can overflow (±3.4e38 gives inf), the difference of
+    # their halves cannot, and halving a normal float is exact. Dividing by the span, rather than
+    # multiplying by LEVELS / span, stays finite for tiny spans; a constant channel divides by inf.
+    half_span = half_hi - half_lo
+    half_span = torch.where(half_span > 0, half_span, math.inf)
+    q = (values * 0.5 - half_lo).div_(half_span).mul_(LEVELS).round_().clamp_(0, LEVELS)
     q = torch.where(torch.isfinite(values), q, float(NONFINITE))
     return q.to(torch.uint8)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -208,6 +210,11 @@ def test_layers_matching_nothing_list_close_names(resnet: nn.Module, image: torc
         checked(resnet, image, layers=["layer1.0.relu:3"])
 
 
+def test_an_empty_layer_list_says_so(resnet: nn.Module, image: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match=r"layers= is empty.*layers=None"):
+        checked(resnet, image, layers=[])
+
+
 def test_inplace_relu_and_augmented_add_in_small_model() -> None:
     torch.manual_seed(0)
     model = InplaceNet().eval()
@@ -223,19 +230,24 @@ def test_inplace_relu_and_augmented_add_in_small_model() -> None:
     torch.testing.assert_close(cap["relu:2"], F.relu(bn2 + F.relu(bn1)), rtol=0, atol=0)
 
 
-def test_model_in_training_mode_runs_once_as_it_is() -> None:
+def test_model_in_training_mode_runs_once_and_keeps_its_state() -> None:
     torch.manual_seed(0)
     model = InplaceNet().train()
-    twin = copy.deepcopy(model)
+    state = copy.deepcopy(model.state_dict())
     x = torch.randn(4, 3, 8, 8)
-    cap = checked(model, x)
+    forwards: list[int] = []
+    counter = model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        cap = capture(model, x)
+    finally:
+        counter.remove()
+    assert_no_hooks(model)
+    assert model.training and all(m.training for m in model.modules())
     with torch.no_grad():
-        twin(x)
-        bn1 = F.batch_norm(twin.conv1(x), None, None, twin.bn1.weight, twin.bn1.bias, True)
-    for name in ("bn1", "bn2"):
-        ours, theirs = getattr(model, name), getattr(twin, name)
-        assert torch.equal(ours.running_mean, theirs.running_mean)
-        assert int(ours.num_batches_tracked) == 1
+        bn1 = F.batch_norm(model.conv1(x), None, None, model.bn1.weight, model.bn1.bias, True)
+    assert len(forwards) == 1
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), f"{key} moved"
     torch.testing.assert_close(cap["bn1"], bn1)
     assert cap["bn1"].min() < 0
 
@@ -392,3 +404,47 @@ def test_cuda_activations_stay_on_the_device() -> None:
     with torch.no_grad():
         bn2 = model.bn2(model.conv2(F.relu(model.bn1(model.conv1(x)))))
     torch.testing.assert_close(cap["bn2"], bn2, rtol=0, atol=0)
+
+
+class _Witness(nn.Module):
+    """Watches its own conv's outputs: how many from earlier forwards are alive as each starts.
+
+    ``out += 1`` changes the conv's output after its hook saw it, so a capture runs twice; with
+    ``fail=True`` a later step raises after the conv output was stored.
+    """
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.head = nn.Linear(5, 2)
+        self.fail = fail
+        self.outputs: list[weakref.ref[torch.Tensor]] = []
+        self.alive_at_start: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.alive_at_start.append(sum(ref() is not None for ref in self.outputs))
+        out = self.conv(x)
+        self.outputs.append(weakref.ref(out))
+        out += 1
+        total = out.sum((1, 2, 3))
+        del out
+        if self.fail:
+            return self.head(x.flatten(1))
+        return total
+
+
+def test_a_second_run_starts_after_the_first_runs_outputs_are_freed() -> None:
+    model = _Witness().eval()
+    cap = checked(model, torch.randn(2, 3, 16, 16))
+    assert "ran twice" in str(cap.report)
+    assert model.alive_at_start == [0, 0]
+
+
+def test_a_failed_capture_frees_what_it_captured_while_the_error_is_kept() -> None:
+    model = _Witness(fail=True).eval()
+    with pytest.raises(CaptureError, match="'head'") as failure:
+        checked(model, torch.randn(2, 3, 16, 16))
+    gc.collect()
+    # IPython keeps the last error (sys.last_value), and with it every frame of the traceback.
+    assert failure.value.__traceback__ is not None
+    assert model.outputs and all(ref() is None for ref in model.outputs)

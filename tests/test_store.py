@@ -142,6 +142,23 @@ def test_stats_of_a_resnet_match_numpy() -> None:
     assert not store.meta("relu")["filter"]
 
 
+def test_bfloat16_layers_get_their_metadata_and_stats() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).to(torch.bfloat16).eval()
+    cap = capture(model, torch.randn(2, 3, 8, 8, dtype=torch.bfloat16))
+    store = ActivationStore(cap)
+    maps = cap["0"].float()
+    meta = store.meta("0")
+    assert (meta["dtype"], meta["min"], meta["max"]) == (
+        "bfloat16",
+        maps.min().item(),
+        maps.max().item(),
+    )
+    assert store.meta("1")["pre"] == "0"
+    expected = _numpy_stats(maps[1].numpy())
+    np.testing.assert_allclose(store.stats("0", 1).numpy(), expected, rtol=1e-6)
+
+
 def test_unknown_layer_lists_close_names(health) -> None:
     store, _ = health
     with pytest.raises(UnknownLayerError, match=r"unknown layer 'rel'; close names: 'relu'"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import gc
+import importlib.util
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,7 +21,9 @@ from torch import nn
 from fmwidget import wire
 from fmwidget.analysis import ablate, group_differences
 from fmwidget.capture import capture
+from fmwidget.gradcam import CAM_METHODS, gradcam
 from fmwidget.widget import FeatureMapWidget
+from tests.models import InplaceNet
 
 Make = Callable[..., FeatureMapWidget]
 
@@ -198,6 +202,8 @@ def test_gradcam_request(make: Make) -> None:
         "target": 3,
         "label": "dog",
         "shape": [8, 8],
+        "method": "gradcam",
+        "normalized": False,
     }
     assert reply.arrays["weights"].shape == (6,) and (reply.arrays["heatmap"] >= 0).all()
     assert not _has_hooks(w.model)
@@ -407,6 +413,130 @@ def test_target_trait_picks_the_gradcam_class(make: Make) -> None:
     )
 
 
+# -- CAM methods of the grad-cam package ----------------------------------------------------
+
+
+class _SplitHead(nn.Module):
+    """Returns a tuple of two maps: the layer `head[0]` is a tensor inside a module's output."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, -x
+
+
+class _TupleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = _SplitHead()
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.head(self.conv(x))[0].mean(dim=(2, 3)))
+
+
+def test_cam_methods_lists_ours_first_and_the_package_methods_where_installed(make: Make) -> None:
+    w = make(_tiny(), torch.randn(1, 3, 16, 16))
+    installed = importlib.util.find_spec("pytorch_grad_cam") is not None
+    assert w.cam_methods == (["gradcam", *CAM_METHODS] if installed else ["gradcam"])
+    assert w.cam_method == "gradcam"
+    with pytest.raises(traitlets.TraitError, match="unknown CAM method 'grad-cam'; this widget"):
+        w.cam_method = "grad-cam"
+    with pytest.raises(TypeError, match="'cam_methods' is set by the widget"):
+        make(_tiny(), torch.randn(1, 3, 8, 8), cam_methods=["gradcam"])
+
+
+def test_without_the_package_only_our_gradcam_is_offered(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "pytorch_grad_cam" else real(name, *a),
+    )
+    w = make(_tiny(), torch.randn(1, 3, 16, 16))
+    assert w.cam_methods == ["gradcam"]
+    reply = _browser(w).request(
+        "gradcam", layer="2", sample=0, revision=1, method="gradcam++", target=None
+    )
+    assert "unknown CAM method 'gradcam++'" in reply.error
+    assert "pip install grad-cam" in reply.error
+    with pytest.raises(traitlets.TraitError, match="this widget offers gradcam "):
+        w.cam_method = "layercam"
+
+
+def test_a_package_method_returns_an_input_sized_normalized_map_without_weights(
+    make: Make, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("pytorch_grad_cam", reason="the grad-cam package is an optional extra")
+    model, x = _tiny(), torch.randn(2, 3, 16, 16)
+    w = make(model, x, labels=LABELS)
+    browser = _browser(w)
+    reply = browser.request("gradcam", layer="2", sample=1, revision=1, method="gradcam++")
+    assert reply.ok, reply.error
+    predicted = w.predictions[1][0]["index"]
+    assert reply.meta == {
+        "layer": "2",
+        "sample": 1,
+        "revision": 1,
+        "target": predicted,
+        "label": LABELS[predicted],
+        "shape": [16, 16],
+        "method": "gradcam++",
+        "normalized": True,
+    }
+    heatmap = reply.arrays["heatmap"]
+    assert heatmap.shape == (16, 16) and reply.arrays["weights"].shape == (0,)
+    assert heatmap.min() >= 0 and heatmap.max() <= 1
+    targets = [p[0]["index"] for p in w.predictions]
+    direct = gradcam(model, x, "2", targets, method="gradcam++")[1].numpy()
+    np.testing.assert_allclose(heatmap, direct, atol=1e-6)
+    # Without `method` the request follows the trait; the class picker's target is honoured.
+    w.cam_method = "eigencam"
+    reply = browser.request("gradcam", layer="2", sample=0, revision=1, target=4)
+    assert (reply.meta["method"], reply.meta["target"], reply.meta["label"]) == (
+        "eigencam",
+        4,
+        "eel",
+    )
+    assert reply.arrays["heatmap"].shape == (16, 16)
+    # Score-CAM's progress bars would land in whichever notebook cell ran last.
+    assert browser.request("gradcam", layer="2", sample=0, revision=1, method="scorecam").ok
+    assert capsys.readouterr().err == ""
+    assert not _has_hooks(model)
+
+
+def test_package_methods_refuse_repeated_calls_and_tensors_inside_outputs_readably(
+    make: Make,
+) -> None:
+    pytest.importorskip("pytorch_grad_cam", reason="the grad-cam package is an optional extra")
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    w = make(model, torch.randn(1, 3, 32, 32))
+    browser = _browser(w)
+    reply = browser.request(
+        "gradcam", layer="layer1.0.relu:2", sample=0, revision=1, method="scorecam"
+    )
+    assert reply.error == (
+        "Score-CAM hooks whole modules, so it needs a module's first call with a tensor output; "
+        "layer 'layer1.0.relu:2' is call 2 of module 'layer1.0.relu'. Pick another layer, or "
+        "Grad-CAM (ours), which handles both"
+    )
+    w2 = make(_TupleNet().eval(), torch.randn(1, 3, 8, 8))
+    assert "head[0]" in [m["name"] for m in w2.layers]
+    reply = _browser(w2).request(
+        "gradcam", layer="head[0]", sample=0, revision=1, method="layercam"
+    )
+    assert "layer 'head[0]' is a tensor inside the output of module 'head'" in reply.error
+    # Ours handles both; the widget keeps serving.
+    ours = _browser(w2).request("gradcam", layer="head[0]", sample=0, revision=1)
+    assert ours.ok and ours.arrays["weights"].shape == (4,)
+    not_a_classifier = make(nn.Sequential(nn.Conv2d(3, 4, 3)).eval(), torch.randn(1, 3, 8, 8))
+    reply = _browser(not_a_classifier).request(
+        "gradcam", layer="0", sample=0, revision=1, method="eigencam"
+    )
+    assert "EigenCAM explains a class score" in reply.error
+
+
 # -- ablation -------------------------------------------------------------------------------
 
 
@@ -491,6 +621,56 @@ def test_new_inputs_clear_the_ablation(make: Make) -> None:
     assert w.ablation is not None
     w.inputs = torch.randn(2, 3, 16, 16)
     assert w.ablation is None
+
+
+def test_ablate_request_from_the_view_sets_the_trait_and_replies(make: Make) -> None:
+    model, x = _tiny(), torch.randn(2, 3, 16, 16)
+    w = make(model, x, labels=LABELS, layer="2")
+    browser = _browser(w)
+    browser.update(selected=[1, 4])
+    reply = browser.request("ablate", layer="2", channels=[1, 4], revision=1)
+    assert reply.ok, reply.error
+    assert reply.meta == {"layer": "2", "channels": [1, 4], "revision": 1}
+    assert reply.arrays == {}
+    reference = ablate(model, x, "2", [1, 4])
+    assert [c["prob_change"] for c in w.ablation["changes"]] == [
+        c.prob_change for c in reference.changes
+    ]
+    # The trait reached the browser before the reply did.
+    updates = browser.state_updates()
+    assert updates[-1]["ablation"]["channels"] == [1, 4]
+    # Without layer and channels: the shown layer and the selection, as w.ablate().
+    assert browser.request("ablate", revision=1).meta["channels"] == [1, 4]
+    # The view's dismiss button clears it.
+    browser.update(ablation=None)
+    assert w.ablation is None
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ({}, "no channel of layer '2' is selected: shift-click tiles in the view"),
+        ({"layer": "2", "channels": [3, 6]}, "channels [6] cannot be ablated: layer '2' has 6"),
+        ({"layer": "2", "channels": "3"}, "channels must be a list of channel indices, got '3'"),
+        ({"layer": "22", "channels": [0]}, "unknown layer '22'"),
+    ],
+)
+def test_a_failed_ablate_request_gets_a_readable_error_reply(
+    make: Make, args: dict[str, Any], error: str
+) -> None:
+    w = make(_tiny(), torch.randn(1, 3, 16, 16), layer="2")
+    reply = _browser(w).request("ablate", revision=1, **args)
+    assert not reply.ok and error in reply.error
+    assert w.ablation is None
+    assert _browser(w).request("layer", layer="2", sample=0, revision=1).ok
+
+
+def test_ablate_request_without_a_model_says_why() -> None:
+    with fake_comms():
+        w = FeatureMapWidget.from_activations({"a": torch.randn(1, 2, 4, 4)})
+        reply = _browser(w).request("ablate", layer="a", channels=[0], revision=1)
+        w.close()
+    assert "ablation re-runs the model, and this widget has none" in reply.error
 
 
 # -- from_activations -----------------------------------------------------------------------
@@ -589,3 +769,147 @@ def test_closing_a_widget_from_activations_frees_them() -> None:
     assert held() is None and w.comm is None
     with pytest.raises(RuntimeError, match="closed"):
         _ = w.capture
+
+
+@pytest.mark.parametrize(
+    ("bad", "captures"),
+    [
+        ({"layer": "22"}, True),
+        ({"sample": 5}, True),
+        ({"channel": 999}, True),
+        ({"target": 5000}, True),
+        ({"colormap": "jet"}, False),
+        ({"height": 10}, False),
+        ({"sort": "size"}, False),
+    ],
+)
+def test_a_failed_constructor_lets_go_of_the_model_and_its_activations(
+    bad: dict[str, Any], captures: bool
+) -> None:
+    model, x = _tiny(), torch.randn(2, 3, 16, 16)
+    outputs: list[weakref.ref[torch.Tensor]] = []
+    model[2].register_forward_hook(lambda _m, _a, out: outputs.append(weakref.ref(out)))
+    model_ref = weakref.ref(model)
+    with fake_comms(), pytest.raises(traitlets.TraitError) as failure:
+        FeatureMapWidget(model, x, **bad)
+    # A bad option the widget can check alone fails before the model runs.
+    assert bool(outputs) == captures
+    gc.collect()
+    # IPython keeps the last error, and the widget object with it: it must hold nothing big.
+    assert all(ref() is None for ref in outputs)
+    del failure, model
+    gc.collect()
+    assert model_ref() is None
+
+
+def test_a_group_pair_given_to_the_constructor_is_kept(make: Make) -> None:
+    x = torch.randn(6, 3, 16, 16)
+    groups = ["a", "b", "c", "a", "b", "c"]
+    w = make(_tiny(), x, groups=groups, group_pair=["c", "b"])
+    assert w.group_pair == ["c", "b"]
+    reply = _browser(w).request("layer", layer="4", sample=0, revision=1)
+    assert reply.meta["groups"]["pair"] == ["c", "b"]
+    with pytest.raises(traitlets.TraitError, match=r"two different labels among the groups"):
+        make(_tiny(), x, groups=groups, group_pair=["b", "z"])
+    with pytest.raises(traitlets.TraitError, match=r"among the groups \[\]"):
+        make(_tiny(), x, group_pair=["b", "c"])
+
+
+def test_an_invalid_value_from_the_browser_is_answered_with_the_kernels_value(make: Make) -> None:
+    w = make(_tiny(), torch.randn(2, 3, 16, 16), layer="1")
+    browser = _browser(w)
+    sent = len(browser.state_updates())
+    browser.update(sample=9)
+    assert w.sample == 0
+    assert browser.state_updates()[sent:] == [{"sample": 0}]
+    # One bad value in an update rejects all of it: every key snaps back.
+    browser.update(layer="4", channel=99)
+    assert (w.layer, w.channel) == ("1", None)
+    assert browser.state_updates()[-1] == {"layer": "1", "channel": None}
+    browser.update(layer="4", channel=5)
+    assert (w.layer, w.channel) == ("4", 5)
+
+
+def test_a_bfloat16_model_is_served_end_to_end(make: Make) -> None:
+    model = _tiny().to(torch.bfloat16)
+    x = torch.randn(2, 3, 16, 16).to(torch.bfloat16)
+    expected = capture(model, x)
+    w = make(model, x, labels=LABELS)
+    browser = _browser(w)
+    replies = [
+        browser.request("layer", layer="3", sample=1, revision=1),
+        browser.request("channel", layer="0", sample=1, channel=2, revision=1),
+        browser.request("input", sample=1, revision=1),
+        browser.request("gradcam", layer="4", sample=1, revision=1),
+    ]
+    assert [r.error for r in replies] == [None] * 4
+    layer, channel, picture, _ = replies
+    assert w.layers[3]["dtype"] == "bfloat16" and layer.arrays["values"].shape == (6, 8, 8)
+    np.testing.assert_array_equal(channel.arrays["values"], expected["0"][1, 2].float().numpy())
+    np.testing.assert_array_equal(picture.arrays["image"], w.input_image(1))
+    w.set_inputs(x, image=x)
+    assert w.input_image(0).dtype == np.uint8
+
+
+def test_tensors_read_from_capture_keep_their_values_after_a_rerun(make: Make) -> None:
+    torch.manual_seed(0)
+    # In-place ReLUs and `out += skip`: some layers are copies held in the reused buffers.
+    w = make(InplaceNet().eval(), torch.randn(1, 3, 8, 8))
+    read = {name: w.capture[name] for name in w.capture}
+    kept = {name: t.clone() for name, t in read.items()}
+    w.inputs = torch.randn(1, 3, 8, 8)
+    assert w._buffers.nbytes > 0
+    for name, tensor in read.items():
+        assert torch.equal(tensor, kept[name]), name
+        assert not torch.equal(tensor, w.capture[name]), name
+
+
+def test_a_training_mode_model_keeps_its_state_when_shown_and_rerun(make: Make) -> None:
+    model = _tiny().train()
+    state = copy.deepcopy(model.state_dict())
+    w = make(model, torch.randn(2, 3, 16, 16))
+    w.inputs = torch.randn(3, 3, 16, 16)
+    assert _browser(w).request("layer", layer="3", sample=2, revision=2).ok
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), f"{key} moved"
+
+
+def test_recomputing_a_layer_for_a_model_switched_to_training_mode_is_refused(
+    make: Make,
+) -> None:
+    model, x = _tiny(), torch.randn(2, 3, 16, 16)
+    expected = capture(model, x)["3"]
+    w = make(model, x, budget_bytes=1)
+    browser = _browser(w)
+    model.train()
+    state = copy.deepcopy(model.state_dict())
+    reply = browser.request("channel", layer="3", sample=0, channel=1, revision=1)
+    assert not reply.ok
+    for text in ("training mode", "model.eval()", "w.inputs = "):
+        assert text in reply.error
+    with pytest.raises(RuntimeError, match="training mode"):
+        w.capture["3"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), f"{key} moved"
+    model.eval()
+    reply = browser.request("channel", layer="3", sample=0, channel=1, revision=1)
+    np.testing.assert_array_equal(reply.arrays["values"], expected[0, 1].numpy())
+
+
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [("inputs", "inputs were changed in place"), ("weights", "parameters or buffers were changed")],
+)
+def test_recomputing_a_layer_after_inputs_or_weights_changed_is_refused(
+    make: Make, changed: str, message: str
+) -> None:
+    model, x = _tiny(), torch.randn(2, 3, 16, 16)
+    w = make(model, x, budget_bytes=1)
+    browser = _browser(w)
+    with torch.no_grad():
+        (x if changed == "inputs" else model[2].weight).mul_(2)
+    reply = browser.request("layer", layer="3", sample=0, revision=1)
+    assert not reply.ok and message in reply.error and "w.inputs = " in reply.error
+    w.inputs = x
+    reply = browser.request("channel", layer="3", sample=0, channel=1, revision=2)
+    np.testing.assert_array_equal(reply.arrays["values"], capture(model, x)["3"][0, 1].numpy())

@@ -59,6 +59,14 @@ def test_min_and_max_map_to_0_and_254() -> None:
     assert (q[np.arange(3), flat.argmax(1).numpy()] == 254).all()
 
 
+def test_float32_extremes_use_the_whole_range() -> None:
+    # max - min overflows float32 here; the values must still spread over 0..254.
+    big = torch.finfo(torch.float32).max
+    maps = torch.tensor([[[big, -big, 0.0, big / 4]], [[1e8, 1e8 + 8, 1e8 + 16, 1e8]]])
+    q = _layer_reply(maps).arrays["values"]
+    np.testing.assert_array_equal(q[:, 0], [[254, 0, 127, 159], [0, 127, 254, 0]])
+
+
 def test_nan_and_inf_become_255_and_are_counted() -> None:
     maps = torch.randn(2, 4, 4)
     maps[0, 0, 0] = math.nan
