@@ -45,18 +45,26 @@ def bench(name: str, device: torch.device, repeats: int, batch: int) -> None:
             model(x)
 
     def fresh() -> None:
-        # Keep the previous capture alive while the next one runs, as a widget re-running would.
+        # As the widget does on a re-run: the previous capture is released before the next one.
+        held.pop("fresh", None)
         held["fresh"] = capture(model, x)
 
+    def fresh_held() -> None:
+        # A user holding the previous result while capturing again: memory cannot be reused.
+        held["held"] = capture(model, x)
+
     def pooled() -> None:
+        held.pop("pooled", None)
         held["pooled"] = capture(model, x, buffers=pool)
 
     def copied() -> None:
+        held.pop("copied", None)
         held["copied"] = capture(model, x, buffers=copy_pool)
 
     variants = {
         "bare forward": bare,
         "capture": fresh,
+        "capture, previous held": fresh_held,
         "capture + pool": pooled,
         "capture + pool, copy_all": copied,
     }
@@ -68,6 +76,9 @@ def bench(name: str, device: torch.device, repeats: int, batch: int) -> None:
     for _ in range(repeats):
         for key, fn in variants.items():
             times[key].append(timed(fn))
+            if key != "capture, previous held":
+                # Only one capture alive at a time, so variants do not pay for each other's memory.
+                held.pop("held", None)
     base = statistics.median(times["bare forward"])
     layers = len(held["fresh"])  # type: ignore[arg-type]
     print(f"{name} batch {batch} on {device} ({layers} layers, {repeats} interleaved repeats)")
