@@ -298,3 +298,99 @@ def test_widget_in_jupyterlab(lab) -> None:
         root_el.screenshot(path=str(ARTIFACTS / "widget-dark.png"))
         assert not errors, errors
         browser.close()
+
+
+GROUPS_AND_COMPARE = """\
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fmwidget
+from fmwidget.demo import load_mobilenet_v2, preprocess
+
+model, _ = load_mobilenet_v2()
+shown = [preprocess(name) for name in ["chelsea", "coffee", "astronaut", "rocket"]]
+x = torch.cat([s[0] for s in shown])
+pictures = np.stack([s[1] for s in shown])
+groups = ["living", "object", "living", "object"]
+g = fmwidget.FeatureMapWidget(model, x, image=pictures, groups=groups, layer="features.16.conv.2")
+tuned = copy.deepcopy(model)
+with torch.no_grad():
+    tuned.features[0][0].weight.mul_(0.5)
+view = fmwidget.compare(model, tuned, x[:1], image=pictures[:1], names=("MobileNetV2", "halved"))
+view.show_difference()
+WATCHED = {"g": g, "a": view.a, "b": view.b}
+
+def dump(change=None):
+    Path("state2.json").write_text(json.dumps({
+        key: {"layer": v.layer, "sample": v.sample, "sort": v.sort, "view": v.view}
+        for key, v in WATCHED.items()
+    }))
+
+for v in WATCHED.values():
+    v.observe(dump, names=["layer", "sample", "sort", "view"])
+dump()
+"""
+
+
+def test_groups_and_compare_in_jupyterlab(lab) -> None:
+    url, root = lab
+    write_notebook(root / "e2e2.ipynb", [GROUPS_AND_COMPARE, "g", "view"])
+    state = root / "state2.json"
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1500})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}/doc/tree/e2e2.ipynb")
+        page.wait_for_selector(
+            ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000
+        )
+        for index in range(3):
+            _run_cell(page, index)
+        roots = page.locator(".fmwidget")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.fmwidget')].length === 4 && "
+            "[...document.querySelectorAll('.fmwidget')].every(e => e.dataset.state === 'ready')",
+            timeout=90_000,
+        )
+        wait_for_file_json(state, lambda s: True)
+
+        # Groups: sort by effect size, then jump to an example of the other group.
+        g = roots.nth(0)
+        g.locator("select[aria-label='Sort tiles']").select_option("effect")
+        wait_for_file_json(state, lambda s: s["g"]["sort"] == "effect")
+        assert "living vs object" in g.inner_text()
+        g.get_by_role("button", name="example of object").click()
+        wait_for_file_json(state, lambda s: s["g"]["sample"] in (1, 3))
+        g.screenshot(path=str(ARTIFACTS / "widget-groups.png"))
+
+        # Compare: zoom one grid and the other follows (jslink in the browser); a layer step on one
+        # moves the other.
+        a, b = roots.nth(1), roots.nth(2)
+        a.scroll_into_view_if_needed()
+        box = a.locator("canvas[aria-label='Feature maps']").bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.wheel(0, -400)
+        zoomed = wait_for_file_json(
+            state, lambda s: s["a"]["view"]["zoom"] > 1 and s["b"]["view"] == s["a"]["view"]
+        )
+        assert zoomed["b"]["view"]["zoom"] > 1
+        a.locator("input[type='range'][aria-label='Layer']").focus()
+        page.keyboard.press("ArrowRight")
+        moved = wait_for_file_json(
+            state,
+            lambda s: s["a"]["layer"] != "features.0.0" and s["b"]["layer"] == s["a"]["layer"],
+        )
+        page.wait_for_function(
+            "name => [...document.querySelectorAll('.fmwidget')].slice(1)"
+            ".every(e => e.dataset.state === 'ready' && e.dataset.layer === name)",
+            arg=moved["a"]["layer"],
+        )
+        page.locator(".jp-OutputArea-output").nth(1).screenshot(path=str(ARTIFACTS / "compare.png"))
+        assert b.get_attribute("data-layer") == moved["a"]["layer"]
+        assert not errors, errors
+        browser.close()
