@@ -9,6 +9,7 @@
  *   bar.update({ ablation: model.get("ablation"), sample: 0, numSamples: 1, layer: "conv1", selected: [3], pending: false, error: "" });
  */
 import type { Ablation, AblationChange } from "./protocol";
+import { el } from "./dom";
 
 /** Everything the row shows. */
 export interface AblationBarState {
@@ -114,13 +115,6 @@ export function changeParts(c: AblationChange): ChangeParts {
 export function changeSummary(c: AblationChange): string {
   const { head, points, tail } = changeParts(c);
   return `${head} (${points})${tail}`;
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, className: string, text?: string): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
 }
 
 function button(className: string, text: string, label: string, onClick: () => void): HTMLButtonElement {

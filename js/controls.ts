@@ -10,6 +10,7 @@
 import { COLORMAPS, type ColormapName } from "./colormaps";
 import type { LayerMeta, Prediction, SortKey } from "./protocol";
 import type { Scope } from "./scale";
+import { el } from "./dom";
 
 /** Everything the controls display, as read from the model's traits. */
 export interface ControlState {
@@ -149,13 +150,6 @@ export function tileOrder(
   });
   order.sort((a, b) => keys[b] - keys[a] || a - b);
   return Int32Array.from(order.slice(0, k));
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, className: string, text?: string): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
 }
 
 function select<T extends string>(label: string, options: readonly [T, string][], onChange: (v: T) => void): HTMLSelectElement {

@@ -11,6 +11,7 @@ import { colormapLUT, type ColormapName, NAN_COLOR } from "./colormaps";
 import { formatValue, displayRange, type Scope, toUnit } from "./scale";
 import { isDropped, type LayerMeta, type Requester } from "./protocol";
 import { themeColors } from "./theme";
+import { el } from "./dom";
 
 /** What the channel view reads from the widget (always the current state). */
 export interface DetailContext {
@@ -145,13 +146,6 @@ function paint(values: Float32Array, lut: Uint8Array, lo: number, hi: number, ou
       out[o + 3] = 255;
     }
   }
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, className: string, text?: string): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
 }
 
 function button(text: string, label: string, onClick: () => void): HTMLButtonElement {

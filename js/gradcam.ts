@@ -15,6 +15,7 @@ import { heatmapLUT } from "./colormaps";
 import { predictionLabel } from "./controls";
 import type { Prediction } from "./protocol";
 import { formatValue } from "./scale";
+import { el } from "./dom";
 
 /** A decoded `gradcam` reply. */
 export interface GradcamResult {
@@ -148,13 +149,6 @@ export interface GradcamPanel {
   showLoading(layer: string, method?: string): void;
   showError(text: string): void;
   destroy(): void;
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, className: string, text?: string): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
 }
 
 /**

@@ -9,6 +9,7 @@
  */
 import type { GroupsInfo } from "./protocol";
 import { formatValue } from "./scale";
+import { el } from "./dom";
 
 /**
  * The distinct group labels, in order of first appearance.
@@ -63,13 +64,6 @@ export interface GroupBar {
   readonly element: HTMLElement;
   update(state: GroupBarState): void;
   destroy(): void;
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, className: string, text?: string): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
 }
 
 /**
