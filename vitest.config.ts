@@ -1,5 +1,6 @@
 import { defineConfig } from "vitest/config";
 import { playwright } from "@vitest/browser-playwright";
+import chromiumArgs from "./tests/chromium-args.json";
 
 // Unit tests run in Debian's Chromium (browser downloads are impossible here), so WebGL2 is real.
 const chromium = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
@@ -13,16 +14,7 @@ export default defineConfig({
       provider: playwright({
         launchOptions: {
           executablePath: chromium,
-          args: [
-            "--no-sandbox",
-            "--disable-gpu",
-            "--enable-unsafe-swiftshader",
-            "--use-angle=swiftshader",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-          ],
+          args: chromiumArgs,
         },
       }),
       instances: [{ browser: "chromium" }],

@@ -16,16 +16,10 @@ from pathlib import Path
 import nbformat
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--enable-unsafe-swiftshader",
-    "--use-angle=swiftshader",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+# Flags for Debian's Chromium, headless, as root, on a closed network; shared with vitest.config.ts.
+CHROMIUM_ARGS: list[str] = json.loads(
+    (Path(__file__).resolve().parents[1] / "chromium-args.json").read_text()
+)
 
 
 def _free_port() -> int:
