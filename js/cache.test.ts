@@ -171,3 +171,32 @@ describe("LayerLoader", () => {
     await expect(loader.load({ revision: 0, layer: "zzz", sample: 0 })).rejects.toThrow(/layer "zzz" is not among the captured layers/);
   });
 });
+
+describe("LayerLoader races", () => {
+  it("asks again for a layer whose request a newer load replaced in the same task (A, B, A)", async () => {
+    const { kernel, loader } = setup();
+    const dropped = [loader.load({ revision: 0, layer: "a", sample: 0 }), loader.load({ revision: 0, layer: "b", sample: 0 })];
+    const again = loader.load({ revision: 0, layer: "a", sample: 0 });
+    for (const p of dropped) await expect(p).rejects.toThrow(/dropped/);
+    // One request per purpose is at the kernel: the newest waits for the first one's (unused) reply.
+    kernel.answer(0);
+    await Promise.resolve();
+    expect(kernel.sent.map((m) => m.layer)).toEqual(["a", "a"]);
+    kernel.answer(1);
+    expect((await again).layer).toBe("a");
+  });
+
+  it("neither joins nor caches a request sent before clear", async () => {
+    const { kernel, loader } = setup();
+    loader.prefetch(["b"], 0, 0);
+    loader.clear();
+    const fresh = loader.load({ revision: 0, layer: "b", sample: 0 });
+    expect(kernel.sent.map((m) => m.layer)).toEqual(["b", "b"]);
+    kernel.answer(0);
+    await new Promise((r) => setTimeout(r, 0));
+    expect(loader.peek({ revision: 0, layer: "b", sample: 0 })).toBeUndefined();
+    kernel.answer(1);
+    expect((await fresh).layer).toBe("b");
+    expect(loader.peek({ revision: 0, layer: "b", sample: 0 })).toBe(await fresh);
+  });
+});

@@ -8,7 +8,7 @@
  *   loader.prefetch(["conv2", "conv0"], key.sample, key.revision);
  */
 import type { LayerData } from "./grid/grid";
-import { type LayerMeta, type LoadedLayer, type Requester, toLayerData } from "./protocol";
+import { type LayerMeta, type LoadedLayer, RequestDropped, type Requester, toLayerData } from "./protocol";
 
 /** What a cached layer is keyed on: a new capture (revision) or another sample is different data. */
 export interface LayerKey {
@@ -130,6 +130,10 @@ export class LayerLoader {
   private shownPending = 0;
   private prefetching = false;
   private queue: LayerKey[] = [];
+  /** Bumped by clear(): replies to requests sent before it are neither cached nor returned. */
+  private generation = 0;
+  /** The inflight entry of the latest "layer" fetch: a newer one supersedes it at the requester. */
+  private shownFetch: { k: string; promise: Promise<LoadedLayer> } | null = null;
 
   constructor(options: LayerLoaderOptions) {
     this.options = options;
@@ -174,10 +178,13 @@ export class LayerLoader {
     this.pump();
   }
 
-  /** Forgets every cached layer and queued prefetch (a new revision). */
+  /** Forgets every cached layer, queued prefetch and request in flight (a new revision or group pair). */
   clear(): void {
     this.cache.clear();
     this.queue = [];
+    this.inflight.clear();
+    this.shownFetch = null;
+    this.generation++;
   }
 
   private pump(): void {
@@ -205,12 +212,21 @@ export class LayerLoader {
     const k = layerKey(key);
     const args: Record<string, unknown> = { layer: key.layer, sample: key.sample };
     if (this.options.maxValues !== undefined) args.max_values = this.options.maxValues;
+    const generation = this.generation;
+    if (purpose === "layer" && this.shownFetch !== null) {
+      // The requester drops the previous shown fetch now; its entry must go now too, or a load of that
+      // layer in this same task would join a promise that is about to reject.
+      if (this.inflight.get(this.shownFetch.k) === this.shownFetch.promise) this.inflight.delete(this.shownFetch.k);
+    }
     const promise = this.options.requester.request("layer", args, { purpose }).then((reply) => {
+      // Computed before a clear (another group pair): neither cached nor shown.
+      if (generation !== this.generation) throw new RequestDropped("stale");
       const data = toLayerData(reply, meta);
       this.cache.set(k, data);
       return data;
     });
     this.inflight.set(k, promise);
+    if (purpose === "layer") this.shownFetch = { k, promise };
     const forget = (): void => {
       if (this.inflight.get(k) === promise) this.inflight.delete(k);
     };

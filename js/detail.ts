@@ -24,7 +24,7 @@ export interface DetailContext {
   symmetric(): boolean;
   globalRange(): [number, number];
   /** Channel flags of the shown layer (bit 1 dead, 2 constant, 4 non-finite), when loaded. */
-  flags(channel: number): number | undefined;
+  flags(channel: number, layer: string): number | undefined;
   /** The user moved to another channel (prev/next) or closed the view (null). */
   onNavigate(channel: number | null): void;
 }
@@ -441,7 +441,7 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
     ];
     if (s.nan > 0) rows.push(["NaN", String(s.nan)]);
     if (s.inf > 0) rows.push(["±Inf", String(s.inf)]);
-    const flags = ctx.flags(loaded.channel) ?? 0;
+    const flags = ctx.flags(loaded.channel, loaded.layer) ?? 0;
     if (flags & 1) rows.push(["health", "dead: zero for every input"]);
     else if (flags & 2) rows.push(["health", "constant for every input"]);
     stats.replaceChildren();

@@ -62,6 +62,11 @@ class FakeWidgetModel {
   saves = 0;
   /** The model is not a classifier: Grad-CAM requests get an error reply. */
   classifier = true;
+  /** Requests wait in `held` until the test answers them (a kernel running a long cell). */
+  hold = false;
+  held: Record<string, any>[] = [];
+  /** Channel flags per layer (bit 1 dead); zeros when absent. */
+  flags: Record<string, number[]> = {};
 
   constructor(attrs: Traits) {
     this.attrs = attrs;
@@ -92,7 +97,22 @@ class FakeWidgetModel {
   send(content: unknown): void {
     const req = content as Record<string, any>;
     this.sent.push(req);
-    setTimeout(() => this.answer(req), 0);
+    // The kernel computes with the pair it holds when the request arrives, not when it is answered.
+    req.pairAtKernel = [...this.attrs.group_pair];
+    if (this.hold) this.held.push(req);
+    else setTimeout(() => this.answer(req), 0);
+  }
+  /** Answers the oldest held request matching `pred` (test helper for held requests). */
+  release(pred: (req: Record<string, any>) => boolean = () => true): Record<string, any> {
+    const i = this.held.findIndex(pred);
+    if (i < 0) throw new Error(`no held request matches: ${JSON.stringify(this.held.map((r) => [r.kind, r.layer]))}`);
+    const [req] = this.held.splice(i, 1);
+    this.answer(req);
+    return req;
+  }
+  /** Answers every held request, oldest first, including those sent meanwhile. */
+  releaseAll(): void {
+    while (this.held.length > 0) this.release();
   }
   private reply(req: Record<string, any>, meta: Record<string, unknown>, arrays: [string, string, number[], ArrayBufferView][]): void {
     const msg = {
@@ -117,6 +137,7 @@ class FakeWidgetModel {
   }
   private answer(req: Record<string, any>): void {
     const layerIndex = this.attrs.layers.findIndex((l) => l.name === req.layer);
+    const shape = this.attrs.layers[layerIndex]?.shape;
     if (req.layer === "broken") {
       for (const h of this.handlers.get("msg:custom") ?? []) {
         h({ type: "reply", v: 1, id: req.id, kind: req.kind, ok: false, error: 'capture of "broken" failed: shape (1, 3) is not 4-D' }, []);
@@ -142,6 +163,16 @@ class FakeWidgetModel {
       ]);
     } else if (req.kind === "layer" && req.layer === "big") {
       this.answerBig(req);
+    } else if (req.kind === "layer" && shape !== undefined && (shape[1] !== C || shape[2] !== H || shape[3] !== W)) {
+      // A layer of another shape: a flat map, as the kernel would send it.
+      const [, c, h, w] = shape;
+      const stats = new Float32Array(c * 6);
+      for (let i = 0; i < c; i++) stats.set([0, 1, 0.5, 0, 0, 0], 6 * i);
+      this.reply(req, { layer: req.layer, sample: req.sample, shape: [c, h, w], stored: [c, h, w], downsample: 1, channels: null }, [
+        ["values", "uint8", [c, h, w], new Uint8Array(c * h * w).fill(100)],
+        ["stats", "float32", [c, 6], stats],
+        ["flags", "uint8", [c], new Uint8Array(c)],
+      ]);
     } else if (req.kind === "layer") {
       const values = new Uint8Array(C * H * W);
       const stats = new Float32Array(C * 6);
@@ -160,9 +191,9 @@ class FakeWidgetModel {
       const arrays: [string, string, number[], ArrayBufferView][] = [
         ["values", "uint8", [C, H, W], values],
         ["stats", "float32", [C, 6], stats],
-        ["flags", "uint8", [C], new Uint8Array(C)],
+        ["flags", "uint8", [C], Uint8Array.from(this.flags[req.layer] ?? [0, 0, 0, 0])],
       ];
-      const pair = this.attrs.group_pair;
+      const pair = req.pairAtKernel as string[];
       if (this.attrs.groups.length > 0 && pair.length === 2) {
         const examples: Record<string, number[]> = {};
         this.attrs.groups.forEach((g, i) => (examples[g] ??= []).push(i));
@@ -186,7 +217,7 @@ class FakeWidgetModel {
         ],
       );
     } else if (req.kind === "input") {
-      this.reply(req, { sample: req.sample, shape: [16, 16, 3] }, [["image", "uint8", [16, 16, 3], new Uint8Array(16 * 16 * 3).fill(128)]]);
+      this.reply(req, { sample: req.sample, shape: [16, 16, 3] }, [["image", "uint8", [16, 16, 3], new Uint8Array(16 * 16 * 3).fill(128 + 100 * req.sample)]]);
     } else if (!this.classifier) {
       const error = "Grad-CAM needs a classifier: the model's output has shape (1, 4, 8, 8), expected (N, classes)";
       for (const h of this.handlers.get("msg:custom") ?? []) h({ type: "reply", v: 1, id: req.id, kind: req.kind, ok: false, error }, []);
@@ -768,5 +799,160 @@ describe("FeatureMapWidget view", () => {
     expect(picker.value).toBe("gradcam");
     await expect.poll(() => panel.dataset.state).toBe("ready");
     await expect.poll(() => root.querySelector(".fm-readout")!.textContent).toBe("");
+  });
+});
+
+/** Lets queued replies, promise callbacks and grid frames run. */
+async function settle(model: FakeWidgetModel): Promise<void> {
+  for (let i = 0; i < 6; i++) {
+    model.releaseAll();
+    await new Promise((r) => setTimeout(r, 5));
+    await nextFrame();
+  }
+}
+
+describe("FeatureMapWidget view: failures and races", () => {
+  it("shows a layer the grid cannot take (zero channels) as an error, not loading forever", async () => {
+    const layers = [meta("empty", "Conv2d", { shape: [1, 0, 8, 8] })];
+    const { root } = await mount({ layers, layer: "empty" });
+    await expect.poll(() => root.dataset.state).toBe("error");
+    expect(root.querySelector(".fm-message-text")!.textContent).toContain('"empty"');
+  });
+
+  it("draws a map wider than the GPU's texture limit with Canvas 2D instead of hanging", async () => {
+    const gl = document.createElement("canvas").getContext("webgl2")!;
+    const max = gl.getParameter(gl.MAX_TEXTURE_SIZE) as number;
+    gl.getExtension("WEBGL_lose_context")?.loseContext();
+    const layers = [meta("wide", "Conv2d", { shape: [1, 2, 1, max + 8] })];
+    const { root } = await mount({ layers, layer: "wide" });
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    expect(root.querySelector<HTMLCanvasElement>('canvas[aria-label="Feature maps"]')!.dataset.backend).toBe("canvas2d");
+  });
+
+  it("keeps the error of a grid that cannot start (no 2D context) instead of a spinner", async () => {
+    const original = HTMLCanvasElement.prototype.getContext;
+    (HTMLCanvasElement.prototype as any).getContext = (): null => null;
+    let root: HTMLElement;
+    try {
+      ({ root } = await mount());
+    } finally {
+      HTMLCanvasElement.prototype.getContext = original;
+    }
+    await new Promise((r) => setTimeout(r, 20));
+    expect(root.dataset.state).toBe("error");
+    expect(root.querySelector(".fm-message-text")!.textContent).toContain("could not start");
+  });
+
+  it("ends ready after going A, B, A with the first request still at the kernel", async () => {
+    const { root, model } = await mount({}, (m) => (m.hold = true));
+    model.set("layer", "relu1");
+    model.set("layer", "conv1");
+    await settle(model);
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    expect(root.dataset.layer).toBe("conv1");
+  });
+
+  it("drops a neighbour's reply computed with the previous group pair", async () => {
+    const groups = ["x", "y"];
+    const { root, model } = await mount({ groups, group_pair: ["x", "y"], sort: "effect" }, (m) => (m.hold = true));
+    model.release((r) => r.kind === "layer" && r.layer === "conv1");
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    // The prefetch of relu1 is at the kernel, computed with (x, y); the user flips the pair.
+    await expect.poll(() => model.held.some((r) => r.layer === "relu1")).toBe(true);
+    model.set("group_pair", ["y", "x"]);
+    await settle(model);
+    model.set("layer", "relu1");
+    await settle(model);
+    await expect.poll(() => root.dataset.layer).toBe("relu1");
+    // EFFECT's strongest is channel 1 at -1.8 for (x, y): (y, x) flips its sign.
+    expect(root.querySelector(".fm-groups-top")!.textContent).toContain("d = +1.8");
+  });
+
+  it("takes the channel view's health row from the layer the channel belongs to", async () => {
+    const { root, model } = await mount({ channel: 0 }, (m) => {
+      m.hold = true;
+      m.flags = { conv1: [1, 0, 0, 0] };
+    });
+    await settle(model);
+    const stats = (): string => root.querySelector(".fm-stats")!.textContent ?? "";
+    await expect.poll(stats).toContain("dead");
+    model.held.length = 0;
+    model.set("layer", "big");
+    // The channel reply comes first, while the grid still holds conv1.
+    model.release((r) => r.kind === "channel");
+    await expect.poll(() => root.querySelector<HTMLElement>(".fm-detail")!.dataset.state).toBe("ready");
+    expect(stats()).not.toContain("dead");
+    model.release((r) => r.kind === "layer" && r.layer === "big");
+    await expect.poll(() => root.dataset.layer).toBe("big");
+    expect(stats()).not.toContain("dead");
+  });
+
+  it("lets Ctrl/Cmd shortcuts and Shift+Enter reach JupyterLab from a focused tile", async () => {
+    const { root, model } = await mount();
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    const canvas = root.querySelector<HTMLCanvasElement>('canvas[aria-label="Feature maps"]')!;
+    canvas.focus();
+    await userEvent.keyboard("{ArrowRight}"); // a focused tile
+    const seen: string[] = [];
+    const spy = (ev: KeyboardEvent): void => {
+      seen.push(`${ev.ctrlKey ? "Ctrl+" : ""}${ev.metaKey ? "Meta+" : ""}${ev.shiftKey ? "Shift+" : ""}${ev.key}${ev.defaultPrevented ? " (prevented)" : ""}`);
+    };
+    document.addEventListener("keydown", spy);
+    try {
+      for (const init of [{ key: "s", ctrlKey: true }, { key: "b", metaKey: true }, { key: "Enter", shiftKey: true }]) {
+        canvas.dispatchEvent(new KeyboardEvent("keydown", { ...init, bubbles: true, cancelable: true }));
+      }
+    } finally {
+      document.removeEventListener("keydown", spy);
+    }
+    expect(seen).toEqual(["Ctrl+s", "Meta+b", "Shift+Enter"]);
+    expect(model.get("selected")).toEqual([]);
+    // Shift+Space selects the focused tile from the keyboard.
+    await userEvent.keyboard("{Shift>}{ }{/Shift}");
+    expect(model.get("selected")).toEqual([1]);
+  });
+
+  it("never draws a sample's Grad-CAM heatmap over another sample's input picture", async () => {
+    const { root, model } = await mount({ gradcam: true, num_samples: 2 });
+    const panel = root.querySelector<HTMLElement>('[aria-label="Grad-CAM panel"]')!;
+    const picture = panel.querySelector<HTMLCanvasElement>(".fm-gradcam-picture")!;
+    // Mean brightness: the fake's input of sample 1 is brighter than sample 0's; the heatmaps are alike.
+    const mean = (): number => {
+      const px = picture.getContext("2d")!.getImageData(0, 0, picture.width, picture.height).data;
+      let sum = 0;
+      for (let i = 0; i < px.length; i += 4) sum += px[i] + px[i + 1] + px[i + 2];
+      return sum / px.length;
+    };
+    await expect.poll(() => panel.dataset.state).toBe("ready");
+    model.set("sample", 1);
+    await settle(model);
+    const sample1 = mean();
+    model.set("sample", 0);
+    await settle(model);
+    const sample0 = mean();
+    expect(sample1).toBeGreaterThan(sample0 + 10);
+    model.hold = true;
+    // Grad-CAM of sample 1 is cached; its input picture is asked for again.
+    model.set("sample", 1);
+    await nextFrame();
+    expect(Math.abs(mean() - sample0)).toBeGreaterThan(1);
+    await settle(model);
+    expect(mean()).toBeCloseTo(sample1, 0);
+  });
+
+  it("asks again for a Grad-CAM that failed when its layer is shown again or the panel reopens", async () => {
+    const { root, model } = await mount({ gradcam: true }, (m) => (m.classifier = false));
+    const panel = root.querySelector<HTMLElement>('[aria-label="Grad-CAM panel"]')!;
+    await expect.poll(() => panel.dataset.state).toBe("error");
+    const asked = (): number => model.sent.filter((m) => m.kind === "gradcam" && m.layer === "conv1").length;
+    expect(asked()).toBe(1);
+    model.set("layer", "relu1");
+    await expect.poll(() => root.dataset.layer).toBe("relu1");
+    model.set("layer", "conv1");
+    await expect.poll(asked).toBe(2);
+    await expect.poll(() => panel.dataset.state).toBe("error");
+    model.set("gradcam", false);
+    model.set("gradcam", true);
+    await expect.poll(asked).toBe(3);
   });
 });

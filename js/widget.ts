@@ -78,6 +78,8 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
   let shownKey = ""; // its cache key
   let drawn = false; // the grid reported drawing `shown`
   let layerError = "";
+  // Set once when the grid cannot start; unlike layerError no layer change clears it.
+  let gridError = "";
   let kernelBusy = false;
   let hovered: number | null = null;
   let cursor: number | null = null; // the tile Enter opens: last hovered or clicked
@@ -137,7 +139,7 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
       maxHeight: model.get("height") ?? 0,
     });
   } catch (e) {
-    layerError = `The feature-map grid could not start: ${(e as Error).message}`;
+    gridError = `The feature-map grid could not start: ${(e as Error).message}`;
   }
   const g = grid;
   if (g !== null) cleanups.push(() => g.destroy());
@@ -204,7 +206,9 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     scope: () => model.get("scale"),
     symmetric: () => model.get("symmetric"),
     globalRange: () => globalRange(layers()),
-    flags: (c) => (shown !== null && c < shown.flags.length ? shown.flags[c] : undefined),
+    // The grid may still hold another layer (or an older capture) than the channel shown.
+    flags: (c, layer) =>
+      shown !== null && shown.layer === layer && shownKey === layerKey(currentKey()) && c < shown.flags.length ? shown.flags[c] : undefined,
     onNavigate: (c) => {
       if (c !== null) {
         cursor = c;
@@ -219,7 +223,7 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
   function refreshState(): void {
     const status = model.get("status");
     const kernelError = status?.state === "error" ? status.message || "the kernel reported an error" : "";
-    const error = layerError || kernelError;
+    const error = gridError || layerError || kernelError;
     const loading = !drawn;
     root.dataset.state = error ? "error" : loading ? "loading" : "ready";
     const layer = model.get("layer");
@@ -444,8 +448,11 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     const key = `${model.get("revision")}/${model.get("sample")}`;
     if (gradcamInputKey === key) return;
     gradcamInputKey = key;
+    // The previous sample's picture must not sit under this sample's heatmap while its own loads.
+    gradcamPanel.setInput(null);
     requester.request("input", { sample: model.get("sample") }, { purpose: "gradcam-input" }).then(
       (reply) => {
+        if (disposed || gradcamInputKey !== key) return;
         const shape = reply.meta.shape;
         const pixels = reply.arrays.image?.data;
         if (!Array.isArray(shape) || !(pixels instanceof Uint8Array) || pixels.length !== shape[0] * shape[1] * 3) {
@@ -459,6 +466,7 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
           if (gradcamInputKey === key) gradcamInputKey = "";
           return;
         }
+        if (disposed || gradcamInputKey !== key) return;
         gradcamPanel.setInput(null, `No input image (${(e as Error).message}): the heatmap is shown alone.`);
       },
     );
@@ -495,7 +503,10 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
         // The pooled tiles stay; the note says why the zoomed tiles are not sharper.
         if (!isDropped(e) && !disposed && shownKey === key) showNote(`Full-resolution tiles unavailable: ${(e as Error).message}`);
       },
-    );
+    ).catch((e: unknown) => {
+      // A reply that came but could not be read or drawn: the pooled tiles stay, the note says why.
+      if (!disposed && shownKey === key) showNote(`Full-resolution tiles unavailable: ${(e as Error).message}`);
+    });
   }
 
   function updateGroups(): void {
@@ -523,10 +534,20 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     syncHeader();
     updateAblation();
     updateGroups();
+    try {
+      g?.setLayer(data);
+    } catch (e) {
+      // A layer the grid cannot draw (no channels, malformed arrays) is this layer's error, not a hang.
+      layerError = `Layer "${data.layer}" cannot be shown: ${(e as Error).message}`;
+      refreshState();
+      prefetchNeighbours();
+      return;
+    }
     refreshState();
-    g?.setLayer(data);
     applyOrder();
     updateColorbar();
+    // Its health row reads the flags of the layer just shown.
+    detail.redraw();
     prefetchNeighbours();
   }
 
@@ -621,6 +642,8 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     showLayer();
   });
   listen("change:layer", () => {
+    // A Grad-CAM error is retried when its layer is shown again (the user may have fixed the cause).
+    gradcamError = null;
     syncControls();
     showLayer();
     updateAblation();
@@ -650,6 +673,8 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     });
   }
   listen("change:gradcam", () => {
+    // Reopening the panel retries a failed Grad-CAM.
+    gradcamError = null;
     syncControls();
     updateGradcam();
     applyOrder();
@@ -708,8 +733,8 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
 
   // --- environment ----------------------------------------------------------------------------------
   const onKey = (ev: KeyboardEvent): void => {
-    // Shift/Ctrl/Cmd+Enter run the cell even with focus inside the widget.
-    if (ev.key === "Enter" && (ev.shiftKey || ev.ctrlKey || ev.metaKey || ev.altKey)) return;
+    // JupyterLab's shortcuts (Ctrl+S, Cmd+B, Ctrl/Shift+Enter run the cell) work with focus inside the widget.
+    if (ev.ctrlKey || ev.metaKey || ev.altKey || (ev.key === "Enter" && ev.shiftKey)) return;
     if (detail.handleKey(ev)) {
       ev.preventDefault();
     } else if (ev.key === "Enter" && g !== null && g.element.contains(ev.target as Node)) {

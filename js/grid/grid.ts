@@ -295,6 +295,8 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
 
   renderer = useWebGL() ?? useCanvas2D();
   feed(renderer);
+  // For tests and automation: which backend draws.
+  overlay.dataset.backend = renderer.kind;
 
   function computeRanges(): void {
     if (data === null) return;
@@ -687,7 +689,8 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
       else if (ev.key === "0") moveView(IDENTITY_VIEW);
       else if (arrow !== undefined && ev.shiftKey) moveView(panBy(view, layout, -arrow[0] * step, -arrow[1] * step));
       else if (arrow !== undefined) moveFocus(arrow[0], arrow[1]);
-      else if ((ev.key === "Enter" || ev.key === " ") && focused !== null && data !== null && focused < data.channels) {
+      // Shift+Enter runs the cell (JupyterLab); Shift+Space is the keyboard's shift-click (select).
+      else if (((ev.key === "Enter" && !ev.shiftKey) || ev.key === " ") && focused !== null && data !== null && focused < data.channels) {
         const i = order.indexOf(focused);
         if (i < 0) return;
         const mouse = new MouseEvent("click", { shiftKey: ev.shiftKey });
@@ -720,6 +723,7 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
       // preventDefault is what allows the browser to restore the context later.
       ev.preventDefault();
       renderer = useCanvas2D();
+      overlay.dataset.backend = renderer.kind;
       feed(renderer);
       relayout();
     },
@@ -732,6 +736,7 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
       if (r === null) return;
       renderer.destroy();
       renderer = r;
+      overlay.dataset.backend = renderer.kind;
       feed(renderer);
       requestDraw();
     },
@@ -781,7 +786,17 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
       data = d;
       full = null;
       fullSlot = new Map();
-      renderer.setValues(d);
+      try {
+        renderer.setValues(d);
+      } catch (e) {
+        if (renderer.kind !== "webgl2") throw e;
+        // Beyond the GPU's texture limits (a very wide map): Canvas 2D has no such limit.
+        console.warn(`fmwidget: ${(e as Error).message}; drawing with Canvas 2D instead`);
+        renderer.destroy();
+        renderer = useCanvas2D();
+        overlay.dataset.backend = renderer.kind;
+        feed(renderer);
+      }
       computeRanges();
       computeOrder();
       drawnPending = d.layer;
