@@ -751,7 +751,15 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
   root.addEventListener("keydown", onKey);
   cleanups.push(() => root.removeEventListener("keydown", onKey));
 
-  const resize = new ResizeObserver(() => g?.resize());
+  // Only a width change re-lays the grid out: resizing a canvas clears it, and the root's height changes
+  // whenever a panel opens or closes.
+  let lastWidth = -1;
+  const resize = new ResizeObserver(() => {
+    const width = root.clientWidth;
+    if (width === lastWidth) return;
+    lastWidth = width;
+    g?.resize();
+  });
   resize.observe(root);
   cleanups.push(() => resize.disconnect());
   cleanups.push(
