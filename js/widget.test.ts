@@ -843,6 +843,24 @@ describe("FeatureMapWidget view: failures and races", () => {
     expect(root.querySelector(".fm-message-text")!.textContent).toContain("could not start");
   });
 
+  it("frees what it built and shows why when a part throws while the view is built", async () => {
+    const { el, model } = await mount({}, (m) => {
+      const get = m.get.bind(m);
+      // The controls read the predictions once every part exists: a broken trait then stops the build.
+      m.get = ((key: keyof Traits) => {
+        if (key === "predictions") throw new Error("predictions unreadable");
+        return get(key);
+      }) as typeof m.get;
+    });
+    const root = el.querySelector<HTMLElement>(".fmwidget")!;
+    expect(el.querySelectorAll(".fmwidget")).toHaveLength(1);
+    expect(root.dataset.state).toBe("error");
+    expect(root.textContent).toBe("The feature-map view could not start: predictions unreadable");
+    // The comm listener and every change listener are gone, and the grid's canvas with its WebGL context.
+    expect(model.listenerCount()).toBe(0);
+    expect(el.querySelector("canvas")).toBeNull();
+  });
+
   it("ends ready after going A, B, A with the first request still at the kernel", async () => {
     const { root, model } = await mount({}, (m) => (m.hold = true));
     model.set("layer", "relu1");
