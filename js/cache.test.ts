@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { LayerLoader, layerKey, LruCache } from "./cache";
-import { type LayerMeta, type MessageModel, Requester } from "./protocol";
+import { type LayerMeta, Requester } from "./protocol";
+import { FakeComm } from "./testing/fake-comm";
 
 describe("LruCache", () => {
   const sized = (): LruCache<Uint8Array> => new LruCache<Uint8Array>(100, (v) => v.byteLength);
@@ -51,21 +52,8 @@ describe("layerKey", () => {
   });
 });
 
-type Handler = (msg: unknown, buffers: DataView[]) => void;
-
 /** A kernel stand-in that answers `layer` requests when the test says so. */
-class FakeKernel implements MessageModel {
-  sent: Record<string, unknown>[] = [];
-  handlers: Handler[] = [];
-  send(content: unknown): void {
-    this.sent.push(content as Record<string, unknown>);
-  }
-  on(_e: "msg:custom", cb: Handler): void {
-    this.handlers.push(cb);
-  }
-  off(_e: "msg:custom", cb: Handler): void {
-    this.handlers = this.handlers.filter((h) => h !== cb);
-  }
+class FakeKernel extends FakeComm {
   /** Answers the i-th request sent with a 2-channel 2×2 layer. */
   answer(i: number): void {
     const req = this.sent[i];
@@ -83,7 +71,7 @@ class FakeKernel implements MessageModel {
       ],
     };
     const buffers = [new DataView(new ArrayBuffer(8)), new DataView(new ArrayBuffer(48)), new DataView(new ArrayBuffer(2))];
-    for (const h of this.handlers) h(msg, buffers);
+    this.deliver(msg, buffers);
   }
 }
 

@@ -4,13 +4,13 @@ import {
   decodeArrays,
   isDropped,
   type LayerMeta,
-  type MessageModel,
   type Reply,
   RequestDropped,
   RequestError,
   Requester,
   toLayerData,
 } from "./protocol";
+import { FakeComm } from "./testing/fake-comm";
 
 /** A DataView over `bytes` placed at `offset` inside a larger buffer, as a comm message may deliver it. */
 function viewAt(bytes: Uint8Array, offset: number): DataView {
@@ -81,21 +81,8 @@ describe("decodeArray", () => {
   });
 });
 
-type Handler = (msg: unknown, buffers: DataView[]) => void;
-
 /** Just enough of an anywidget model: records what is sent, lets the test deliver replies. */
-class FakeModel implements MessageModel {
-  sent: Record<string, unknown>[] = [];
-  handlers: Handler[] = [];
-  send(content: unknown): void {
-    this.sent.push(content as Record<string, unknown>);
-  }
-  on(_event: "msg:custom", cb: Handler): void {
-    this.handlers.push(cb);
-  }
-  off(_event: "msg:custom", cb: Handler): void {
-    this.handlers = this.handlers.filter((h) => h !== cb);
-  }
+class FakeModel extends FakeComm {
   reply(request: Record<string, unknown>, extra: Record<string, unknown> = {}, buffers: DataView[] = []): void {
     const msg = {
       type: "reply",
@@ -107,7 +94,7 @@ class FakeModel implements MessageModel {
       arrays: [],
       ...extra,
     };
-    for (const h of this.handlers) h(msg, buffers);
+    this.deliver(msg, buffers);
   }
 }
 

@@ -15,6 +15,7 @@ from torch import nn
 from fmwidget.capture import capture
 from fmwidget.store import ActivationStore, UnknownLayerError
 from fmwidget.wire import FLAG_CONSTANT, FLAG_DEAD, FLAG_NONFINITE
+from tests.reference import numpy_stats
 
 
 class _Spoil(nn.Module):
@@ -44,17 +45,6 @@ class _Health(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.spoil(self.relu(self.conv(x)))
-
-
-def _numpy_stats(maps: np.ndarray) -> np.ndarray:
-    rows = []
-    for channel in maps.reshape(maps.shape[0], -1).astype(np.float64):
-        finite = channel[np.isfinite(channel)]
-        lo, hi, mean = (finite.min(), finite.max(), finite.mean()) if finite.size else (0, 0, 0)
-        rows.append(
-            [lo, hi, mean, (channel == 0).mean(), np.isnan(channel).sum(), np.isinf(channel).sum()]
-        )
-    return np.array(rows)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +108,7 @@ def test_stats_match_numpy_for_every_sample(health) -> None:
         for sample in range(2):
             np.testing.assert_allclose(
                 store.stats(name, sample).numpy(),
-                _numpy_stats(tensor[sample].numpy()),
+                numpy_stats(tensor[sample].numpy()),
                 rtol=1e-5,
                 atol=1e-6,
                 err_msg=f"{name}[{sample}]",
@@ -132,7 +122,7 @@ def test_stats_of_a_resnet_match_numpy() -> None:
     store = ActivationStore(cap)
     for name in ("bn1", "layer1.0.relu", "layer2.0.downsample.1", "avgpool"):
         np.testing.assert_allclose(
-            store.stats(name, 1).numpy(), _numpy_stats(cap[name][1].numpy()), rtol=1e-4, atol=1e-5
+            store.stats(name, 1).numpy(), numpy_stats(cap[name][1].numpy()), rtol=1e-4, atol=1e-5
         )
         metas = {m["name"]: m for m in store.layers_meta()}
         assert metas[name]["min"] == pytest.approx(float(cap[name].min()))
@@ -155,7 +145,7 @@ def test_bfloat16_layers_get_their_metadata_and_stats() -> None:
         maps.max().item(),
     )
     assert store.meta("1")["pre"] == "0"
-    expected = _numpy_stats(maps[1].numpy())
+    expected = numpy_stats(maps[1].numpy())
     np.testing.assert_allclose(store.stats("0", 1).numpy(), expected, rtol=1e-6)
 
 

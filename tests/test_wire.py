@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fmwidget import wire
+from tests.reference import numpy_stats
 
 
 def _layer_reply(maps: torch.Tensor, **kwargs) -> wire.Reply:
@@ -19,17 +20,6 @@ def _layer_reply(maps: torch.Tensor, **kwargs) -> wire.Reply:
     flags = np.zeros(maps.shape[0], np.uint8)
     meta, arrays = wire.layer_payload(maps, stats, flags, **kwargs)
     return wire.decode(*wire.encode_reply(7, "layer", meta, arrays))
-
-
-def _numpy_stats(maps: np.ndarray) -> np.ndarray:
-    rows = []
-    for channel in maps.reshape(maps.shape[0], -1).astype(np.float64):
-        finite = channel[np.isfinite(channel)]
-        lo, hi, mean = (finite.min(), finite.max(), finite.mean()) if finite.size else (0, 0, 0)
-        rows.append(
-            [lo, hi, mean, (channel == 0).mean(), np.isnan(channel).sum(), np.isinf(channel).sum()]
-        )
-    return np.array(rows)
 
 
 def test_docstring_examples_run() -> None:
@@ -106,7 +96,7 @@ def test_channel_stats_match_numpy(leading: tuple[int, ...]) -> None:
     maps[..., 1, :, :] = math.nan
     stats = wire.channel_stats(maps)
     assert stats.shape == (*leading, 6, 6) and stats.dtype == torch.float32
-    expected = np.stack([_numpy_stats(m) for m in maps.reshape(-1, 6, 7, 8).numpy()])
+    expected = np.stack([numpy_stats(m) for m in maps.reshape(-1, 6, 7, 8).numpy()])
     np.testing.assert_allclose(stats.reshape(-1, 6, 6).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
