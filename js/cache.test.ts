@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { LayerLoader, layerKey, LruCache } from "./cache";
 import { type LayerMeta, Requester } from "./protocol";
 import { FakeComm } from "./testing/fake-comm";
+import { layerMeta } from "./testing/fixtures";
 
 describe("LruCache", () => {
   const sized = (): LruCache<Uint8Array> => new LruCache<Uint8Array>(100, (v) => v.byteLength);
@@ -76,23 +77,7 @@ class FakeKernel extends FakeComm {
 }
 
 function meta(name: string): LayerMeta {
-  return {
-    name,
-    module: name,
-    call: 1,
-    type: "Conv2d",
-    shape: [1, 2, 2, 2],
-    dtype: "float32",
-    min: 0,
-    max: 1,
-    dead: 0,
-    constant: 0,
-    nonfinite: 0,
-    kind: "conv",
-    pre: null,
-    post: null,
-    filter: false,
-  };
+  return layerMeta(name);
 }
 
 function setup(revision = 0): { kernel: FakeKernel; loader: LayerLoader } {

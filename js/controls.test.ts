@@ -9,26 +9,10 @@ import {
   tileOrder,
 } from "./controls";
 import type { LayerMeta } from "./protocol";
+import { layerMeta } from "./testing/fixtures";
 
 function meta(name: string, extra: Partial<LayerMeta> = {}): LayerMeta {
-  return {
-    name,
-    module: name,
-    call: 1,
-    type: "Conv2d",
-    shape: [2, 64, 8, 8],
-    dtype: "float32",
-    min: 0,
-    max: 1,
-    dead: 0,
-    constant: 0,
-    nonfinite: 0,
-    kind: "conv",
-    pre: null,
-    post: null,
-    filter: true,
-    ...extra,
-  };
+  return layerMeta(name, { shape: [2, 64, 8, 8], filter: true, ...extra });
 }
 
 /** Stats rows [min, max, mean, zeros, nan, inf] for channels with the given means, maxes and zero fractions. */

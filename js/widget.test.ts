@@ -3,6 +3,7 @@ import { userEvent } from "vitest/browser";
 import { exactValue } from "./detail";
 import type { LayerMeta, Traits } from "./protocol";
 import widget from "./widget";
+import { layerMeta } from "./testing/fixtures";
 
 const C = 4;
 const H = 8;
@@ -14,24 +15,7 @@ function activation(layerIndex: number, c: number, r: number, col: number): numb
 }
 
 function meta(name: string, type: string, extra: Partial<LayerMeta> = {}): LayerMeta {
-  return {
-    name,
-    module: name,
-    call: 1,
-    type,
-    shape: [1, C, H, W],
-    dtype: "float32",
-    min: -2,
-    max: 4,
-    dead: 0,
-    constant: 0,
-    nonfinite: 0,
-    kind: "conv",
-    pre: null,
-    post: null,
-    filter: type === "Conv2d",
-    ...extra,
-  };
+  return layerMeta(name, { type, shape: [1, C, H, W], min: -2, max: 4, filter: type === "Conv2d", ...extra });
 }
 
 /** "big": BIG_C channels of 16×16 that the kernel pools 2× (8×8) unless asked for some channels. */
