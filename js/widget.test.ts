@@ -373,6 +373,17 @@ describe("FeatureMapWidget view", () => {
     expect(root.querySelector(".fm-header")!.textContent).toContain("4 × 8 × 8");
   });
 
+  it("says so when ipywidgets disconnects the widget (kernel restarted), keeping the picture", async () => {
+    const { root, model } = await mount();
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    for (const h of model.handlers.get("comm_live_update") ?? []) h();
+    const banner = root.querySelector<HTMLElement>(".fm-banner")!;
+    expect(banner.hidden).toBe(false);
+    expect(banner.textContent).toContain("kernel restarted");
+    expect(root.dataset.kernel).toBe("gone");
+    expect(root.dataset.state).toBe("ready");
+  });
+
   it("sets the model's layer from the slider and draws it", async () => {
     const { root, model } = await mount();
     await expect.poll(() => root.dataset.state).toBe("ready");

@@ -81,6 +81,9 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     // Set once when the grid cannot start; unlike layerError no layer change clears it.
     let gridError = "";
     let kernelBusy = false;
+    // ipywidgets fires `comm_live_update` when it disconnects the widgets of a kernel that is restarting or
+    // dead, and never reconnects them: from then on no request can be answered.
+    let kernelGone = false;
     let hovered: number | null = null;
     let cursor: number | null = null; // the tile Enter opens: last hovered or clicked
     // Grad-CAM results by layer key and class; one feeds both the panel and the tiles' weights.
@@ -242,12 +245,15 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
       // The header names the layer at once (even the one under a dragged thumb); the mark says it is not drawn yet.
       header.setPending(!error && (!drawn || (preview !== null && preview !== layer)));
       const busy = kernelBusy || status?.state === "busy";
-      banner.textContent = busy
-        ? status?.state === "busy" && status.message
-          ? status.message
-          : "Kernel busy: the view updates when the running cell finishes."
-        : "";
-      banner.hidden = !busy;
+      banner.textContent = kernelGone
+        ? "The kernel restarted or stopped, so this view can no longer update: run its cell again."
+        : busy
+          ? status?.state === "busy" && status.message
+            ? status.message
+            : "Kernel busy: the view updates when the running cell finishes."
+          : "";
+      banner.hidden = !(kernelGone || busy);
+      root.dataset.kernel = kernelGone ? "gone" : "live";
     }
 
     /** The header shows the layer under the slider's thumb while dragging, else the model's layer. */
@@ -652,6 +658,10 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
       syncControls();
       showLayer();
       updateAblation();
+    });
+    listen("comm_live_update", () => {
+      kernelGone = true;
+      refreshState();
     });
     listen("change:revision", () => {
       loader.clear();
