@@ -392,5 +392,15 @@ def test_groups_and_compare_in_jupyterlab(lab) -> None:
         )
         page.locator(".jp-OutputArea-output").nth(1).screenshot(path=str(ARTIFACTS / "compare.png"))
         assert b.get_attribute("data-layer") == moved["a"]["layer"]
+
+        # Restart the kernel from JupyterLab's menu: every view says it can no longer update.
+        page.get_by_role("menuitem", name="Kernel").click()
+        page.get_by_text("Restart Kernel…", exact=True).click()
+        page.get_by_role("button", name="Confirm Kernel Restart").click()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.fmwidget')]"
+            ".every(e => e.dataset.kernel === 'gone')"
+        )
+        assert "run its cell again" in g.locator(".fm-banner").inner_text()
         assert not errors, errors
         browser.close()
