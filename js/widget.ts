@@ -9,7 +9,7 @@
  */
 import type { RenderProps } from "@anywidget/types";
 import { createAblationBar } from "./ablation";
-import { LayerLoader, layerKey, type LayerKey } from "./cache";
+import { LayerLoader, layerKey, type LayerKey, LruCache } from "./cache";
 import { createColorbar } from "./colorbar";
 import { type ColormapName, isDiverging } from "./colormaps";
 import { type ControlState, createControls, createHeader, tileOrder } from "./controls";
@@ -40,6 +40,9 @@ function globalRange(layers: readonly LayerMeta[]): [number, number] {
 
 /** Full-resolution tiles are fetched once fewer tiles than this are visible (a zoomed-in grid). */
 const FULLRES_MAX_TILES = 64;
+
+/** Grad-CAM maps kept for revisits: a pytorch-grad-cam map at input resolution is about 200 KB. */
+const GRADCAM_CACHE_BYTES = 16 * 2 ** 20;
 
 function render({ model, el, signal }: RenderProps<Traits>): () => void {
   const cleanups: (() => void)[] = [];
@@ -87,7 +90,8 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     let hovered: number | null = null;
     let cursor: number | null = null; // the tile Enter opens: last hovered or clicked
     // Grad-CAM results by layer key and class; one feeds both the panel and the tiles' weights.
-    const gradcam = new Map<string, GradcamResult>();
+    // Grad-CAM maps by target, method, revision, sample and layer; bounded like the layer cache.
+    const gradcam = new LruCache<GradcamResult>(GRADCAM_CACHE_BYTES, (r) => r.heatmap.byteLength + r.weights.byteLength);
     let gradcamPending = ""; // the key of the Grad-CAM request in flight
     let gradcamError: { key: string; text: string } | null = null;
     let gradcamInputKey = "";
