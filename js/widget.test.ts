@@ -597,6 +597,30 @@ describe("FeatureMapWidget view", () => {
     expect(model.get("view")).toEqual({ zoom: 2, x: 0.25, y: 0.25 });
   });
 
+  it("tells the kernel of a long zoom at most every 150 ms, ending with the last view", async () => {
+    const { root, model } = await mount();
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    const canvas = root.querySelector<HTMLCanvasElement>('canvas[aria-label="Feature maps"]')!;
+    const rect = canvas.getBoundingClientRect();
+    const saves = model.saves;
+    const started = performance.now();
+    for (let i = 0; i < 8; i++) {
+      canvas.dispatchEvent(new WheelEvent("wheel", { deltaY: -30, clientX: rect.left + 40, clientY: rect.top + 30, cancelable: true }));
+      await nextFrame();
+    }
+    const elapsed = performance.now() - started;
+    expect(model.saves - saves).toBeLessThanOrEqual(Math.ceil(elapsed / 150) + 1);
+    const last = model.get("view");
+    let savedView: unknown = null;
+    const save = model.save_changes.bind(model);
+    model.save_changes = () => {
+      savedView = model.get("view");
+      save();
+    };
+    await new Promise((r) => setTimeout(r, 200));
+    expect(savedView).toEqual(last);
+  });
+
   it("sorts tiles by group effect size and shows example inputs of each group", async () => {
     const groups = ["a", "b", "c", "b"];
     const { root, model } = await mount({ num_samples: 4, groups, group_pair: ["a", "b"] });

@@ -41,6 +41,9 @@ function globalRange(layers: readonly LayerMeta[]): [number, number] {
 /** Full-resolution tiles are fetched once fewer tiles than this are visible (a zoomed-in grid). */
 const FULLRES_MAX_TILES = 64;
 
+/** The kernel hears of zoom and pan at most this often (ms); linked views in the page follow every frame. */
+const VIEW_SAVE_MS = 150;
+
 /** Grad-CAM maps kept for revisits: a pytorch-grad-cam map at input resolution is about 200 KB. */
 const GRADCAM_CACHE_BYTES = 16 * 2 ** 20;
 
@@ -615,13 +618,27 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
       refreshState();
       requestFullRes();
     });
+    // Zoom and pan change every frame: linked views in this page follow each change (`model.set`), while
+    // the kernel gets at most one update per VIEW_SAVE_MS and the last one (no backlog while a cell runs).
+    let viewSaveTimer = 0;
+    let viewSavedAt = 0;
+    const saveView = (): void => {
+      viewSaveTimer = 0;
+      viewSavedAt = performance.now();
+      model.save_changes();
+    };
+    cleanups.push(() => clearTimeout(viewSaveTimer));
     g?.onViewChange((view, byUser) => {
       if (byUser) {
         writingView = true;
         try {
-          setTrait("view", view);
+          model.set("view", view);
         } finally {
           writingView = false;
+        }
+        if (viewSaveTimer === 0) {
+          const wait = Math.max(0, viewSavedAt + VIEW_SAVE_MS - performance.now());
+          viewSaveTimer = window.setTimeout(saveView, wait);
         }
       }
       requestFullRes();
