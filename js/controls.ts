@@ -73,6 +73,13 @@ const SORTS: readonly [SortKey, string][] = [
   ["effect", "Group effect (|d|)"],
 ];
 
+/** A probability as a short percentage: "72%", "0.4%" below 1%, "<0.1%" below that. */
+export function formatPercent(p: number): string {
+  const pct = p * 100;
+  if (pct >= 1) return `${Math.round(pct)}%`;
+  return pct >= 0.1 ? `${pct.toFixed(1)}%` : "<0.1%";
+}
+
 /**
  * How a prediction reads in a picker: its class name, or "class N" for a model without names.
  *
@@ -302,7 +309,7 @@ export function createControls(container: HTMLElement, handlers: ControlHandlers
           o.value = String(i);
           const top = state.predictions[i]?.[0];
           const parts = [`#${i}`];
-          if (top !== undefined) parts.push(`${predictionLabel(top)} ${Math.round(top.prob * 100)}%`);
+          if (top !== undefined) parts.push(`${predictionLabel(top)} ${formatPercent(top.prob)}`);
           const group = state.groups[i];
           if (group !== undefined) parts.push(`[${group}]`);
           o.textContent = parts.join(" · ");
@@ -329,6 +336,8 @@ export interface Header {
   update(meta: LayerMeta | undefined, downsample: number, partner?: LayerMeta): void;
   /** Marks the named layer as not drawn yet (a small spinner, `aria-busy`), or clears the mark. */
   setPending(pending: boolean): void;
+  /** The model's top prediction for the shown sample ("Egyptian cat 72%"); null hides it. */
+  setPrediction(top: Prediction | null): void;
 }
 
 /**
@@ -367,7 +376,9 @@ export function createHeader(container: HTMLElement, handlers: { onLayer(name: s
     if (target !== "") handlers.onLayer(target);
   });
   const health = el("span", "fm-health");
-  element.append(name, pending, type, shape, down, toggle, health);
+  const prediction = el("span", "fm-prediction");
+  prediction.hidden = true;
+  element.append(name, pending, type, shape, down, toggle, health, prediction);
   container.append(element);
   return {
     element,
@@ -387,6 +398,11 @@ export function createHeader(container: HTMLElement, handlers: { onLayer(name: s
       }
       health.textContent = meta === undefined ? "" : healthSummary(meta);
       health.classList.toggle("fm-health-bad", meta !== undefined && meta.dead + meta.constant + meta.nonfinite > 0);
+    },
+    setPrediction(top: Prediction | null): void {
+      prediction.hidden = top === null;
+      prediction.textContent = top === null ? "" : `${predictionLabel(top)} ${formatPercent(top.prob)}`;
+      prediction.title = top === null ? "" : "The model's top prediction for this input";
     },
     setPending(on: boolean): void {
       pending.hidden = !on;

@@ -12,7 +12,7 @@
  *   panel.show(result);              // or panel.showLoading("layer4") / panel.showError("not a classifier")
  */
 import { heatmapLUT } from "./colormaps";
-import { predictionLabel } from "./controls";
+import { formatPercent, predictionLabel } from "./controls";
 import type { Prediction } from "./protocol";
 import { formatValue } from "./scale";
 import { el } from "./dom";
@@ -279,7 +279,7 @@ export function createGradcamPanel(
     },
     setClasses(predictions: readonly Prediction[], target: number | null): void {
       const entries: [string, string][] = [["", "predicted"]];
-      for (const p of predictions) entries.push([String(p.index), `${predictionLabel(p)} (${Math.round(p.prob * 100)}%)`]);
+      for (const p of predictions) entries.push([String(p.index), `${predictionLabel(p)} (${formatPercent(p.prob)})`]);
       // A class set from Python outside the top 5 is still shown as chosen.
       if (target !== null && !predictions.some((p) => p.index === target)) entries.push([String(target), `class ${target}`]);
       classes.replaceChildren(

@@ -384,6 +384,18 @@ describe("FeatureMapWidget view", () => {
     expect(root.dataset.state).toBe("ready");
   });
 
+  it("shows the model's top prediction for the shown sample in the header", async () => {
+    const predictions = [[{ index: 285, label: "Egyptian cat", prob: 0.712 }], [{ index: 17, label: null, prob: 0.004 }]];
+    const { root, model } = await mount({ predictions, num_samples: 2 });
+    const chip = root.querySelector<HTMLElement>(".fm-header .fm-prediction")!;
+    expect(chip.hidden).toBe(false);
+    expect(chip.textContent).toBe("Egyptian cat 71%");
+    model.set("sample", 1);
+    expect(chip.textContent).toBe("class 17 0.4%");
+    model.set("predictions", []);
+    expect(chip.hidden).toBe(true);
+  });
+
   it("sets the model's layer from the slider and draws it", async () => {
     const { root, model } = await mount();
     await expect.poll(() => root.dataset.state).toBe("ready");

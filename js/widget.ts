@@ -661,7 +661,10 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     });
 
     // --- model → view ---------------------------------------------------------------------------------
-    const syncControls = (): void => controls.update(controlState());
+    const syncControls = (): void => {
+      controls.update(controlState());
+      header.setPrediction(model.get("predictions")?.[model.get("sample")]?.[0] ?? null);
+    };
     listen("change:layers", () => {
       g?.setOptions({ globalRange: globalRange(layers()) });
       syncControls();

@@ -156,6 +156,8 @@ def test_widget_in_jupyterlab(lab) -> None:
         ).count()
 
         root_el = page.locator(".fmwidget")
+        # The demo says what the model sees: its top class and probability, in the header.
+        assert re.fullmatch(r"Egyptian cat \d+%", root_el.locator(".fm-prediction").inner_text())
         root_el.scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "light.png"))
         root_el.screenshot(path=str(ARTIFACTS / "widget-light.png"))
