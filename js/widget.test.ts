@@ -629,8 +629,7 @@ describe("FeatureMapWidget view", () => {
       savedView = model.get("view");
       save();
     };
-    await new Promise((r) => setTimeout(r, 200));
-    expect(savedView).toEqual(last);
+    await expect.poll(() => savedView, { timeout: 2000 }).toEqual(last);
   });
 
   it("sorts tiles by group effect size and shows example inputs of each group", async () => {
