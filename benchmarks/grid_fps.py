@@ -22,7 +22,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.lab import CHROMIUM, CHROMIUM_ARGS, jupyter_lab, write_notebook  # noqa: E402
+from tests.e2e.lab import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    jupyter_lab,
+    open_notebook,
+    run_cell,
+    write_notebook,
+)
 
 FRAMES_JS = """
 async ({ seconds, drive }) => {
@@ -72,18 +79,9 @@ def main() -> None:
         write_notebook(root / "fps.ipynb", [setup])
         with jupyter_lab(root, root / "settings") as url, sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{url}/lab/tree/fps.ipynb")
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
-            cell = page.locator(".jp-Notebook .jp-Cell").first
-            for _ in range(3):
-                cell.locator(".jp-InputArea-editor").click()
-                page.keyboard.press("Shift+Enter")
-                try:
-                    page.wait_for_selector(".fmwidget[data-state='ready']", timeout=60_000)
-                    break
-                except Exception:
-                    continue
+            page = open_notebook(browser, url, "fps.ipynb", width=1400, height=1000)
+            run_cell(page, 0)
+            page.wait_for_selector(".fmwidget[data-state='ready']", timeout=90_000)
             page.locator(".fmwidget canvas[aria-label='Feature maps']").scroll_into_view_if_needed()
             idle = page.evaluate(FRAMES_JS, {"seconds": args.seconds, "drive": False})
             busy = page.evaluate(FRAMES_JS, {"seconds": args.seconds, "drive": True})

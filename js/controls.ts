@@ -10,7 +10,7 @@
 import { COLORMAPS, type ColormapName } from "./colormaps";
 import type { LayerMeta, Prediction, SortKey } from "./protocol";
 import type { Scope } from "./scale";
-import { el } from "./dom";
+import { el, rangeInput } from "./dom";
 
 /** Everything the controls display, as read from the model's traits. */
 export interface ControlState {
@@ -192,11 +192,7 @@ export function createControls(container: HTMLElement, handlers: ControlHandlers
   let frame = 0;
 
   const layerRow = el("div", "fm-layer-row");
-  const slider = el("input", "fm-slider");
-  slider.type = "range";
-  slider.min = "0";
-  slider.step = "1";
-  slider.setAttribute("aria-label", "Layer");
+  const slider = rangeInput("Layer");
   // The layer's name, type and shape are in the header; the slider says only where it is.
   const position = el("output", "fm-layer-pos");
   position.title = "Position of the shown layer among the captured layers";

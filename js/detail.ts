@@ -11,7 +11,7 @@ import { colormapLUT, type ColormapName, NAN_COLOR } from "./colormaps";
 import { formatValue, displayRange, type Scope, toUnit } from "./scale";
 import { isDropped, type LayerMeta, type Requester } from "./protocol";
 import { themeColors } from "./theme";
-import { el } from "./dom";
+import { el, rangeInput } from "./dom";
 
 /** What the channel view reads from the widget (always the current state). */
 export interface DetailContext {
@@ -221,13 +221,7 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
   const overlayBox = el("div", "fm-detail-overlay");
   const overlay = el("canvas", "fm-overlay");
   overlay.setAttribute("aria-label", "Map over the input image");
-  const opacity = el("input", "fm-slider");
-  opacity.type = "range";
-  opacity.min = "0";
-  opacity.max = "1";
-  opacity.step = "0.05";
-  opacity.value = "0.6";
-  opacity.setAttribute("aria-label", "Overlay opacity");
+  const opacity = rangeInput("Overlay opacity", { step: 0.05, value: 0.6 });
   const overlayCaption = el("div", "fm-caption");
   const opacityField = el("label", "fm-field");
   opacityField.append(el("span", "fm-field-label", "Opacity"), opacity);

@@ -15,7 +15,7 @@ import { heatmapLUT } from "./colormaps";
 import { formatPercent, predictionLabel } from "./controls";
 import type { Prediction } from "./protocol";
 import { formatValue } from "./scale";
-import { el } from "./dom";
+import { el, rangeInput } from "./dom";
 
 /** A decoded `gradcam` reply. */
 export interface GradcamResult {
@@ -171,13 +171,7 @@ export function createGradcamPanel(
   classes.setAttribute("aria-label", "Class");
   classes.title = "The class whose evidence the heatmap shows";
   classes.addEventListener("change", () => handlers.onTarget(classes.value === "" ? null : Number(classes.value)));
-  const opacity = el("input", "fm-slider");
-  opacity.type = "range";
-  opacity.min = "0";
-  opacity.max = "1";
-  opacity.step = "0.05";
-  opacity.value = "0.5";
-  opacity.setAttribute("aria-label", "Heatmap opacity");
+  const opacity = rangeInput("Heatmap opacity", { step: 0.05, value: 0.5 });
   const classField = el("label", "fm-field");
   classField.append(el("span", "fm-field-label", "Class"), classes);
   const methods = el("select", "fm-select");

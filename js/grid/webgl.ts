@@ -207,37 +207,37 @@ export class WebGLRenderer implements Renderer {
       WebGLUniformLocation | null
     >;
 
+    // Attribute 0: the tile's corner (shared quad); 1 and 2: one int per instance.
+    const corners = (buffer: WebGLBuffer): void => {
+      gl.bindBuffer(gl.ARRAY_BUFFER, buffer);
+      gl.enableVertexAttribArray(0);
+      gl.vertexAttribPointer(0, 2, gl.FLOAT, false, 0, 0);
+    };
+    const perInstance = (location: number): WebGLBuffer => {
+      const buffer = gl.createBuffer();
+      gl.bindBuffer(gl.ARRAY_BUFFER, buffer);
+      gl.enableVertexAttribArray(location);
+      gl.vertexAttribIPointer(location, 1, gl.INT, 0, 0);
+      gl.vertexAttribDivisor(location, 1);
+      return buffer;
+    };
+
     this.vao = gl.createVertexArray();
     gl.bindVertexArray(this.vao);
     this.cornerBuffer = gl.createBuffer();
     gl.bindBuffer(gl.ARRAY_BUFFER, this.cornerBuffer);
     gl.bufferData(gl.ARRAY_BUFFER, new Float32Array([0, 0, 1, 0, 0, 1, 1, 1]), gl.STATIC_DRAW);
-    gl.enableVertexAttribArray(0);
-    gl.vertexAttribPointer(0, 2, gl.FLOAT, false, 0, 0);
-    this.orderBuffer = gl.createBuffer();
-    gl.bindBuffer(gl.ARRAY_BUFFER, this.orderBuffer);
-    gl.enableVertexAttribArray(1);
-    gl.vertexAttribIPointer(1, 1, gl.INT, 0, 0);
-    gl.vertexAttribDivisor(1, 1);
+    corners(this.cornerBuffer);
+    this.orderBuffer = perInstance(1);
     gl.bindVertexArray(null);
     // The main draw leaves a_tile disabled: its constant value must be an int, or WebGL2 refuses to draw.
     gl.vertexAttribI4i(2, 0, 0, 0, 0);
 
     this.fullVao = gl.createVertexArray();
     gl.bindVertexArray(this.fullVao);
-    gl.bindBuffer(gl.ARRAY_BUFFER, this.cornerBuffer);
-    gl.enableVertexAttribArray(0);
-    gl.vertexAttribPointer(0, 2, gl.FLOAT, false, 0, 0);
-    this.fullChannelBuffer = gl.createBuffer();
-    gl.bindBuffer(gl.ARRAY_BUFFER, this.fullChannelBuffer);
-    gl.enableVertexAttribArray(1);
-    gl.vertexAttribIPointer(1, 1, gl.INT, 0, 0);
-    gl.vertexAttribDivisor(1, 1);
-    this.fullTileBuffer = gl.createBuffer();
-    gl.bindBuffer(gl.ARRAY_BUFFER, this.fullTileBuffer);
-    gl.enableVertexAttribArray(2);
-    gl.vertexAttribIPointer(2, 1, gl.INT, 0, 0);
-    gl.vertexAttribDivisor(2, 1);
+    corners(this.cornerBuffer);
+    this.fullChannelBuffer = perInstance(1);
+    this.fullTileBuffer = perInstance(2);
     gl.bindVertexArray(null);
 
     const texture = (target: number): WebGLTexture => {

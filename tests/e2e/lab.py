@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
+from playwright.sync_api import Browser, Page
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 # Flags for Debian's Chromium, headless, as root, on a closed network; shared with vitest.config.ts.
@@ -99,3 +101,30 @@ def wait_for_file_json(path: Path, predicate, timeout: float = 60.0) -> dict:
                 return last
         time.sleep(0.2)
     raise AssertionError(f"{path.name} never satisfied the condition; last content: {last}")
+
+
+def open_notebook(
+    browser: Browser, url: str, name: str, width: int = 1600, height: int = 1500
+) -> Page:
+    """A page on notebook ``name`` (single-document view), once its kernel is idle."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(f"{url}/doc/tree/{name}")
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+    return page
+
+
+def run_cell(page: Page, index: int) -> None:
+    """Run a cell as a user does (click, Shift+Enter); retry if the kernel was not listening yet."""
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    prompt = cell.locator(".jp-InputPrompt")
+    for _ in range(3):
+        cell.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+        try:
+            page.wait_for_function(
+                "p => p.textContent.trim() !== '[ ]:'", arg=prompt.element_handle(), timeout=10_000
+            )
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"cell {index} never started running")

@@ -16,11 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from playwright import sync_api as playwright
 
-from .lab import CHROMIUM, CHROMIUM_ARGS, jupyter_lab, wait_for_file_json, write_notebook
-
-playwright = pytest.importorskip(
-    "playwright.sync_api", reason="Python playwright is a test dependency"
+from .lab import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    jupyter_lab,
+    open_notebook,
+    run_cell,
+    wait_for_file_json,
+    write_notebook,
 )
 
 pytestmark = pytest.mark.e2e
@@ -52,23 +57,6 @@ DRIVE = """\
 w.layer = "features.2.conv.0.0"
 w.channel = 3
 """
-
-
-def _run_cell(page, index: int) -> None:
-    """Run a cell as a user does (click, Shift+Enter); retry if the kernel was not listening yet."""
-    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
-    prompt = cell.locator(".jp-InputPrompt")
-    for _ in range(3):
-        cell.locator(".jp-InputArea-editor").click()
-        page.keyboard.press("Shift+Enter")
-        try:
-            page.wait_for_function(
-                "p => p.textContent.trim() !== '[ ]:'", arg=prompt.element_handle(), timeout=10_000
-            )
-            return
-        except playwright.TimeoutError:
-            continue
-    raise AssertionError(f"cell {index} never started running")
 
 
 def _ready(page, timeout: float = 90_000) -> None:
@@ -135,17 +123,13 @@ def test_widget_in_jupyterlab(lab) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1500})
+        page = open_notebook(browser, url, "e2e.ipynb")
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"{url}/doc/tree/e2e.ipynb")
-        page.wait_for_selector(
-            ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000
-        )
 
         # Run the set-up cell and the display cell.
-        _run_cell(page, 0)
-        _run_cell(page, 1)
+        run_cell(page, 0)
+        run_cell(page, 1)
         _ready(page)
         layers = json.loads((root / "layers.json").read_text())
         first = np.load(root / "first.npy")  # (C, H, W) of the first layer, sample 0
@@ -210,7 +194,7 @@ def test_widget_in_jupyterlab(lab) -> None:
         _ready(page)
 
         # Python drives the view: layer and channel set in a cell show up in the browser.
-        _run_cell(page, 2)
+        run_cell(page, 2)
         page.wait_for_selector("[aria-label='Channel detail'][data-state='ready']")
         assert page.locator(".fmwidget").inner_text().count("features.2.conv.0.0") >= 1
         assert slider.evaluate("s => Number(s.value)") == layers.index("features.2.conv.0.0")
@@ -344,15 +328,11 @@ def test_groups_and_compare_in_jupyterlab(lab) -> None:
     state = root / "state2.json"
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1500})
+        page = open_notebook(browser, url, "e2e2.ipynb")
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"{url}/doc/tree/e2e2.ipynb")
-        page.wait_for_selector(
-            ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000
-        )
         for index in range(3):
-            _run_cell(page, index)
+            run_cell(page, index)
         roots = page.locator(".fmwidget")
         page.wait_for_function(
             "() => [...document.querySelectorAll('.fmwidget')].length === 4 && "
