@@ -3,7 +3,6 @@ import {
   decodeArray,
   decodeArrays,
   isDropped,
-  type LayerMeta,
   type Reply,
   RequestDropped,
   RequestError,
@@ -11,6 +10,7 @@ import {
   toLayerData,
 } from "./protocol";
 import { FakeComm } from "./testing/fake-comm";
+import { layerMeta } from "./testing/fixtures";
 
 /** A DataView over `bytes` placed at `offset` inside a larger buffer, as a comm message may deliver it. */
 function viewAt(bytes: Uint8Array, offset: number): DataView {
@@ -255,23 +255,7 @@ describe("Requester", () => {
 });
 
 describe("toLayerData", () => {
-  const meta: LayerMeta = {
-    name: "conv1",
-    module: "conv1",
-    call: 1,
-    type: "Conv2d",
-    shape: [1, 2, 4, 4],
-    dtype: "float32",
-    min: -1,
-    max: 3,
-    dead: 0,
-    constant: 0,
-    nonfinite: 0,
-    kind: "conv",
-    pre: null,
-    post: null,
-    filter: true,
-  };
+  const meta = layerMeta("conv1", { shape: [1, 2, 4, 4], min: -1, max: 3, filter: true });
 
   function layerReply(stored: number[], values: number): Reply {
     const [c] = stored;
