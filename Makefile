@@ -49,6 +49,7 @@ lint: setup
 	$(BIN)/ruff check fmwidget tests benchmarks scripts notebooks
 	$(BIN)/ruff format --check fmwidget tests benchmarks scripts notebooks
 	npx tsc --noEmit
+	npx biome check js
 
 test-js: setup chromium
 	npx vitest run

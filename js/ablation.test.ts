@@ -27,7 +27,14 @@ describe("ablation text", () => {
 
   it("says how the predicted class's probability moved and names a new top class", () => {
     expect(changeSummary(CAT)).toBe("Egyptian cat 71.2% → 40.1% (−31.1 pts) · now tabby 45.0%");
-    const same = { ...CAT, label_before: null, label_after: null, top_after: 285, prob_after: 0.65, prob_change: -0.062 };
+    const same = {
+      ...CAT,
+      label_before: null,
+      label_after: null,
+      top_after: 285,
+      prob_after: 0.65,
+      prob_change: -0.062,
+    };
     expect(changeSummary(same)).toBe("class 285 71.2% → 65.0% (−6.2 pts) · still the top class");
   });
 });

@@ -8,8 +8,9 @@
  *   const bar = createAblationBar(root, { onAblate: send, onDismiss: clear, onShowLayer: (n) => setLayer(n) });
  *   bar.update({ ablation: model.get("ablation"), sample: 0, numSamples: 1, layer: "conv1", selected: [3], pending: false, error: "" });
  */
-import type { Ablation, AblationChange } from "./protocol";
+
 import { el } from "./dom";
+import type { Ablation, AblationChange } from "./protocol";
 
 /** Everything the row shows. */
 export interface AblationBarState {
@@ -184,7 +185,10 @@ export function createAblationBar(container: HTMLElement, handlers: AblationHand
         points.textContent = parts === null ? "" : `(${parts.points})`;
         points.dataset.trend = parts?.trend ?? "none";
         effectTail.textContent = parts?.tail ?? "";
-        effectTail.classList.toggle("fm-ablation-moved", change !== undefined && change.top_after !== change.top_before);
+        effectTail.classList.toggle(
+          "fm-ablation-moved",
+          change !== undefined && change.top_after !== change.top_before,
+        );
       }
       show.hidden = a === null || a.layer === s.layer;
       error.hidden = s.error === "";
@@ -198,7 +202,8 @@ export function createAblationBar(container: HTMLElement, handlers: AblationHand
       selection.textContent = n === 0 ? "" : `${n} ${n === 1 ? "channel" : "channels"} selected`;
       ablate.disabled = s.pending;
       ablate.textContent = s.pending ? "Ablating…" : "Ablate selected";
-      ablate.title = n === 0 ? "" : `Zero ${channelList(s.selected)} of ${s.layer}, re-run the model and compare the prediction`;
+      ablate.title =
+        n === 0 ? "" : `Zero ${channelList(s.selected)} of ${s.layer}, re-run the model and compare the prediction`;
       dismiss.hidden = a === null && s.error === "";
       element.hidden = a === null && s.error === "" && n === 0;
     },

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { LayerLoader, layerKey, LruCache } from "./cache";
+import { LayerLoader, LruCache, layerKey } from "./cache";
 import { type LayerMeta, Requester } from "./protocol";
 import { FakeComm } from "./testing/fake-comm";
 import { layerMeta } from "./testing/fixtures";
@@ -49,7 +49,9 @@ describe("layerKey", () => {
     const base = { revision: 1, sample: 0, layer: "layer1.0/conv" };
     expect(layerKey(base)).not.toBe(layerKey({ ...base, revision: 2 }));
     expect(layerKey(base)).not.toBe(layerKey({ ...base, sample: 1 }));
-    expect(layerKey({ revision: 1, sample: 10, layer: "x" })).not.toBe(layerKey({ revision: 11, sample: 0, layer: "x" }));
+    expect(layerKey({ revision: 1, sample: 10, layer: "x" })).not.toBe(
+      layerKey({ revision: 11, sample: 0, layer: "x" }),
+    );
   });
 });
 
@@ -64,14 +66,26 @@ class FakeKernel extends FakeComm {
       id: req.id,
       kind: "layer",
       ok: true,
-      meta: { layer: req.layer, sample: req.sample, revision: req.revision, shape: [2, 2, 2], stored: [2, 2, 2], downsample: 1, channels: null },
+      meta: {
+        layer: req.layer,
+        sample: req.sample,
+        revision: req.revision,
+        shape: [2, 2, 2],
+        stored: [2, 2, 2],
+        downsample: 1,
+        channels: null,
+      },
       arrays: [
         { name: "values", dtype: "uint8", shape: [2, 2, 2] },
         { name: "stats", dtype: "float32", shape: [2, 6] },
         { name: "flags", dtype: "uint8", shape: [2] },
       ],
     };
-    const buffers = [new DataView(new ArrayBuffer(8)), new DataView(new ArrayBuffer(48)), new DataView(new ArrayBuffer(2))];
+    const buffers = [
+      new DataView(new ArrayBuffer(8)),
+      new DataView(new ArrayBuffer(48)),
+      new DataView(new ArrayBuffer(2)),
+    ];
     this.deliver(msg, buffers);
   }
 }
@@ -141,14 +155,19 @@ describe("LayerLoader", () => {
 
   it("rejects a layer that is not captured, naming it", async () => {
     const { loader } = setup();
-    await expect(loader.load({ revision: 0, layer: "zzz", sample: 0 })).rejects.toThrow(/layer "zzz" is not among the captured layers/);
+    await expect(loader.load({ revision: 0, layer: "zzz", sample: 0 })).rejects.toThrow(
+      /layer "zzz" is not among the captured layers/,
+    );
   });
 });
 
 describe("LayerLoader races", () => {
   it("asks again for a layer whose request a newer load replaced in the same task (A, B, A)", async () => {
     const { kernel, loader } = setup();
-    const dropped = [loader.load({ revision: 0, layer: "a", sample: 0 }), loader.load({ revision: 0, layer: "b", sample: 0 })];
+    const dropped = [
+      loader.load({ revision: 0, layer: "a", sample: 0 }),
+      loader.load({ revision: 0, layer: "b", sample: 0 }),
+    ];
     const again = loader.load({ revision: 0, layer: "a", sample: 0 });
     for (const p of dropped) await expect(p).rejects.toThrow(/dropped/);
     // One request per purpose is at the kernel: the newest waits for the first one's (unused) reply.

@@ -189,10 +189,11 @@ export class LayerLoader {
 
   private pump(): void {
     if (this.prefetching || this.shownPending > 0) return;
-    let next: LayerKey | undefined;
-    while ((next = this.queue.shift()) !== undefined) {
+    let next = this.queue.shift();
+    while (next !== undefined) {
       const k = layerKey(next);
       if (!this.cache.has(k) && !this.inflight.has(k) && this.options.metaOf(next.layer) !== undefined) break;
+      next = this.queue.shift();
     }
     if (next === undefined) return;
     this.prefetching = true;

@@ -7,7 +7,7 @@
  *   const bar = createColorbar(box);
  *   bar.update("viridis", -0.5, 3.2, "layer scale");
  */
-import { type ColormapName, NAN_COLOR, colormapLUT } from "./colormaps";
+import { type ColormapName, colormapLUT, NAN_COLOR } from "./colormaps";
 import { formatValue } from "./scale";
 
 export interface Colorbar {
@@ -82,7 +82,11 @@ export function createColorbar(container: HTMLElement): Colorbar {
     caption.textContent = label;
     const values = niceTicks(lo, hi, 5);
     // The ends are labelled with the exact range so the extremes are never left to guesswork.
-    const all = [hi, ...values.filter((v) => Math.abs(v - hi) > 0.08 * (hi - lo) && Math.abs(v - lo) > 0.08 * (hi - lo)), lo];
+    const all = [
+      hi,
+      ...values.filter((v) => Math.abs(v - hi) > 0.08 * (hi - lo) && Math.abs(v - lo) > 0.08 * (hi - lo)),
+      lo,
+    ];
     ticks.replaceChildren(
       ...all.map((v) => {
         const t = document.createElement("div");

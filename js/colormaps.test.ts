@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { COLORMAPS, NAN_COLOR, colormapLUT, isDiverging, type ColormapName } from "./colormaps";
+import { COLORMAPS, type ColormapName, colormapLUT, isDiverging, NAN_COLOR } from "./colormaps";
 
 /** Relative luminance (WCAG, linear-light sRGB) of LUT entry i. */
 function luminance(lut: Uint8Array, i: number): number {

@@ -25,11 +25,7 @@ const cache = new Map<ColormapName, Uint8Array>();
 /** Parses the two forms d3 interpolators return: "#rrggbb" and "rgb(r, g, b)". */
 function parseColor(css: string): [number, number, number] {
   if (css.startsWith("#") && css.length === 7) {
-    return [
-      parseInt(css.slice(1, 3), 16),
-      parseInt(css.slice(3, 5), 16),
-      parseInt(css.slice(5, 7), 16),
-    ];
+    return [parseInt(css.slice(1, 3), 16), parseInt(css.slice(3, 5), 16), parseInt(css.slice(5, 7), 16)];
   }
   const m = /^rgb\((\d+),\s*(\d+),\s*(\d+)\)$/.exec(css);
   if (m === null) throw new Error(`colormaps: cannot parse colour "${css}" from d3-scale-chromatic`);

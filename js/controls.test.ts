@@ -18,7 +18,9 @@ function meta(name: string, extra: Partial<LayerMeta> = {}): LayerMeta {
 /** Stats rows [min, max, mean, zeros, nan, inf] for channels with the given means, maxes and zero fractions. */
 function stats(rows: [number, number, number][]): Float32Array {
   const s = new Float32Array(rows.length * 6);
-  rows.forEach(([mean, max, zeros], c) => s.set([0, max, mean, zeros, 0, 0], 6 * c));
+  rows.forEach(([mean, max, zeros], c) => {
+    s.set([0, max, mean, zeros, 0, 0], 6 * c);
+  });
   return s;
 }
 
@@ -150,7 +152,9 @@ describe("controls", () => {
     controls.update(state());
     const picker = root.querySelector<HTMLSelectElement>('select[aria-label="Sample"]')!;
     expect(picker.closest("label")!.hidden).toBe(true);
-    controls.update(state({ numSamples: 2, sample: 1, predictions: [[{ index: 285, label: "Egyptian cat", prob: 0.71 }], []] }));
+    controls.update(
+      state({ numSamples: 2, sample: 1, predictions: [[{ index: 285, label: "Egyptian cat", prob: 0.71 }], []] }),
+    );
     expect(picker.closest("label")!.hidden).toBe(false);
     expect(Array.from(picker.options).map((o) => o.textContent)).toEqual(["#0 · Egyptian cat 71%", "#1"]);
     expect(picker.value).toBe("1");
@@ -159,10 +163,17 @@ describe("controls", () => {
   it("labels samples with their group and classes without names by index", () => {
     const { controls, root } = mount();
     controls.update(
-      state({ numSamples: 2, groups: ["indoor", "outdoor"], predictions: [[{ index: 17, label: null, prob: 0.5 }], []] }),
+      state({
+        numSamples: 2,
+        groups: ["indoor", "outdoor"],
+        predictions: [[{ index: 17, label: null, prob: 0.5 }], []],
+      }),
     );
     const picker = root.querySelector<HTMLSelectElement>('select[aria-label="Sample"]')!;
-    expect(Array.from(picker.options).map((o) => o.textContent)).toEqual(["#0 · class 17 50% · [indoor]", "#1 · [outdoor]"]);
+    expect(Array.from(picker.options).map((o) => o.textContent)).toEqual([
+      "#0 · class 17 50% · [indoor]",
+      "#1 · [outdoor]",
+    ]);
   });
 
   it("offers the group-effect sort only with groups, and reports the Grad-CAM toggle", () => {

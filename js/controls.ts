@@ -8,9 +8,9 @@
  *   controls.update(stateFromModel());
  */
 import { COLORMAPS, type ColormapName } from "./colormaps";
+import { el, rangeInput } from "./dom";
 import type { LayerMeta, Prediction, SortKey } from "./protocol";
 import type { Scope } from "./scale";
-import { el, rangeInput } from "./dom";
 
 /** Everything the controls display, as read from the model's traits. */
 export interface ControlState {
@@ -159,7 +159,11 @@ export function tileOrder(
   return Int32Array.from(order.slice(0, k));
 }
 
-function select<T extends string>(label: string, options: readonly [T, string][], onChange: (v: T) => void): HTMLSelectElement {
+function select<T extends string>(
+  label: string,
+  options: readonly [T, string][],
+  onChange: (v: T) => void,
+): HTMLSelectElement {
   const s = el("select", "fm-select");
   s.setAttribute("aria-label", label);
   s.title = label;
@@ -201,7 +205,10 @@ export function createControls(container: HTMLElement, handlers: ControlHandlers
   const showPosition = (index: number): void => {
     const meta = layers[index];
     position.textContent = meta === undefined ? "" : `${index + 1} / ${layers.length}`;
-    slider.setAttribute("aria-valuetext", meta === undefined ? "" : `${meta.name} (${meta.type}, ${formatShape(meta.shape)})`);
+    slider.setAttribute(
+      "aria-valuetext",
+      meta === undefined ? "" : `${meta.name} (${meta.type}, ${formatShape(meta.shape)})`,
+    );
   };
   // Dragging fires `input` far more often than a layer can be fetched: the position and the header's
   // name follow every event, the layer change goes out once per frame with the latest position.
@@ -237,7 +244,7 @@ export function createControls(container: HTMLElement, handlers: ControlHandlers
   const sampleField = field("Sample", sample);
 
   const sort = select("Sort tiles", SORTS, handlers.onSort);
-  const effectOption = [...sort.options].find((o) => o.value === "effect")!;
+  const effectOption = [...sort.options].find((o) => o.value === "effect") as HTMLOptionElement;
   const gradcam = el("input", "fm-checkbox");
   gradcam.type = "checkbox";
   gradcam.setAttribute("aria-label", "Grad-CAM");

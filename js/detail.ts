@@ -7,11 +7,11 @@
  *   detail.show(5);        // request channel 5 of the current layer and open
  *   detail.show(null);     // close
  */
-import { colormapLUT, type ColormapName, NAN_COLOR } from "./colormaps";
-import { formatValue, displayRange, type Scope, toUnit } from "./scale";
-import { isDropped, type LayerMeta, type Requester } from "./protocol";
-import { themeColors } from "./theme";
+import { type ColormapName, colormapLUT, NAN_COLOR } from "./colormaps";
 import { el, rangeInput } from "./dom";
+import { isDropped, type LayerMeta, type Requester } from "./protocol";
+import { displayRange, formatValue, type Scope, toUnit } from "./scale";
+import { themeColors } from "./theme";
 
 /** What the channel view reads from the widget (always the current state). */
 export interface DetailContext {
@@ -176,6 +176,8 @@ interface InputImage {
 }
 
 const HIST_BINS = 64;
+/** The channel map's largest height on screen (CSS px); the style sheet's max-height says the same. */
+const MAP_MAX_HEIGHT = 420;
 
 /**
  * Builds the channel view inside `container` (hidden until a channel is shown).
@@ -284,35 +286,35 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
     body.classList.add("fm-stale");
     ctx.requester
       .request("channel", { layer: layer.name, sample: ctx.sample(), channel: ch }, { purpose: "detail" })
-      .then(
-        (reply) => {
-          if (wanted !== key) return;
-          const shape = reply.meta.shape as [number, number];
-          const values = reply.arrays.values?.data;
-          if (!(values instanceof Float32Array) || values.length !== shape[0] * shape[1]) {
-            throw new Error(`channel reply for ${layer.name} channel ${ch} has no float32 values of shape ${JSON.stringify(shape)}`);
-          }
-          const f = reply.arrays.filter;
-          loaded = {
-            key,
-            layer: layer.name,
-            channel: ch,
-            height: shape[0],
-            width: shape[1],
-            values,
-            stats: channelStats(values),
-            filter:
-              f !== undefined && f.data instanceof Float32Array && f.shape.length === 3
-                ? { data: f.data, cin: f.shape[0], kh: f.shape[1], kw: f.shape[2], rgb: reply.meta.rgb === true }
-                : null,
-          };
-          setMessage("");
-          element.dataset.state = "ready";
-          body.classList.remove("fm-stale");
-          body.hidden = false;
-          draw();
-        },
-      )
+      .then((reply) => {
+        if (wanted !== key) return;
+        const shape = reply.meta.shape as [number, number];
+        const values = reply.arrays.values?.data;
+        if (!(values instanceof Float32Array) || values.length !== shape[0] * shape[1]) {
+          throw new Error(
+            `channel reply for ${layer.name} channel ${ch} has no float32 values of shape ${JSON.stringify(shape)}`,
+          );
+        }
+        const f = reply.arrays.filter;
+        loaded = {
+          key,
+          layer: layer.name,
+          channel: ch,
+          height: shape[0],
+          width: shape[1],
+          values,
+          stats: channelStats(values),
+          filter:
+            f !== undefined && f.data instanceof Float32Array && f.shape.length === 3
+              ? { data: f.data, cin: f.shape[0], kh: f.shape[1], kw: f.shape[2], rgb: reply.meta.rgb === true }
+              : null,
+        };
+        setMessage("");
+        element.dataset.state = "ready";
+        body.classList.remove("fm-stale");
+        body.hidden = false;
+        draw();
+      })
       .catch((e: unknown) => {
         if (isDropped(e) || wanted !== key) return;
         element.dataset.state = "error";
@@ -368,6 +370,9 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
     paint(loaded.values, colormapLUT(ctx.colormap()), range[0], range[1], image.data);
     map.getContext("2d")?.putImageData(image, 0, 0);
     map.style.aspectRatio = `${loaded.width} / ${loaded.height}`;
+    // The element is exactly the drawn map (no letterbox margins): pointer positions map to pixels
+    // by the element's box, and a tall map is narrowed rather than padded.
+    map.style.width = `min(100%, ${((MAP_MAX_HEIGHT * loaded.width) / loaded.height).toFixed(2)}px)`;
     drawHistogram();
     drawStats();
     drawFilter();

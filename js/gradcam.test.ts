@@ -42,7 +42,8 @@ describe("heatmapPicture", () => {
     const image = heatmapPicture(result(), input, 1);
     expect([image.width, image.height]).toEqual([32, 32]);
     const lut = heatmapLUT();
-    const at = (r: number, c: number): number[] => Array.from(image.data.subarray(4 * (r * 32 + c), 4 * (r * 32 + c) + 3));
+    const at = (r: number, c: number): number[] =>
+      Array.from(image.data.subarray(4 * (r * 32 + c), 4 * (r * 32 + c) + 3));
     // Bottom-left 8×8 block is the peak's pixel; its centre gets the top of the colormap.
     expect(at(28, 3)).toEqual(Array.from(lut.subarray(4 * 255, 4 * 255 + 3)));
     expect(at(4, 4)).toEqual(Array.from(lut.subarray(0, 3)));
@@ -63,7 +64,12 @@ describe("Grad-CAM panel", () => {
     for (const h of hosts.splice(0)) h.remove();
   });
 
-  function mount(): { panel: ReturnType<typeof createGradcamPanel>; targets: (number | null)[]; methods: string[]; root: HTMLElement } {
+  function mount(): {
+    panel: ReturnType<typeof createGradcamPanel>;
+    targets: (number | null)[];
+    methods: string[];
+    root: HTMLElement;
+  } {
     const root = document.createElement("div");
     document.body.append(root);
     hosts.push(root);

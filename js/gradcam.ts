@@ -13,9 +13,9 @@
  */
 import { heatmapLUT } from "./colormaps";
 import { formatPercent, predictionLabel } from "./controls";
+import { el, rangeInput } from "./dom";
 import type { Prediction } from "./protocol";
 import { formatValue } from "./scale";
-import { el, rangeInput } from "./dom";
 
 /** A decoded `gradcam` reply. */
 export interface GradcamResult {
@@ -232,20 +232,33 @@ export function createGradcamPanel(
   function describe(): void {
     if (result === null) return;
     const r = result;
-    const cls = r.target === null ? "the predicted class" : r.label === null ? `class ${r.target}` : `${r.label} (${r.target})`;
+    const cls =
+      r.target === null ? "the predicted class" : r.label === null ? `class ${r.target}` : `${r.label} (${r.target})`;
     const size = `${r.height} × ${r.width} map`;
-    const upsampled = input === null || (input.height === r.height && input.width === r.width) ? "" : `, upsampled to ${input.height} × ${input.width}`;
+    const upsampled =
+      input === null || (input.height === r.height && input.width === r.width)
+        ? ""
+        : `, upsampled to ${input.height} × ${input.width}`;
     caption.replaceChildren(
       el("div", "fm-gradcam-layer", r.layer),
-      el("div", "fm-gradcam-method", r.method === "gradcam" ? "method: Grad-CAM (ours)" : `method: ${camMethodLabel(r.method)} (pytorch-grad-cam)`),
-      el("div", "", r.normalized ? `${size} at input resolution, scaled to [0, 1] per image${upsampled}` : `${size}${upsampled}`),
+      el(
+        "div",
+        "fm-gradcam-method",
+        r.method === "gradcam" ? "method: Grad-CAM (ours)" : `method: ${camMethodLabel(r.method)} (pytorch-grad-cam)`,
+      ),
+      el(
+        "div",
+        "",
+        r.normalized ? `${size} at input resolution, scaled to [0, 1] per image${upsampled}` : `${size}${upsampled}`,
+      ),
       el("div", "", `class: ${cls}`),
     );
     const m = peak(r.heatmap);
     legendHigh.textContent = r.normalized ? "1" : formatValue(m);
     const notes: string[] = [];
     if (!(m > 0)) notes.push("Zero everywhere: no positive evidence for this class at this layer.");
-    if (r.weights.length === 0) notes.push("No per-channel weights: tile badges and the Grad-CAM sort need Grad-CAM (ours).");
+    if (r.weights.length === 0)
+      notes.push("No per-channel weights: tile badges and the Grad-CAM sort need Grad-CAM (ours).");
     if (inputNote !== "") notes.push(inputNote);
     note.textContent = notes.join(" ");
   }
@@ -275,7 +288,8 @@ export function createGradcamPanel(
       const entries: [string, string][] = [["", "predicted"]];
       for (const p of predictions) entries.push([String(p.index), `${predictionLabel(p)} (${formatPercent(p.prob)})`]);
       // A class set from Python outside the top 5 is still shown as chosen.
-      if (target !== null && !predictions.some((p) => p.index === target)) entries.push([String(target), `class ${target}`]);
+      if (target !== null && !predictions.some((p) => p.index === target))
+        entries.push([String(target), `class ${target}`]);
       classes.replaceChildren(
         ...entries.map(([value, text]) => {
           const o = document.createElement("option");

@@ -7,9 +7,10 @@
  *   const bar = createGroupBar(root, { onPair: (p) => setTrait("group_pair", p), onSample: (i) => setTrait("sample", i) });
  *   bar.update({ groups, pair: model.get("group_pair"), info: data.groups, effect: data.effect });
  */
+
+import { el } from "./dom";
 import type { GroupsInfo } from "./protocol";
 import { formatValue } from "./scale";
-import { el } from "./dom";
 
 /**
  * The distinct group labels, in order of first appearance.
@@ -30,8 +31,10 @@ export function distinctLabels(groups: readonly string[]): string[] {
  */
 export function pairOptions(labels: readonly string[], current: readonly string[]): [string, string][] {
   const pairs: [string, string][] = [];
-  for (let i = 0; i < labels.length; i++) for (let j = i + 1; j < labels.length; j++) pairs.push([labels[i], labels[j]]);
-  if (current.length === 2 && !pairs.some(([a, b]) => a === current[0] && b === current[1])) pairs.push([current[0], current[1]]);
+  for (let i = 0; i < labels.length; i++)
+    for (let j = i + 1; j < labels.length; j++) pairs.push([labels[i], labels[j]]);
+  if (current.length === 2 && !pairs.some(([a, b]) => a === current[0] && b === current[1]))
+    pairs.push([current[0], current[1]]);
   return pairs;
 }
 

@@ -4,7 +4,7 @@ import {
   decodeArrays,
   isDropped,
   type Reply,
-  RequestDropped,
+  type RequestDropped,
   RequestError,
   Requester,
   toLayerData,
@@ -210,7 +210,9 @@ describe("Requester", () => {
     const model = new FakeModel();
     const r = new Requester(model, { revision: () => 0 });
     const p = settled(r.request("channel", {}));
-    model.reply(model.sent[0], { arrays: [{ name: "values", dtype: "float32", shape: [4] }] }, [viewAt(new Uint8Array(4), 0)]);
+    model.reply(model.sent[0], { arrays: [{ name: "values", dtype: "float32", shape: [4] }] }, [
+      viewAt(new Uint8Array(4), 0),
+    ]);
     expect(((await p).error as Error).message).toMatch(/malformed channel reply: .*needs 16 bytes/);
   });
 
@@ -279,6 +281,8 @@ describe("toLayerData", () => {
   });
 
   it("names the array whose length does not match meta.stored", () => {
-    expect(() => toLayerData(layerReply([2, 2, 2], 7), meta)).toThrow(/array "values" is uint8 \[2, 2, 2\]; expected 8 values/);
+    expect(() => toLayerData(layerReply([2, 2, 2], 7), meta)).toThrow(
+      /array "values" is uint8 \[2, 2, 2\]; expected 8 values/,
+    );
   });
 });

@@ -236,8 +236,8 @@ export function isDropped(error: unknown): error is RequestDropped {
 /** The part of an anywidget model the requester needs (a fake one in tests). */
 export interface MessageModel {
   send(content: unknown, callbacks?: unknown, buffers?: ArrayBuffer[] | ArrayBufferView[]): void;
-  on(event: "msg:custom", callback: (msg: any, buffers: DataView[]) => void): void;
-  off(event: "msg:custom", callback: (msg: any, buffers: DataView[]) => void): void;
+  on(event: "msg:custom", callback: (msg: unknown, buffers: DataView[]) => void): void;
+  off(event: "msg:custom", callback: (msg: unknown, buffers: DataView[]) => void): void;
 }
 
 export interface RequesterOptions {

@@ -65,6 +65,7 @@ describe("formatValue", () => {
     [1, "1"],
     [-0.5, "-0.5"],
     [0.012345, "0.0123"],
+    // biome-ignore lint/suspicious/noApproximativeNumericConstant: a value with many digits, not π.
     [3.14159, "3.14"],
     [999.7, "1000"],
     [1234.4, "1234"],

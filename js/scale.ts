@@ -82,7 +82,7 @@ export function toUnit(v: number, lo: number, hi: number): number {
   if (Number.isNaN(v)) return NaN;
   if (!(hi > lo)) return 0.5;
   const t = (v - lo) / (hi - lo);
-  return t < 0 ? 0 : t > 1 ? 1 : t;
+  return Math.min(1, Math.max(0, t));
 }
 
 /**

@@ -2,8 +2,8 @@ import { afterEach, describe, expect, it } from "vitest";
 import { userEvent } from "vitest/browser";
 import { exactValue } from "./detail";
 import type { LayerMeta, Traits } from "./protocol";
-import widget from "./widget";
 import { layerMeta } from "./testing/fixtures";
+import widget from "./widget";
 
 const C = 4;
 const H = 8;
@@ -98,7 +98,11 @@ class FakeWidgetModel {
   releaseAll(): void {
     while (this.held.length > 0) this.release();
   }
-  private reply(req: Record<string, any>, meta: Record<string, unknown>, arrays: [string, string, number[], ArrayBufferView][]): void {
+  private reply(
+    req: Record<string, any>,
+    meta: Record<string, unknown>,
+    arrays: [string, string, number[], ArrayBufferView][],
+  ): void {
     const msg = {
       type: "reply",
       v: 1,
@@ -117,14 +121,25 @@ class FakeWidgetModel {
     for (const h of this.handlers.get("msg:custom") ?? []) h(msg, buffers);
   }
   private error(req: Record<string, any>, error: string): void {
-    for (const h of this.handlers.get("msg:custom") ?? []) h({ type: "reply", v: 1, id: req.id, kind: req.kind, ok: false, error }, []);
+    for (const h of this.handlers.get("msg:custom") ?? [])
+      h({ type: "reply", v: 1, id: req.id, kind: req.kind, ok: false, error }, []);
   }
   private answer(req: Record<string, any>): void {
     const layerIndex = this.attrs.layers.findIndex((l) => l.name === req.layer);
     const shape = this.attrs.layers[layerIndex]?.shape;
     if (req.layer === "broken") {
       for (const h of this.handlers.get("msg:custom") ?? []) {
-        h({ type: "reply", v: 1, id: req.id, kind: req.kind, ok: false, error: 'capture of "broken" failed: shape (1, 3) is not 4-D' }, []);
+        h(
+          {
+            type: "reply",
+            v: 1,
+            id: req.id,
+            kind: req.kind,
+            ok: false,
+            error: 'capture of "broken" failed: shape (1, 3) is not 4-D',
+          },
+          [],
+        );
       }
       return;
     }
@@ -137,14 +152,29 @@ class FakeWidgetModel {
       this.set("ablation", { ...ABLATION, layer: req.layer, channels: req.channels });
       this.reply(req, { layer: req.layer, channels: req.channels }, []);
     } else if (req.kind === "gradcam" && req.method !== "gradcam" && req.layer === "relu1") {
-      this.error(req, `${req.method} hooks whole modules, so it needs a module's first call with a tensor output; layer 'relu1' is call 2 of module 'relu'`);
+      this.error(
+        req,
+        `${req.method} hooks whole modules, so it needs a module's first call with a tensor output; layer 'relu1' is call 2 of module 'relu'`,
+      );
     } else if (req.kind === "gradcam" && req.method !== "gradcam") {
       // pytorch-grad-cam's maps: input-sized (16×16), on [0, 1], no channel weights.
       const heatmap = new Float32Array(256).map((_, i) => (i % 16) / 15);
-      this.reply(req, { layer: req.layer, sample: req.sample, target: req.target ?? 285, label: "Egyptian cat", shape: [16, 16], method: req.method, normalized: true }, [
-        ["heatmap", "float32", [16, 16], heatmap],
-        ["weights", "float32", [0], new Float32Array(0)],
-      ]);
+      this.reply(
+        req,
+        {
+          layer: req.layer,
+          sample: req.sample,
+          target: req.target ?? 285,
+          label: "Egyptian cat",
+          shape: [16, 16],
+          method: req.method,
+          normalized: true,
+        },
+        [
+          ["heatmap", "float32", [16, 16], heatmap],
+          ["weights", "float32", [0], new Float32Array(0)],
+        ],
+      );
     } else if (req.kind === "layer" && req.layer === "big") {
       this.answerBig(req);
     } else if (req.kind === "layer" && shape !== undefined && (shape[1] !== C || shape[2] !== H || shape[3] !== W)) {
@@ -152,11 +182,15 @@ class FakeWidgetModel {
       const [, c, h, w] = shape;
       const stats = new Float32Array(c * 6);
       for (let i = 0; i < c; i++) stats.set([0, 1, 0.5, 0, 0, 0], 6 * i);
-      this.reply(req, { layer: req.layer, sample: req.sample, shape: [c, h, w], stored: [c, h, w], downsample: 1, channels: null }, [
-        ["values", "uint8", [c, h, w], new Uint8Array(c * h * w).fill(100)],
-        ["stats", "float32", [c, 6], stats],
-        ["flags", "uint8", [c], new Uint8Array(c)],
-      ]);
+      this.reply(
+        req,
+        { layer: req.layer, sample: req.sample, shape: [c, h, w], stored: [c, h, w], downsample: 1, channels: null },
+        [
+          ["values", "uint8", [c, h, w], new Uint8Array(c * h * w).fill(100)],
+          ["stats", "float32", [c, 6], stats],
+          ["flags", "uint8", [c], new Uint8Array(c)],
+        ],
+      );
     } else if (req.kind === "layer") {
       const values = new Uint8Array(C * H * W);
       const stats = new Float32Array(C * 6);
@@ -171,7 +205,14 @@ class FakeWidgetModel {
           }
         }
       }
-      const replyMeta: Record<string, unknown> = { layer: req.layer, sample: req.sample, shape: [C, H, W], stored: [C, H, W], downsample: 1, channels: null };
+      const replyMeta: Record<string, unknown> = {
+        layer: req.layer,
+        sample: req.sample,
+        shape: [C, H, W],
+        stored: [C, H, W],
+        downsample: 1,
+        channels: null,
+      };
       const arrays: [string, string, number[], ArrayBufferView][] = [
         ["values", "uint8", [C, H, W], values],
         ["stats", "float32", [C, 6], stats],
@@ -180,7 +221,10 @@ class FakeWidgetModel {
       const pair = req.pairAtKernel as string[];
       if (this.attrs.groups.length > 0 && pair.length === 2) {
         const examples: Record<string, number[]> = {};
-        this.attrs.groups.forEach((g, i) => (examples[g] ??= []).push(i));
+        this.attrs.groups.forEach((g, i) => {
+          examples[g] ??= [];
+          examples[g].push(i);
+        });
         const counts = Object.fromEntries(Object.entries(examples).map(([g, list]) => [g, list.length]));
         replyMeta.groups = { pair, counts, examples };
         // The pair's order sets the sign of d.
@@ -190,27 +234,42 @@ class FakeWidgetModel {
       this.reply(req, replyMeta, arrays);
     } else if (req.kind === "channel") {
       const values = new Float32Array(H * W);
-      for (let r = 0; r < H; r++) for (let col = 0; col < W; col++) values[r * W + col] = activation(layerIndex, req.channel, r, col);
+      for (let r = 0; r < H; r++)
+        for (let col = 0; col < W; col++) values[r * W + col] = activation(layerIndex, req.channel, r, col);
       const filter = new Float32Array(2 * 3 * 3).map((_, i) => (i % 5) - 2);
       this.reply(
         req,
-        { layer: req.layer, sample: req.sample, channel: req.channel, shape: [H, W], filter_shape: [2, 3, 3], rgb: false },
+        {
+          layer: req.layer,
+          sample: req.sample,
+          channel: req.channel,
+          shape: [H, W],
+          filter_shape: [2, 3, 3],
+          rgb: false,
+        },
         [
           ["values", "float32", [H, W], values],
           ["filter", "float32", [2, 3, 3], filter],
         ],
       );
     } else if (req.kind === "input") {
-      this.reply(req, { sample: req.sample, shape: [16, 16, 3] }, [["image", "uint8", [16, 16, 3], new Uint8Array(16 * 16 * 3).fill(128 + 100 * req.sample)]]);
+      this.reply(req, { sample: req.sample, shape: [16, 16, 3] }, [
+        ["image", "uint8", [16, 16, 3], new Uint8Array(16 * 16 * 3).fill(128 + 100 * req.sample)],
+      ]);
     } else if (!this.classifier) {
       const error = "Grad-CAM needs a classifier: the model's output has shape (1, 4, 8, 8), expected (N, classes)";
-      for (const h of this.handlers.get("msg:custom") ?? []) h({ type: "reply", v: 1, id: req.id, kind: req.kind, ok: false, error }, []);
+      for (const h of this.handlers.get("msg:custom") ?? [])
+        h({ type: "reply", v: 1, id: req.id, kind: req.kind, ok: false, error }, []);
     } else {
       const target = req.target ?? 285;
-      this.reply(req, { layer: req.layer, sample: req.sample, target, label: target === 285 ? "Egyptian cat" : null, shape: [4, 4] }, [
-        ["heatmap", "float32", [4, 4], heatmapOf(req.layer)],
-        ["weights", "float32", [C], Float32Array.from(GRADCAM_WEIGHTS)],
-      ]);
+      this.reply(
+        req,
+        { layer: req.layer, sample: req.sample, target, label: target === 285 ? "Egyptian cat" : null, shape: [4, 4] },
+        [
+          ["heatmap", "float32", [4, 4], heatmapOf(req.layer)],
+          ["weights", "float32", [C], Float32Array.from(GRADCAM_WEIGHTS)],
+        ],
+      );
     }
   }
 
@@ -236,7 +295,14 @@ class FakeWidgetModel {
     });
     this.reply(
       req,
-      { layer: "big", sample: req.sample, shape: [BIG_C, BIG, BIG], stored: [channels.length, n, n], downsample: f, channels: req.channels ?? null },
+      {
+        layer: "big",
+        sample: req.sample,
+        shape: [BIG_C, BIG, BIG],
+        stored: [channels.length, n, n],
+        downsample: f,
+        channels: req.channels ?? null,
+      },
       [
         ["values", "uint8", [channels.length, n, n], values],
         ["stats", "float32", [channels.length, 6], stats],
@@ -286,8 +352,24 @@ const ABLATION = {
   layer: "conv1",
   channels: [1, 3],
   changes: [
-    { top_before: 285, label_before: "Egyptian cat", prob_before: 0.712, top_after: 281, label_after: "tabby", prob_after: 0.45, prob_change: -0.311 },
-    { top_before: 17, label_before: null, prob_before: 0.5, top_after: 17, label_after: null, prob_after: 0.52, prob_change: 0.02 },
+    {
+      top_before: 285,
+      label_before: "Egyptian cat",
+      prob_before: 0.712,
+      top_after: 281,
+      label_after: "tabby",
+      prob_after: 0.45,
+      prob_change: -0.311,
+    },
+    {
+      top_before: 17,
+      label_before: null,
+      prob_before: 0.5,
+      top_after: 17,
+      label_after: null,
+      prob_after: 0.52,
+      prob_change: 0.02,
+    },
   ],
 };
 
@@ -362,7 +444,6 @@ function hottest(picture: HTMLCanvasElement): [number, number] {
   return at;
 }
 
-
 describe("FeatureMapWidget view", () => {
   it("goes from loading to ready once the grid has drawn the layer", async () => {
     const { root, model } = await mount();
@@ -385,7 +466,10 @@ describe("FeatureMapWidget view", () => {
   });
 
   it("shows the model's top prediction for the shown sample in the header", async () => {
-    const predictions = [[{ index: 285, label: "Egyptian cat", prob: 0.712 }], [{ index: 17, label: null, prob: 0.004 }]];
+    const predictions = [
+      [{ index: 285, label: "Egyptian cat", prob: 0.712 }],
+      [{ index: 17, label: null, prob: 0.004 }],
+    ];
     const { root, model } = await mount({ predictions, num_samples: 2 });
     const chip = root.querySelector<HTMLElement>(".fm-header .fm-prediction")!;
     expect(chip.hidden).toBe(false);
@@ -426,9 +510,11 @@ describe("FeatureMapWidget view", () => {
       position: { x: ((col + 0.5) / W) * rect.width, y: ((row + 0.5) / H) * rect.height },
     });
     const readout = detail.querySelector('[aria-label="Value"]')!;
-    await expect.poll(() => readout.textContent).toBe(`${exactValue(activation(0, 0, row, col))} at (row ${row}, col ${col})`);
+    await expect
+      .poll(() => readout.textContent)
+      .toBe(`${exactValue(activation(0, 0, row, col))} at (row ${row}, col ${col})`);
 
-    (root.querySelector<HTMLButtonElement>('[aria-label="Next channel"]')!).click();
+    root.querySelector<HTMLButtonElement>('[aria-label="Next channel"]')!.click();
     await expect.poll(() => model.get("channel")).toBe(1);
 
     map.focus();
@@ -509,7 +595,12 @@ describe("FeatureMapWidget view", () => {
   });
 
   it("opens the Grad-CAM panel; the heatmap follows the layer slider and the class picker sets target", async () => {
-    const predictions = [[{ index: 285, label: "Egyptian cat", prob: 0.71 }, { index: 17, label: null, prob: 0.1 }]];
+    const predictions = [
+      [
+        { index: 285, label: "Egyptian cat", prob: 0.71 },
+        { index: 17, label: null, prob: 0.1 },
+      ],
+    ];
     const { root, model } = await mount({ predictions });
     await expect.poll(() => root.dataset.state).toBe("ready");
     const panel = root.querySelector<HTMLElement>('[aria-label="Grad-CAM panel"]')!;
@@ -540,7 +631,11 @@ describe("FeatureMapWidget view", () => {
     expect(c1).toBeGreaterThanOrEqual(12);
 
     const classes = panel.querySelector<HTMLSelectElement>('select[aria-label="Class"]')!;
-    expect(Array.from(classes.options).map((o) => o.textContent)).toEqual(["predicted", "Egyptian cat (71%)", "class 17 (10%)"]);
+    expect(Array.from(classes.options).map((o) => o.textContent)).toEqual([
+      "predicted",
+      "Egyptian cat (71%)",
+      "class 17 (10%)",
+    ]);
     classes.value = "17";
     classes.dispatchEvent(new Event("change"));
     expect(model.get("target")).toBe(17);
@@ -556,7 +651,9 @@ describe("FeatureMapWidget view", () => {
     expect(panel.querySelector<HTMLElement>(".fm-gradcam-body")!.hidden).toBe(true);
     await expect.poll(() => root.dataset.state).toBe("ready");
     model.set("sort", "gradcam");
-    expect(root.querySelector(".fm-readout")!.textContent).toContain("Grad-CAM order unavailable: Grad-CAM needs a classifier");
+    expect(root.querySelector(".fm-readout")!.textContent).toContain(
+      "Grad-CAM order unavailable: Grad-CAM needs a classifier",
+    );
   });
 
   it("switches to the activation partner keeping the open channel, zoom and pan", async () => {
@@ -565,7 +662,9 @@ describe("FeatureMapWidget view", () => {
     const canvas = root.querySelector<HTMLCanvasElement>('canvas[aria-label="Feature maps"]')!;
     const rect = canvas.getBoundingClientRect();
     // Zoomed around the top-left corner, a point far from it shows another pixel than unzoomed.
-    canvas.dispatchEvent(new WheelEvent("wheel", { deltaY: -300, clientX: rect.left + 2, clientY: rect.top + 2, cancelable: true }));
+    canvas.dispatchEvent(
+      new WheelEvent("wheel", { deltaY: -300, clientX: rect.left + 2, clientY: rect.top + 2, cancelable: true }),
+    );
     await expect.poll(() => model.get("view").zoom).toBeGreaterThan(1.5);
     const [px, py] = [0.8 * rect.width, 0.8 * rect.height];
     const before = where(await tooltipAt(root, px, py));
@@ -588,7 +687,9 @@ describe("FeatureMapWidget view", () => {
     const rect = canvas.getBoundingClientRect();
     const saves = model.saves;
     for (let i = 0; i < 3; i++) {
-      canvas.dispatchEvent(new WheelEvent("wheel", { deltaY: -60, clientX: rect.left + 40, clientY: rect.top + 30, cancelable: true }));
+      canvas.dispatchEvent(
+        new WheelEvent("wheel", { deltaY: -60, clientX: rect.left + 40, clientY: rect.top + 30, cancelable: true }),
+      );
     }
     await nextFrame();
     await nextFrame();
@@ -617,7 +718,9 @@ describe("FeatureMapWidget view", () => {
     const saves = model.saves;
     const started = performance.now();
     for (let i = 0; i < 8; i++) {
-      canvas.dispatchEvent(new WheelEvent("wheel", { deltaY: -30, clientX: rect.left + 40, clientY: rect.top + 30, cancelable: true }));
+      canvas.dispatchEvent(
+        new WheelEvent("wheel", { deltaY: -30, clientX: rect.left + 40, clientY: rect.top + 30, cancelable: true }),
+      );
       await nextFrame();
     }
     const elapsed = performance.now() - started;
@@ -669,7 +772,8 @@ describe("FeatureMapWidget view", () => {
     const { root, model } = await mount({ layer: "big" });
     await expect.poll(() => root.dataset.state).toBe("ready");
     expect(root.querySelector(".fm-header")!.textContent).toContain("1/2 resolution");
-    const fullRequests = (): Record<string, any>[] => model.sent.filter((m) => m.kind === "layer" && m.channels !== undefined);
+    const fullRequests = (): Record<string, any>[] =>
+      model.sent.filter((m) => m.kind === "layer" && m.channels !== undefined);
     // All 100 tiles visible: the pooled maps are what fits.
     await nextFrame();
     expect(fullRequests()).toEqual([]);
@@ -733,14 +837,18 @@ describe("FeatureMapWidget view", () => {
     model.set("ablation", ABLATION);
     expect(bar.hidden).toBe(false);
     const result = bar.querySelector<HTMLElement>('[role="status"]')!;
-    expect(result.textContent).toBe("Zeroed channels 1, 3 of conv1 (sample #0): Egyptian cat 71.2% → 40.1% (−31.1 pts) · now tabby 45.0%");
+    expect(result.textContent).toBe(
+      "Zeroed channels 1, 3 of conv1 (sample #0): Egyptian cat 71.2% → 40.1% (−31.1 pts) · now tabby 45.0%",
+    );
     expect(bar.querySelector<HTMLElement>('[aria-label="Show the ablated layer"]')!.hidden).toBe(true);
     expect(await tooltipAt(root, 5, 5)).not.toContain("Zeroed");
     const cell = Number(root.querySelector<HTMLCanvasElement>('canvas[aria-label="Feature maps"]')!.dataset.cellWidth);
     expect(await tooltipAt(root, cell + 5, 5)).toContain("Zeroed in the last ablation");
 
     model.set("sample", 1);
-    await expect.poll(() => result.textContent).toContain("(sample #1): class 17 50.0% → 52.0% (+2.0 pts) · still the top class");
+    await expect
+      .poll(() => result.textContent)
+      .toContain("(sample #1): class 17 50.0% → 52.0% (+2.0 pts) · still the top class");
     expect(result.querySelector<HTMLElement>(".fm-ablation-points")!.dataset.trend).toBe("up");
 
     // On another layer the row offers to go back to the ablated one; that layer's tiles carry no marks.
@@ -777,8 +885,16 @@ describe("FeatureMapWidget view", () => {
     button.click();
     expect(button.disabled).toBe(true);
     expect(button.textContent).toBe("Ablating…");
-    expect(model.sent.at(-1)).toMatchObject({ type: "request", kind: "ablate", layer: "conv1", channels: [0, 1], revision: 1 });
-    await expect.poll(() => bar.querySelector('[role="status"]')!.textContent).toContain("Zeroed channels 0, 1 of conv1");
+    expect(model.sent.at(-1)).toMatchObject({
+      type: "request",
+      kind: "ablate",
+      layer: "conv1",
+      channels: [0, 1],
+      revision: 1,
+    });
+    await expect
+      .poll(() => bar.querySelector('[role="status"]')!.textContent)
+      .toContain("Zeroed channels 0, 1 of conv1");
     expect(button.disabled).toBe(false);
     expect(await tooltipAt(root, 5, 5)).toContain("Zeroed in the last ablation");
 
@@ -787,7 +903,9 @@ describe("FeatureMapWidget view", () => {
     const alert = bar.querySelector<HTMLElement>(".fm-ablation-error")!;
     await expect.poll(() => alert.getAttribute("role")).toBe("alert");
     expect(alert.hidden).toBe(false);
-    expect(alert.textContent).toBe("Ablation failed: channels [3] cannot be ablated: layer 'conv1' has 3 channels (0 to 2)");
+    expect(alert.textContent).toBe(
+      "Ablation failed: channels [3] cannot be ablated: layer 'conv1' has 3 channels (0 to 2)",
+    );
     // The earlier result stays; one dismiss clears both.
     expect(bar.querySelector<HTMLElement>('[role="status"]')!.hidden).toBe(false);
     bar.querySelector<HTMLButtonElement>('[aria-label="Dismiss ablation"]')!.click();
@@ -805,7 +923,12 @@ describe("FeatureMapWidget view", () => {
     const camRequests = (): Record<string, any>[] => model.sent.filter((m) => m.kind === "gradcam");
     expect(camRequests().at(-1)).toMatchObject({ layer: "conv1", method: "gradcam" });
     const picker = panel.querySelector<HTMLSelectElement>('select[aria-label="CAM method"]')!;
-    expect(Array.from(picker.options).map((o) => o.textContent)).toEqual(["Grad-CAM (ours)", "Grad-CAM++", "Score-CAM", "EigenCAM"]);
+    expect(Array.from(picker.options).map((o) => o.textContent)).toEqual([
+      "Grad-CAM (ours)",
+      "Grad-CAM++",
+      "Score-CAM",
+      "EigenCAM",
+    ]);
     expect(await tooltipAt(root, 5, 5)).toContain("Grad-CAM weight 0.1");
 
     picker.value = "gradcam++";
@@ -856,7 +979,9 @@ describe("FeatureMapWidget view: failures and races", () => {
     const layers = [meta("wide", "Conv2d", { shape: [1, 2, 1, max + 8] })];
     const { root } = await mount({ layers, layer: "wide" });
     await expect.poll(() => root.dataset.state).toBe("ready");
-    expect(root.querySelector<HTMLCanvasElement>('canvas[aria-label="Feature maps"]')!.dataset.backend).toBe("canvas2d");
+    expect(root.querySelector<HTMLCanvasElement>('canvas[aria-label="Feature maps"]')!.dataset.backend).toBe(
+      "canvas2d",
+    );
   });
 
   it("keeps the error of a grid that cannot start (no 2D context) instead of a spinner", async () => {
@@ -943,11 +1068,17 @@ describe("FeatureMapWidget view: failures and races", () => {
     await userEvent.keyboard("{ArrowRight}"); // a focused tile
     const seen: string[] = [];
     const spy = (ev: KeyboardEvent): void => {
-      seen.push(`${ev.ctrlKey ? "Ctrl+" : ""}${ev.metaKey ? "Meta+" : ""}${ev.shiftKey ? "Shift+" : ""}${ev.key}${ev.defaultPrevented ? " (prevented)" : ""}`);
+      seen.push(
+        `${ev.ctrlKey ? "Ctrl+" : ""}${ev.metaKey ? "Meta+" : ""}${ev.shiftKey ? "Shift+" : ""}${ev.key}${ev.defaultPrevented ? " (prevented)" : ""}`,
+      );
     };
     document.addEventListener("keydown", spy);
     try {
-      for (const init of [{ key: "s", ctrlKey: true }, { key: "b", metaKey: true }, { key: "Enter", shiftKey: true }]) {
+      for (const init of [
+        { key: "s", ctrlKey: true },
+        { key: "b", metaKey: true },
+        { key: "Enter", shiftKey: true },
+      ]) {
         canvas.dispatchEvent(new KeyboardEvent("keydown", { ...init, bubbles: true, cancelable: true }));
       }
     } finally {

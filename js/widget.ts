@@ -9,7 +9,7 @@
  */
 import type { RenderProps } from "@anywidget/types";
 import { createAblationBar } from "./ablation";
-import { LayerLoader, layerKey, type LayerKey, LruCache } from "./cache";
+import { type LayerKey, LayerLoader, LruCache, layerKey } from "./cache";
 import { createColorbar } from "./colorbar";
 import { type ColormapName, isDiverging } from "./colormaps";
 import { type ControlState, createControls, createHeader, tileOrder } from "./controls";
@@ -17,7 +17,7 @@ import { createDetail } from "./detail";
 import { camMethodLabel, createGradcamPanel, type GradcamResult } from "./gradcam";
 import { createGrid, type Grid } from "./grid/grid";
 import { createGroupBar } from "./groups";
-import { isDropped, type LayerMeta, type LoadedLayer, Requester, toLayerData, type Traits } from "./protocol";
+import { isDropped, type LayerMeta, type LoadedLayer, Requester, type Traits, toLayerData } from "./protocol";
 import { displayRange } from "./scale";
 import { watchTheme } from "./theme";
 
@@ -94,7 +94,10 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     let cursor: number | null = null; // the tile Enter opens: last hovered or clicked
     // Grad-CAM results by layer key and class; one feeds both the panel and the tiles' weights.
     // Grad-CAM maps by target, method, revision, sample and layer; bounded like the layer cache.
-    const gradcam = new LruCache<GradcamResult>(GRADCAM_CACHE_BYTES, (r) => r.heatmap.byteLength + r.weights.byteLength);
+    const gradcam = new LruCache<GradcamResult>(
+      GRADCAM_CACHE_BYTES,
+      (r) => r.heatmap.byteLength + r.weights.byteLength,
+    );
     let gradcamPending = ""; // the key of the Grad-CAM request in flight
     let gradcamError: { key: string; text: string } | null = null;
     let gradcamInputKey = "";
@@ -218,7 +221,9 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
       globalRange: () => globalRange(layers()),
       // The grid may still hold another layer (or an older capture) than the channel shown.
       flags: (c, layer) =>
-        shown !== null && shown.layer === layer && shownKey === layerKey(currentKey()) && c < shown.flags.length ? shown.flags[c] : undefined,
+        shown !== null && shown.layer === layer && shownKey === layerKey(currentKey()) && c < shown.flags.length
+          ? shown.flags[c]
+          : undefined,
       onNavigate: (c) => {
         if (c !== null) {
           cursor = c;
@@ -267,7 +272,8 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     function syncHeader(): void {
       const name = preview ?? model.get("layer");
       const meta = metaOf(name);
-      const downsample = shown !== null && shown.layer === name && shownKey === layerKey(currentKey()) ? shown.downsample : 1;
+      const downsample =
+        shown !== null && shown.layer === name && shownKey === layerKey(currentKey()) ? shown.downsample : 1;
       header.update(meta, downsample, partnerOf(meta));
     }
 
@@ -343,7 +349,14 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
         gMin,
         gMax,
       );
-      const label = scope === "channel" ? (channel === null ? "per channel" : `channel ${channel}`) : scope === "layer" ? "this layer" : "all layers";
+      const label =
+        scope === "channel"
+          ? channel === null
+            ? "per channel"
+            : `channel ${channel}`
+          : scope === "layer"
+            ? "this layer"
+            : "all layers";
       colorbar.update(model.get("colormap"), lo, hi, label);
     }
 
@@ -412,42 +425,45 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
       gradcamPending = k;
       const target = model.get("target");
       const args: Record<string, unknown> = { layer: key.layer, sample: key.sample, target, method };
-      requester.request("gradcam", args, { purpose: "gradcam" }).then(
-        (reply) => {
-          if (gradcamPending === k) gradcamPending = "";
-          const heatmap = reply.arrays.heatmap;
-          const weights = reply.arrays.weights?.data;
-          if (heatmap === undefined || !(heatmap.data instanceof Float32Array) || heatmap.shape.length !== 2) {
-            throw new Error("the reply carried no float32 (H, W) heatmap");
-          }
-          if (!(weights instanceof Float32Array)) throw new Error("the reply carried no float32 weights");
-          const used = reply.meta.target;
-          const label = reply.meta.label;
-          gradcam.set(k, {
-            layer: key.layer,
-            sample: key.sample,
-            method: typeof reply.meta.method === "string" ? reply.meta.method : method,
-            normalized: reply.meta.normalized === true,
-            target: typeof used === "number" ? used : target,
-            label: typeof label === "string" ? label : null,
-            height: heatmap.shape[0],
-            width: heatmap.shape[1],
-            heatmap: heatmap.data,
-            weights,
-          });
-          onGradcamSettled(k);
-        },
-        (e: unknown) => {
-          if (gradcamPending === k) gradcamPending = "";
-          if (isDropped(e) || disposed) return;
+      requester
+        .request("gradcam", args, { purpose: "gradcam" })
+        .then(
+          (reply) => {
+            if (gradcamPending === k) gradcamPending = "";
+            const heatmap = reply.arrays.heatmap;
+            const weights = reply.arrays.weights?.data;
+            if (heatmap === undefined || !(heatmap.data instanceof Float32Array) || heatmap.shape.length !== 2) {
+              throw new Error("the reply carried no float32 (H, W) heatmap");
+            }
+            if (!(weights instanceof Float32Array)) throw new Error("the reply carried no float32 weights");
+            const used = reply.meta.target;
+            const label = reply.meta.label;
+            gradcam.set(k, {
+              layer: key.layer,
+              sample: key.sample,
+              method: typeof reply.meta.method === "string" ? reply.meta.method : method,
+              normalized: reply.meta.normalized === true,
+              target: typeof used === "number" ? used : target,
+              label: typeof label === "string" ? label : null,
+              height: heatmap.shape[0],
+              width: heatmap.shape[1],
+              heatmap: heatmap.data,
+              weights,
+            });
+            onGradcamSettled(k);
+          },
+          (e: unknown) => {
+            if (gradcamPending === k) gradcamPending = "";
+            if (isDropped(e) || disposed) return;
+            gradcamError = { key: k, text: (e as Error).message };
+            onGradcamSettled(k);
+          },
+        )
+        .catch((e: unknown) => {
+          // A reply that came but could not be read is an error of that layer, like an error reply.
           gradcamError = { key: k, text: (e as Error).message };
           onGradcamSettled(k);
-        },
-      ).catch((e: unknown) => {
-        // A reply that came but could not be read is an error of that layer, like an error reply.
-        gradcamError = { key: k, text: (e as Error).message };
-        onGradcamSettled(k);
-      });
+        });
     }
 
     function onGradcamSettled(k: string): void {
@@ -503,23 +519,32 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
       const pending = { key, channels: new Set(wanted) };
       fullResPending = pending;
       const args = { layer: shown.layer, sample: model.get("sample"), channels: wanted };
-      requester.request("layer", args, { purpose: "fullres" }).then(
-        (reply) => {
-          if (fullResPending === pending) fullResPending = null;
-          const data = toLayerData(reply, meta);
-          if (disposed || shownKey !== key || data.only === null || data.downsample !== 1) return;
-          g.setFullRes({ channels: Int32Array.from(data.only), height: data.height, width: data.width, values: data.values });
-          fullRes = { key, channels: new Set(data.only) };
-        },
-        (e: unknown) => {
-          if (fullResPending === pending) fullResPending = null;
-          // The pooled tiles stay; the note says why the zoomed tiles are not sharper.
-          if (!isDropped(e) && !disposed && shownKey === key) showNote(`Full-resolution tiles unavailable: ${(e as Error).message}`);
-        },
-      ).catch((e: unknown) => {
-        // A reply that came but could not be read or drawn: the pooled tiles stay, the note says why.
-        if (!disposed && shownKey === key) showNote(`Full-resolution tiles unavailable: ${(e as Error).message}`);
-      });
+      requester
+        .request("layer", args, { purpose: "fullres" })
+        .then(
+          (reply) => {
+            if (fullResPending === pending) fullResPending = null;
+            const data = toLayerData(reply, meta);
+            if (disposed || shownKey !== key || data.only === null || data.downsample !== 1) return;
+            g.setFullRes({
+              channels: Int32Array.from(data.only),
+              height: data.height,
+              width: data.width,
+              values: data.values,
+            });
+            fullRes = { key, channels: new Set(data.only) };
+          },
+          (e: unknown) => {
+            if (fullResPending === pending) fullResPending = null;
+            // The pooled tiles stay; the note says why the zoomed tiles are not sharper.
+            if (!isDropped(e) && !disposed && shownKey === key)
+              showNote(`Full-resolution tiles unavailable: ${(e as Error).message}`);
+          },
+        )
+        .catch((e: unknown) => {
+          // A reply that came but could not be read or drawn: the pooled tiles stay, the note says why.
+          if (!disposed && shownKey === key) showNote(`Full-resolution tiles unavailable: ${(e as Error).message}`);
+        });
     }
 
     function updateGroups(): void {
@@ -649,7 +674,10 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
         const selected = new Set(model.get("selected") ?? []);
         if (selected.has(hit.channel)) selected.delete(hit.channel);
         else selected.add(hit.channel);
-        setTrait("selected", [...selected].sort((a, b) => a - b));
+        setTrait(
+          "selected",
+          [...selected].sort((a, b) => a - b),
+        );
         return;
       }
       setTrait("channel", hit.channel);
@@ -729,7 +757,11 @@ function render({ model, el, signal }: RenderProps<Traits>): () => void {
     });
     for (const name of ["colormap", "scale", "symmetric"] as const) {
       listen(`change:${name}`, () => {
-        g?.setOptions({ colormap: model.get("colormap"), scope: model.get("scale"), symmetric: model.get("symmetric") });
+        g?.setOptions({
+          colormap: model.get("colormap"),
+          scope: model.get("scale"),
+          symmetric: model.get("symmetric"),
+        });
         syncControls();
         updateColorbar();
         detail.redraw();

@@ -15,9 +15,9 @@ import {
   type LayerValues,
   type Layout,
   type Renderer,
-  type View,
   tileOrigin,
   tilesOf,
+  type View,
   visibleCells,
 } from "./layout";
 

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { userEvent } from "vitest/browser";
-import { NAN_COLOR, colormapLUT } from "../colormaps";
-import { type Grid, type LayerData, createGrid } from "./grid";
+import { colormapLUT, NAN_COLOR } from "../colormaps";
+import { createGrid, type Grid, type LayerData } from "./grid";
 
 const grids: Grid[] = [];
 afterEach(() => {
@@ -36,7 +36,20 @@ function peakLayer(C: number, H: number, W: number, name = "conv1"): LayerData {
     stats.set([0, 1, 1 / (H * W), 1 - 1 / (H * W), 0, 0], 6 * c);
   }
   if (C > 1) flags[1] = 1;
-  return { layer: name, channels: C, height: H, width: W, fullHeight: H, fullWidth: W, downsample: 1, values, stats, flags, layerMin: 0, layerMax: 1 };
+  return {
+    layer: name,
+    channels: C,
+    height: H,
+    width: W,
+    fullHeight: H,
+    fullWidth: W,
+    downsample: 1,
+    values,
+    stats,
+    flags,
+    layerMin: 0,
+    layerMax: 1,
+  };
 }
 
 const drawn = (g: Grid): Promise<string> => new Promise((resolve) => g.onDrawn(resolve));
@@ -71,7 +84,13 @@ function pixelCentre(g: Grid, channel: number, row: number, col: number, H: numb
 }
 
 /** Checks, inside the next frame, that each channel's peak is white on screen and hit-tests back to itself. */
-async function expectPeaks(g: Grid, C: number, H: number, W: number, top: number[] = [255, 255, 255, 255]): Promise<void> {
+async function expectPeaks(
+  g: Grid,
+  C: number,
+  H: number,
+  W: number,
+  top: number[] = [255, 255, 255, 255],
+): Promise<void> {
   const seen: number[][] = [];
   // A WebGL drawing buffer is only readable in the frame that drew it: ask for a frame, read right after.
   g.setOptions({});
@@ -237,7 +256,9 @@ describe("createGrid", () => {
     // The dashed outline sits inside channel 2's tile, 3 px in from its edges.
     const r = g.tileClientRect(2)!;
     const cr = g.canvas.getBoundingClientRect();
-    const inset = outline.mock.calls.find(([x, y]) => Math.abs(x - (r.left - cr.left + 3)) < 0.5 && Math.abs(y - (r.top - cr.top + 3)) < 0.5);
+    const inset = outline.mock.calls.find(
+      ([x, y]) => Math.abs(x - (r.left - cr.left + 3)) < 0.5 && Math.abs(y - (r.top - cr.top + 3)) < 0.5,
+    );
     expect(inset).toBeDefined();
     await userEvent.hover(g.canvas, { position: { x: r.left - cr.left + 5, y: r.top - cr.top + 5 } } as object);
     await nextFrame();
@@ -289,7 +310,11 @@ describe("createGrid", () => {
 
   it("draws with Canvas 2D when WebGL2 is unavailable", async () => {
     const original = HTMLCanvasElement.prototype.getContext;
-    vi.spyOn(HTMLCanvasElement.prototype, "getContext").mockImplementation(function (this: HTMLCanvasElement, id: string, o?: unknown) {
+    vi.spyOn(HTMLCanvasElement.prototype, "getContext").mockImplementation(function (
+      this: HTMLCanvasElement,
+      id: string,
+      o?: unknown,
+    ) {
       return id === "webgl2" ? null : (original.call(this, id, o) as never);
     } as typeof original);
     vi.spyOn(console, "warn").mockImplementation(() => undefined);
@@ -323,7 +348,9 @@ describe("createGrid", () => {
     g.onViewChange((v, byUser) => events.push([v, byUser]));
     const rect = g.canvas.getBoundingClientRect();
     for (let i = 0; i < 3; i++) {
-      g.canvas.dispatchEvent(new WheelEvent("wheel", { deltaY: -100, clientX: rect.left + 50, clientY: rect.top + 50, cancelable: true }));
+      g.canvas.dispatchEvent(
+        new WheelEvent("wheel", { deltaY: -100, clientX: rect.left + 50, clientY: rect.top + 50, cancelable: true }),
+      );
     }
     await nextFrame();
     expect(events.length).toBe(1);
@@ -374,7 +401,11 @@ describe("createGrid", () => {
     it(`draws full-resolution tiles over a downsampled layer and hit-tests them at full resolution (${backend})`, async () => {
       if (backend === "canvas2d") {
         const original = HTMLCanvasElement.prototype.getContext;
-        vi.spyOn(HTMLCanvasElement.prototype, "getContext").mockImplementation(function (this: HTMLCanvasElement, id: string, o?: unknown) {
+        vi.spyOn(HTMLCanvasElement.prototype, "getContext").mockImplementation(function (
+          this: HTMLCanvasElement,
+          id: string,
+          o?: unknown,
+        ) {
           return id === "webgl2" ? null : (original.call(this, id, o) as never);
         } as typeof original);
         vi.spyOn(console, "warn").mockImplementation(() => undefined);
@@ -399,7 +430,13 @@ describe("createGrid", () => {
       );
       expect(peak).toEqual([255, 255, 255, 255]);
       expect(beside).toEqual([0, 0, 0, 255]);
-      expect(g.hitTest(...pixelCentre(g, 1, 5, 2, 8, 8))).toMatchObject({ channel: 1, row: 5, col: 2, value: 1, downsample: 1 });
+      expect(g.hitTest(...pixelCentre(g, 1, 5, 2, 8, 8))).toMatchObject({
+        channel: 1,
+        row: 5,
+        col: 2,
+        value: 1,
+        downsample: 1,
+      });
       expect(g.hitTest(...pixelCentre(g, 0, 1, 1, 2, 2))).toMatchObject({ channel: 0, row: 1, col: 1, downsample: 4 });
       // A new layer drops them.
       g.setLayer({ ...pooled, fullHeight: 8, fullWidth: 8, downsample: 4 });
@@ -422,7 +459,12 @@ describe("createGrid", () => {
       adds.push([this, type, fn, o]);
       realAdd.call(this, type, fn, o);
     });
-    vi.spyOn(EventTarget.prototype, "removeEventListener").mockImplementation(function (this: EventTarget, type, fn, o) {
+    vi.spyOn(EventTarget.prototype, "removeEventListener").mockImplementation(function (
+      this: EventTarget,
+      type,
+      fn,
+      o,
+    ) {
       removes.push([this, type, fn]);
       realRemove.call(this, type, fn, o);
     });

@@ -9,25 +9,25 @@
  *   grid.onClick((hit) => openChannel(hit.channel));
  *   grid.setOptions({ colormap: "magma" });               // re-draw, no re-upload
  */
-import { type ColormapName, NAN_COLOR, colormapLUT } from "../colormaps";
-import { type Scope, dequantize, displayRange, formatValue } from "../scale";
+import { type ColormapName, colormapLUT, NAN_COLOR } from "../colormaps";
+import { dequantize, displayRange, formatValue, type Scope } from "../scale";
 import { Canvas2DRenderer } from "./canvas2d";
 import {
-  type FullResTiles,
-  IDENTITY_VIEW,
-  type Layout,
-  type Renderer,
-  type View,
   clampView,
   computeLayout,
+  type FullResTiles,
   hitTestLayout,
+  IDENTITY_VIEW,
+  type Layout,
   panBy,
+  type Renderer,
   revealTile,
   tileOrigin,
+  type View,
   visibleCells,
   zoomAround,
 } from "./layout";
-import { type Theme, drawOverlay, readTheme } from "./overlay";
+import { drawOverlay, readTheme, type Theme } from "./overlay";
 import { WebGLRenderer } from "./webgl";
 
 export interface LayerData {
@@ -179,7 +179,8 @@ function checkLayer(d: LayerData): void {
   const problems: string[] = [];
   if (!(d.channels >= 1 && d.height >= 1 && d.width >= 1)) problems.push(`shape ${d.channels}×${d.height}×${d.width}`);
   if (d.values.length !== n) problems.push(`values has ${d.values.length} entries, expected ${n}`);
-  if (d.stats.length !== 6 * d.channels) problems.push(`stats has ${d.stats.length} entries, expected ${6 * d.channels}`);
+  if (d.stats.length !== 6 * d.channels)
+    problems.push(`stats has ${d.stats.length} entries, expected ${6 * d.channels}`);
   if (d.flags.length !== d.channels) problems.push(`flags has ${d.flags.length} entries, expected ${d.channels}`);
   if (problems.length > 0) throw new Error(`grid: layer "${d.layer}" is malformed: ${problems.join("; ")}`);
 }
@@ -304,7 +305,16 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
     const [gMin, gMax] = opts.globalRange;
     ranges = new Float32Array(4 * data.channels);
     for (let c = 0; c < data.channels; c++) {
-      const [lo, hi] = displayRange(opts.scope, opts.symmetric, s[6 * c], s[6 * c + 1], data.layerMin, data.layerMax, gMin, gMax);
+      const [lo, hi] = displayRange(
+        opts.scope,
+        opts.symmetric,
+        s[6 * c],
+        s[6 * c + 1],
+        data.layerMin,
+        data.layerMax,
+        gMin,
+        gMax,
+      );
       ranges.set([s[6 * c], s[6 * c + 1], lo, hi], 4 * c);
     }
     renderer.setRanges(ranges);
@@ -339,7 +349,12 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
     } else {
       const old = layout;
       layout = computeLayout(order.length, data.height, data.width, width, opts.maxHeight);
-      if (old === null || old.tileWidth !== layout.tileWidth || old.columns !== layout.columns || old.count !== layout.count) {
+      if (
+        old === null ||
+        old.tileWidth !== layout.tileWidth ||
+        old.columns !== layout.columns ||
+        old.count !== layout.count
+      ) {
         view = IDENTITY_VIEW;
       }
       view = clampView(view, layout);
@@ -410,7 +425,12 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
         overlayCtx.clearRect(0, 0, overlay.width, overlay.height);
       }
       // Only a frame that really showed the layer counts (a hidden, zero-width grid draws nothing).
-      if (drawnPending !== null && data !== null && (layout !== null || order.length === 0) && element.clientWidth > 0) {
+      if (
+        drawnPending !== null &&
+        data !== null &&
+        (layout !== null || order.length === 0) &&
+        element.clientWidth > 0
+      ) {
         const name = drawnPending;
         drawnPending = null;
         for (const cb of drawnCbs) cb(name);
@@ -497,11 +517,13 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
       `min ${formatValue(s[0])} · max ${formatValue(s[1])} · mean ${formatValue(s[2])}`,
       `zeros ${formatValue(100 * s[3])}% · NaN ${s[4]} · Inf ${s[5]}`,
     ];
-    if (opts.badges !== null && channel < opts.badges.length) lines.push(`${opts.badgeLabel} ${formatValue(opts.badges[channel])}`);
+    if (opts.badges !== null && channel < opts.badges.length)
+      lines.push(`${opts.badgeLabel} ${formatValue(opts.badges[channel])}`);
     if (opts.ablated.has(channel)) lines.push("Zeroed in the last ablation");
     if (hit !== null) {
       const f = hit.downsample;
-      const where = f > 1 ? `mean of ${f}×${f} at row ${hit.row * f}, col ${hit.col * f}` : `row ${hit.row}, col ${hit.col}`;
+      const where =
+        f > 1 ? `mean of ${f}×${f} at row ${hit.row * f}, col ${hit.col * f}` : `row ${hit.row}, col ${hit.col}`;
       lines.push(`${where}: ≈ ${formatValue(hit.value)} (8-bit; exact in the channel view)`);
     }
     return lines;
@@ -539,7 +561,11 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
     }
     const same =
       hit === hovered ||
-      (hit !== null && hovered !== null && hit.channel === hovered.channel && hit.row === hovered.row && hit.col === hovered.col);
+      (hit !== null &&
+        hovered !== null &&
+        hit.channel === hovered.channel &&
+        hit.row === hovered.row &&
+        hit.col === hovered.col);
     if (!same) {
       hovered = hit;
       for (const cb of hoverCbs) cb(hit);
@@ -552,7 +578,12 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
     const i = order.indexOf(channel);
     if (i < 0 || i >= layout.count) return null;
     const [wx, wy] = tileOrigin(layout, i);
-    return { x: wx * view.k + view.x, y: wy * view.k + view.y, w: layout.tileWidth * view.k, h: layout.tileHeight * view.k };
+    return {
+      x: wx * view.k + view.x,
+      y: wy * view.k + view.y,
+      w: layout.tileWidth * view.k,
+      h: layout.tileHeight * view.k,
+    };
   }
 
   /** A view change made by the user (reported with byUser = true). */
@@ -605,7 +636,8 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
     "wheel",
     (ev) => {
       if (layout === null) return;
-      const lines = ev.deltaMode === WheelEvent.DOM_DELTA_LINE ? 16 : ev.deltaMode === WheelEvent.DOM_DELTA_PAGE ? 400 : 1;
+      const lines =
+        ev.deltaMode === WheelEvent.DOM_DELTA_LINE ? 16 : ev.deltaMode === WheelEvent.DOM_DELTA_PAGE ? 400 : 1;
       const factor = Math.exp(-ev.deltaY * lines * 0.0015);
       // Zooming out of an unzoomed grid scrolls the notebook instead of being swallowed.
       if (factor < 1 && view.k <= 1) return;
@@ -678,7 +710,12 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
     (ev) => {
       if (layout === null || ev.altKey || ev.ctrlKey || ev.metaKey) return;
       const step = 0.1 * Math.min(layout.viewportWidth, layout.viewportHeight);
-      const arrows: Record<string, [number, number]> = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+      const arrows: Record<string, [number, number]> = {
+        ArrowLeft: [-1, 0],
+        ArrowRight: [1, 0],
+        ArrowUp: [0, -1],
+        ArrowDown: [0, 1],
+      };
       const arrow = arrows[ev.key];
       if (ev.key === "+" || ev.key === "=") {
         const r = focused === null ? null : tileRect(focused);
@@ -690,12 +727,20 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
       else if (arrow !== undefined && ev.shiftKey) moveView(panBy(view, layout, -arrow[0] * step, -arrow[1] * step));
       else if (arrow !== undefined) moveFocus(arrow[0], arrow[1]);
       // Shift+Enter runs the cell (JupyterLab); Shift+Space is the keyboard's shift-click (select).
-      else if (((ev.key === "Enter" && !ev.shiftKey) || ev.key === " ") && focused !== null && data !== null && focused < data.channels) {
+      else if (
+        ((ev.key === "Enter" && !ev.shiftKey) || ev.key === " ") &&
+        focused !== null &&
+        data !== null &&
+        focused < data.channels
+      ) {
         const i = order.indexOf(focused);
         if (i < 0) return;
         const mouse = new MouseEvent("click", { shiftKey: ev.shiftKey });
         const downsample = fullSlot.has(focused) ? 1 : data.downsample;
-        click({ channel: focused, row: 0, col: 0, value: valueAt(data, focused, 0, 0), tileIndex: i, downsample }, mouse);
+        click(
+          { channel: focused, row: 0, col: 0, value: valueAt(data, focused, 0, 0), tileIndex: i, downsample },
+          mouse,
+        );
       } else return;
       keyboardMode = true;
       // JupyterLab's shortcuts would otherwise act on these keys too.
@@ -778,7 +823,8 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
     setLayer(d: LayerData): void {
       checkLayer(d);
       // Another sample, or the activation partner of a conv: same tiles, so the user's zoom and focus stay.
-      const sameKind = data !== null && data.channels === d.channels && data.height === d.height && data.width === d.width;
+      const sameKind =
+        data !== null && data.channels === d.channels && data.height === d.height && data.width === d.width;
       if (!sameKind) {
         layout = null;
         focused = null;
@@ -831,12 +877,17 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
     visibleTiles,
     setFullRes(tiles: FullResTiles | null): void {
       if (data === null) return;
-      if (tiles !== null && tiles.channels.some((c) => !(c >= 0 && c < data!.channels))) {
-        throw new Error(`grid: full-resolution tiles for channels ${tiles.channels.join(", ")}; layer "${data.layer}" has ${data.channels}`);
+      const channels = data.channels;
+      if (tiles !== null && tiles.channels.some((c) => !(c >= 0 && c < channels))) {
+        throw new Error(
+          `grid: full-resolution tiles for channels ${tiles.channels.join(", ")}; layer "${data.layer}" has ${data.channels}`,
+        );
       }
       full = tiles;
       fullSlot = new Map();
-      tiles?.channels.forEach((c, slot) => fullSlot.set(c, slot));
+      tiles?.channels.forEach((c, slot) => {
+        fullSlot.set(c, slot);
+      });
       renderer.setFullRes(tiles);
       requestDraw();
     },

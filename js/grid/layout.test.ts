@@ -1,9 +1,9 @@
 import { describe, expect, it } from "vitest";
 import {
-  IDENTITY_VIEW,
   clampView,
   computeLayout,
   hitTestLayout,
+  IDENTITY_VIEW,
   maxZoom,
   panBy,
   revealTile,
@@ -77,7 +77,12 @@ describe("view transform and hit testing", () => {
     view = panBy(view, layout, -57, 23);
     let checked = 0;
     for (let tileIndex = 0; tileIndex < 64; tileIndex++) {
-      for (const [row, col] of [[0, 0], [4, 9], [9, 9], [5, 2]]) {
+      for (const [row, col] of [
+        [0, 0],
+        [4, 9],
+        [9, 9],
+        [5, 2],
+      ]) {
         const [ox, oy] = tileOrigin(layout, tileIndex);
         const sx = view.k * (ox + (col + 0.5) * layout.scale) + view.x;
         const sy = view.k * (oy + (row + 0.5) * layout.scale) + view.y;

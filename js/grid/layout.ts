@@ -55,7 +55,15 @@ const MAX_PIXEL_PX = 96;
 /** Largest gap between tiles (CSS px); tiles under 12 px get 1 px so the gaps do not eat the picture. */
 const GAP_PX = 2;
 
-function fitScale(count: number, columns: number, mapW: number, mapH: number, width: number, maxHeight: number, gap: number): number {
+function fitScale(
+  count: number,
+  columns: number,
+  mapW: number,
+  mapH: number,
+  width: number,
+  maxHeight: number,
+  gap: number,
+): number {
   const rows = Math.ceil(count / columns);
   const sw = (width - (columns - 1) * gap) / (columns * mapW);
   if (maxHeight <= 0) return sw;
@@ -73,9 +81,17 @@ function fitScale(count: number, columns: number, mapW: number, mapH: number, wi
  * @example
  *   computeLayout(2048, 7, 7, 1000).columns; // 46
  */
-export function computeLayout(count: number, mapHeight: number, mapWidth: number, width: number, maxHeight = 0): Layout {
+export function computeLayout(
+  count: number,
+  mapHeight: number,
+  mapWidth: number,
+  width: number,
+  maxHeight = 0,
+): Layout {
   if (!(count >= 1 && mapHeight >= 1 && mapWidth >= 1)) {
-    throw new Error(`grid layout: need at least one tile of at least 1×1 pixels, got ${count} tiles of ${mapHeight}×${mapWidth}`);
+    throw new Error(
+      `grid layout: need at least one tile of at least 1×1 pixels, got ${count} tiles of ${mapHeight}×${mapWidth}`,
+    );
   }
   const w = Math.max(1, width);
   let columns: number;
@@ -244,7 +260,9 @@ export interface FullResTiles {
  */
 export function tilesOf(channels: Int32Array, order: Int32Array): Int32Array {
   const index = new Map<number, number>();
-  order.forEach((c, i) => index.set(c, i));
+  order.forEach((c, i) => {
+    index.set(c, i);
+  });
   return channels.map((c) => index.get(c) ?? -1);
 }
 

@@ -7,7 +7,7 @@
  *   drawOverlay(ctx, { layout, view, dpr, order, layer, ranges, lut, theme, selected, ablated, focused, badges, full: null });
  */
 import { dequantize, formatValue, toUnit } from "../scale";
-import { type FullResTiles, type Layout, type View, VALUE_LABEL_MIN_PX, tileOrigin, visibleCells } from "./layout";
+import { type FullResTiles, type Layout, tileOrigin, VALUE_LABEL_MIN_PX, type View, visibleCells } from "./layout";
 
 /** Colours and fonts of the overlay, read from JupyterLab's CSS variables. */
 export interface Theme {
@@ -97,7 +97,14 @@ function tagWidth(ctx: CanvasRenderingContext2D, text: string): number {
 }
 
 /** Draws a small text tag; returns its width. */
-function tag(ctx: CanvasRenderingContext2D, text: string, x: number, y: number, alignRight: boolean, theme: Theme): number {
+function tag(
+  ctx: CanvasRenderingContext2D,
+  text: string,
+  x: number,
+  y: number,
+  alignRight: boolean,
+  theme: Theme,
+): number {
   const w = tagWidth(ctx, text);
   const left = alignRight ? x - w : x;
   ctx.globalAlpha = 0.75;
@@ -162,7 +169,9 @@ export function drawOverlay(ctx: CanvasRenderingContext2D, s: OverlayState): voi
   const th = layout.tileHeight * view.k;
   const { c0, c1, r0, r1 } = visibleCells(layout, view);
   const fullSlot = new Map<number, number>();
-  s.full?.channels.forEach((c, slot) => fullSlot.set(c, slot));
+  s.full?.channels.forEach((c, slot) => {
+    fullSlot.set(c, slot);
+  });
   const full = s.full;
   ctx.font = `11px ${theme.font}`;
   for (let r = r0; r <= r1; r++) {
@@ -196,7 +205,8 @@ export function drawOverlay(ctx: CanvasRenderingContext2D, s: OverlayState): voi
         ctx.lineTo(x0, y0 + th);
         ctx.stroke();
       }
-      const label = tw >= LABEL_MIN_TILE_PX ? tag(ctx, String(channel), Math.max(0, x0) + 1, Math.max(0, y0) + 1, false, theme) : 0;
+      const label =
+        tw >= LABEL_MIN_TILE_PX ? tag(ctx, String(channel), Math.max(0, x0) + 1, Math.max(0, y0) + 1, false, theme) : 0;
       if (s.badges !== null && tw >= BADGE_MIN_TILE_PX && channel < s.badges.length) {
         const text = formatValue(s.badges[channel]);
         // Top-right beside the channel number when both fit; otherwise the bottom-right corner.
@@ -215,7 +225,8 @@ export function drawOverlay(ctx: CanvasRenderingContext2D, s: OverlayState): voi
         ctx.setLineDash([5, 3]);
         ctx.strokeRect(x0 + 3, y0 + 3, tw - 6, th - 6);
         ctx.setLineDash([]);
-        if (tw >= BADGE_MIN_TILE_PX) tag(ctx, "zeroed", Math.max(0, x0) + 1, Math.min(layout.viewportHeight, y0 + th) - 14, false, theme);
+        if (tw >= BADGE_MIN_TILE_PX)
+          tag(ctx, "zeroed", Math.max(0, x0) + 1, Math.min(layout.viewportHeight, y0 + th) - 14, false, theme);
       }
       if (s.focused === channel) {
         ctx.strokeStyle = theme.label;

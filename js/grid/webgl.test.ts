@@ -1,8 +1,16 @@
 import { afterEach, describe, expect, it } from "vitest";
-import { NAN_COLOR, colormapLUT } from "../colormaps";
+import { colormapLUT, NAN_COLOR } from "../colormaps";
 import { Canvas2DRenderer } from "./canvas2d";
-import { IDENTITY_VIEW, type LayerValues, type Layout, type Renderer, type View, computeLayout, tileOrigin } from "./layout";
-import { WebGLRenderer, packChannels } from "./webgl";
+import {
+  computeLayout,
+  IDENTITY_VIEW,
+  type LayerValues,
+  type Layout,
+  type Renderer,
+  tileOrigin,
+  type View,
+} from "./layout";
+import { packChannels, WebGLRenderer } from "./webgl";
 
 const made: Renderer[] = [];
 afterEach(() => {
@@ -10,7 +18,13 @@ afterEach(() => {
 });
 
 /** A renderer on a detached canvas sized for `layout` at dpr 1, fed with gray and full-range scales. */
-function setup(kind: "webgl2" | "canvas2d", layer: LayerValues, layout: Layout, ranges: Float32Array, maxArrayLayers?: number): Renderer {
+function setup(
+  kind: "webgl2" | "canvas2d",
+  layer: LayerValues,
+  layout: Layout,
+  ranges: Float32Array,
+  maxArrayLayers?: number,
+): Renderer {
   const canvas = document.createElement("canvas");
   canvas.width = layout.viewportWidth;
   canvas.height = layout.viewportHeight;
@@ -24,7 +38,11 @@ function setup(kind: "webgl2" | "canvas2d", layer: LayerValues, layout: Layout, 
 }
 
 /** Draws and reads the picture back as top-down RGBA rows. */
-function drawAndRead(r: Renderer, layout: Layout, view: View = IDENTITY_VIEW): { rgba: Uint8Array; width: number; height: number } {
+function drawAndRead(
+  r: Renderer,
+  layout: Layout,
+  view: View = IDENTITY_VIEW,
+): { rgba: Uint8Array; width: number; height: number } {
   r.draw(layout, view, 1);
   const [width, height] = [layout.viewportWidth, layout.viewportHeight];
   if (r instanceof WebGLRenderer) {
@@ -32,7 +50,8 @@ function drawAndRead(r: Renderer, layout: Layout, view: View = IDENTITY_VIEW): {
     const bottomUp = new Uint8Array(width * height * 4);
     gl.readPixels(0, 0, width, height, gl.RGBA, gl.UNSIGNED_BYTE, bottomUp);
     const rgba = new Uint8Array(width * height * 4);
-    for (let y = 0; y < height; y++) rgba.set(bottomUp.subarray((height - 1 - y) * width * 4, (height - y) * width * 4), y * width * 4);
+    for (let y = 0; y < height; y++)
+      rgba.set(bottomUp.subarray((height - 1 - y) * width * 4, (height - y) * width * 4), y * width * 4);
     return { rgba, width, height };
   }
   const ctx = (r as Canvas2DRenderer).canvas.getContext("2d")!;
@@ -51,7 +70,12 @@ const grayOf = (q: number): number => Math.floor((q / 254) * 255 + 0.5);
 
 describe("packChannels", () => {
   it("uses one array layer per channel when the device allows", () => {
-    expect(packChannels(64, 56, 56, 2048, 8192)).toMatchObject({ slotsPerLayer: 1, layers: 64, texWidth: 56, texHeight: 56 });
+    expect(packChannels(64, 56, 56, 2048, 8192)).toMatchObject({
+      slotsPerLayer: 1,
+      layers: 64,
+      texWidth: 56,
+      texHeight: 56,
+    });
   });
   it("packs several channels per layer beyond the array-layer limit", () => {
     const p = packChannels(2048, 7, 7, 256, 4096);
@@ -74,7 +98,9 @@ describe("WebGL2 renderer", () => {
       [6, 5],
       [7, 0],
     ];
-    peaks.forEach(([row, col], c) => (values[c * H * W + row * W + col] = 254));
+    peaks.forEach(([row, col], c) => {
+      values[c * H * W + row * W + col] = 254;
+    });
     const layout = computeLayout(C, H, W, 2 * 80 + 2); // 2 columns of 80 px tiles: 10 px per data pixel
     expect(layout.scale).toBe(10);
     const r = setup("webgl2", { channels: C, height: H, width: W, values }, layout, identityRanges(C));
@@ -86,7 +112,8 @@ describe("WebGL2 renderer", () => {
         const sx = Math.floor(view.k * (ox + (col + 0.5) * 10) + view.x);
         const sy = Math.floor(view.k * (oy + (row + 0.5) * 10) + view.y);
         if (sx < 0 || sy < 0 || sx >= width || sy >= height) return;
-        const at = (x: number, y: number): number[] => Array.from(rgba.subarray(4 * (y * width + x), 4 * (y * width + x) + 4));
+        const at = (x: number, y: number): number[] =>
+          Array.from(rgba.subarray(4 * (y * width + x), 4 * (y * width + x) + 4));
         expect(at(sx, sy)).toEqual([255, 255, 255, 255]);
         const nx = sx + (col < W - 1 ? 1 : -1) * 10 * view.k;
         if (nx >= 0 && nx < width) expect(at(nx, sy)).toEqual([0, 0, 0, 255]);
@@ -156,7 +183,12 @@ describe("WebGL2 renderer", () => {
 
   it("frees its context on destroy", () => {
     const layout = computeLayout(1, 2, 2, 20);
-    const r = setup("webgl2", { channels: 1, height: 2, width: 2, values: new Uint8Array(4) }, layout, identityRanges(1)) as WebGLRenderer;
+    const r = setup(
+      "webgl2",
+      { channels: 1, height: 2, width: 2, values: new Uint8Array(4) },
+      layout,
+      identityRanges(1),
+    ) as WebGLRenderer;
     made.pop();
     r.destroy();
     expect(r.gl.isContextLost()).toBe(true);

@@ -11,7 +11,7 @@
  *   r.setValues(layer); r.setRanges(ranges); r.setColormap(colormapLUT("gray"), NAN_COLOR);
  *   r.setOrder(order); r.draw(layout, view, devicePixelRatio);
  */
-import { type FullResTiles, type LayerValues, type Layout, type Renderer, type View, tilesOf } from "./layout";
+import { type FullResTiles, type LayerValues, type Layout, type Renderer, tilesOf, type View } from "./layout";
 
 /** How channels are placed in the texture array: `slotsX × slotsY` maps per array layer. */
 export interface Packing {
@@ -29,7 +29,13 @@ export interface Packing {
  * @example
  *   packChannels(2048, 7, 7, 256, 4096); // 8 maps per layer (4 × 2), 256 layers
  */
-export function packChannels(channels: number, height: number, width: number, maxLayers: number, maxSize: number): Packing {
+export function packChannels(
+  channels: number,
+  height: number,
+  width: number,
+  maxLayers: number,
+  maxSize: number,
+): Packing {
   if (height > maxSize || width > maxSize) {
     throw new Error(
       `grid: a ${height}×${width} feature map exceeds this GPU's texture size limit of ${maxSize}; request the layer downsampled (max_values)`,
@@ -120,12 +126,38 @@ void main() {
 }`;
 
 type UniformName =
-  | "u_columns" | "u_count" | "u_full" | "u_cell" | "u_tile" | "u_view" | "u_dpr" | "u_viewport"
-  | "u_values" | "u_ranges" | "u_lut" | "u_mapSize" | "u_slotsX" | "u_slotsPerLayer" | "u_nan";
+  | "u_columns"
+  | "u_count"
+  | "u_full"
+  | "u_cell"
+  | "u_tile"
+  | "u_view"
+  | "u_dpr"
+  | "u_viewport"
+  | "u_values"
+  | "u_ranges"
+  | "u_lut"
+  | "u_mapSize"
+  | "u_slotsX"
+  | "u_slotsPerLayer"
+  | "u_nan";
 
 const UNIFORMS: readonly UniformName[] = [
-  "u_columns", "u_count", "u_full", "u_cell", "u_tile", "u_view", "u_dpr", "u_viewport",
-  "u_values", "u_ranges", "u_lut", "u_mapSize", "u_slotsX", "u_slotsPerLayer", "u_nan",
+  "u_columns",
+  "u_count",
+  "u_full",
+  "u_cell",
+  "u_tile",
+  "u_view",
+  "u_dpr",
+  "u_viewport",
+  "u_values",
+  "u_ranges",
+  "u_lut",
+  "u_mapSize",
+  "u_slotsX",
+  "u_slotsPerLayer",
+  "u_nan",
 ];
 
 function compile(gl: WebGL2RenderingContext, type: number, source: string): WebGLShader {
@@ -175,7 +207,10 @@ export class WebGLRenderer implements Renderer {
   private nan: readonly number[] = [255, 0, 255, 255];
 
   /** Creates the context and GPU objects; throws when the browser has no WebGL2. */
-  constructor(readonly canvas: HTMLCanvasElement, options: WebGLRendererOptions = {}) {
+  constructor(
+    readonly canvas: HTMLCanvasElement,
+    options: WebGLRendererOptions = {},
+  ) {
     const gl = canvas.getContext("webgl2", {
       alpha: true,
       antialias: false,
@@ -286,7 +321,18 @@ export class WebGLRenderer implements Renderer {
     }
     gl.bindTexture(gl.TEXTURE_2D_ARRAY, this.valuesTex);
     gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1);
-    gl.texImage3D(gl.TEXTURE_2D_ARRAY, 0, gl.R8UI, p.texWidth, p.texHeight, p.layers, 0, gl.RED_INTEGER, gl.UNSIGNED_BYTE, data);
+    gl.texImage3D(
+      gl.TEXTURE_2D_ARRAY,
+      0,
+      gl.R8UI,
+      p.texWidth,
+      p.texHeight,
+      p.layers,
+      0,
+      gl.RED_INTEGER,
+      gl.UNSIGNED_BYTE,
+      data,
+    );
     this.packing = p;
     this.mapSize = [width, height];
     this.full = null;
