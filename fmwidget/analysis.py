@@ -19,7 +19,8 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import nn
 
-from fmwidget.gradcam import _resolve_layer, _run, _state_kept, _tapped
+from fmwidget.calling import call_model, resolve_layer, state_kept, tapped
+from fmwidget.wire import FLAG_CONSTANT, FLAG_DEAD, FLAG_NONFINITE
 
 __all__ = [
     "AblationChange",
@@ -31,13 +32,9 @@ __all__ = [
     "channel_health",
     "compare_layers",
     "group_differences",
+    "health_masks",
     "rank_channels",
 ]
-
-# Bits of the protocol's per-channel `flags` (docs/protocol.md, `layer` reply).
-FLAG_DEAD = 1
-FLAG_CONSTANT = 2
-FLAG_NONFINITE = 4
 
 
 def _channel_dims(acts: torch.Tensor) -> tuple[int, ...]:
@@ -88,10 +85,8 @@ def channel_health(acts: torch.Tensor, eps: float = 0.0) -> ChannelHealth:
     dims = _channel_dims(acts)
     channels = acts.shape[1]
     nonfinite = ~torch.isfinite(acts).all(dim=dims)
-    # amax/amin propagate NaN, and such channels are excluded below anyway.
-    high, low = acts.amax(dim=dims), acts.amin(dim=dims)
-    dead = ~nonfinite & (high <= eps) & (low >= -eps)
-    constant = ~nonfinite & ~dead & (high - low <= eps)
+    # amax/amin propagate NaN, and such channels are excluded anyway.
+    dead, constant = health_masks(acts.amin(dim=dims), acts.amax(dim=dims), nonfinite, eps)
     n_dead, n_const, n_bad = (int(t.sum()) for t in (dead, constant, nonfinite))
     parts = [f"{n_dead} of {channels} channels dead"]
     if n_const:
@@ -99,6 +94,20 @@ def channel_health(acts: torch.Tensor, eps: float = 0.0) -> ChannelHealth:
     if n_bad:
         parts.append(f"{n_bad} with NaN/Inf")
     return ChannelHealth(dead, constant, nonfinite, ", ".join(parts))
+
+
+def health_masks(
+    low: torch.Tensor, high: torch.Tensor, nonfinite: torch.Tensor, eps: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dead and constant channels from each channel's extremes over the batch, ``(C,)`` each.
+
+    The one definition of channel health (:func:`channel_health` and the widget's store both use
+    it): dead = every value within ``eps`` of zero; constant = one value (within ``eps``) that is
+    not zero; a channel with NaN/Inf (``nonfinite``) is neither.
+    """
+    dead = ~nonfinite & (high <= eps) & (low >= -eps)
+    constant = ~nonfinite & ~dead & (high - low <= eps)
+    return dead, constant
 
 
 RankBy = Literal["mean", "max", "zeros", "gradcam"]
@@ -294,7 +303,7 @@ def ablate(
         res = ablate(model, x, "layer4.1.conv2", [12, 40])
         res.changes[0]   # AblationChange(top_before=281, prob_before=0.71, ..., prob_change=-0.3)
     """
-    ref = _resolve_layer(model, layer)
+    ref = resolve_layer(model, layer)
     wanted = torch.as_tensor(channels, dtype=torch.long).reshape(-1)
 
     def zero(out: torch.Tensor) -> torch.Tensor:
@@ -312,10 +321,10 @@ def ablate(
         ablated[:, wanted.to(out.device)] = 0
         return ablated
 
-    with torch.no_grad(), _state_kept(model):
-        before = _run(model, inputs)
-        with _tapped(ref, zero) as tap:
-            after = _run(model, inputs)
+    with torch.no_grad(), state_kept(model):
+        before = call_model(model, inputs)
+        with tapped(ref, zero) as tap:
+            after = call_model(model, inputs)
             tap.check_called()
     changes = None
     if isinstance(before, torch.Tensor) and before.ndim == 2:

@@ -28,18 +28,23 @@ new dropout masks), and its buffers (BatchNorm running statistics) are restored 
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import difflib
-import re
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from fmwidget.calling import rebuild, split_inputs, state_kept, tensors_in
+from fmwidget.names import (
+    ROOT_NAME,
+    UnknownLayerError,
+    display,
+    examples,
+    hint,
+    parse_layer_name,
+)
 
 __all__ = [
     "ROOT_NAME",
@@ -52,8 +57,6 @@ __all__ = [
     "capture",
 ]
 
-ROOT_NAME = "(model)"
-_MAX_NESTING = 4
 _NOTE_EXAMPLES = 5
 
 LayerSelector = (
@@ -224,7 +227,7 @@ class Capture(Mapping[str, torch.Tensor]):
         try:
             return self._tensors[name]
         except KeyError:
-            raise KeyError(_unknown_name_message(name, list(self._tensors))) from None
+            raise UnknownLayerError(name, self._tensors) from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._tensors)
@@ -237,7 +240,7 @@ class Capture(Mapping[str, torch.Tensor]):
         try:
             return self._infos[name]
         except KeyError:
-            raise KeyError(_unknown_name_message(name, list(self._infos))) from None
+            raise UnknownLayerError(name, self._infos) from None
 
     def __repr__(self) -> str:
         infos = self.report.captured
@@ -288,7 +291,7 @@ def capture(
             "buffers= cannot be combined with grad=True: pooled copies are not part of the "
             "autograd graph; capture the layers you need gradients for without buffers="
         )
-    args, kwargs = _split_inputs(inputs)
+    args, kwargs = split_inputs(inputs)
     selection = _Selection.build(model, layers)
     training = any(m.training for m in model.modules())
     if buffers is not None:
@@ -298,7 +301,7 @@ def capture(
     copy_all = training or (buffers is not None and buffers.copy_all)
     run: _Run | None = None
     try:
-        with _state_kept(model):
+        with state_kept(model):
             run = _run(model, args, kwargs, selection, grad, copy_all, known, buffers)
             mutated = frozenset() if copy_all else run.mutated()
             if mutated:
@@ -307,7 +310,7 @@ def capture(
                 run.release()
                 run = _run(model, args, kwargs, selection, grad, False, known | mutated, buffers)
                 notes.append(
-                    f"the forward ran twice: {_examples(sorted(mutated))} changed in place after "
+                    f"the forward ran twice: {examples(sorted(mutated))} changed in place after "
                     "their module returned (e.g. `out += identity`), so the second run copied "
                     "them at hook time; later captures of this model copy them at once"
                 )
@@ -323,24 +326,6 @@ def capture(
         if run is not None:
             run.release()
         raise
-
-
-@contextmanager
-def _state_kept(model: nn.Module) -> Iterator[None]:
-    """Restore buffers (BatchNorm running stats) after the block if any module is in training mode.
-
-    A forward in training mode updates running statistics; a visualization must not change them.
-    """
-    if not any(m.training for m in model.modules()):
-        yield
-        return
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buf, value in saved:
-                buf.copy_(value)
 
 
 # Layers of a model that some code outside modules changed in place after their hook saw them.
@@ -414,44 +399,6 @@ def _kind(module: nn.Module) -> str:
     return kind
 
 
-def _split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if isinstance(inputs, torch.Tensor):
-        return (inputs,), {}
-    if isinstance(inputs, (tuple, list)):
-        return tuple(inputs), {}
-    if isinstance(inputs, Mapping):
-        return (), dict(inputs)
-    raise TypeError(
-        "inputs must be a tensor, a tuple/list of positional arguments or a dict of keyword "
-        f"arguments; got {type(inputs).__name__}"
-    )
-
-
-def _display(module_name: str) -> str:
-    return module_name or ROOT_NAME
-
-
-def _examples(names: list[str]) -> str:
-    shown = ", ".join(repr(n) for n in names[:_NOTE_EXAMPLES])
-    more = len(names) - _NOTE_EXAMPLES
-    return f"{shown} and {more} more" if more > 0 else shown
-
-
-def _close(name: str, candidates: list[str]) -> list[str]:
-    return difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
-
-
-def _unknown_name_message(name: str, names: list[str]) -> str:
-    close = _close(name, names)
-    hint = (
-        f"; close names: {', '.join(close)}" if close else f"; names look like: {_examples(names)}"
-    )
-    return f"no captured layer named {name!r}{hint}"
-
-
-_NAME_PARTS = re.compile(r"^(?P<module>.*?)(?::(?P<call>[0-9]+))?(?P<keys>(?:\[[^\]]*\])*)$")
-
-
 @dataclass
 class _Selection:
     """Which modules get hooks, and which of their outputs are kept."""
@@ -493,7 +440,7 @@ class _Selection:
             if not chosen:
                 raise ValueError(
                     "the layers= predicate matched no module; module names look like: "
-                    f"{_examples([_display(n) for n in named])}"
+                    f"{examples([display(n) for n in named])}"
                 )
         names = {m: by_module[m] for m in dict.fromkeys(chosen)}
         return cls(names, exact, inplace, all(m in names for m in leaves))
@@ -519,22 +466,11 @@ class _Selection:
             )
         if item in named or item == ROOT_NAME:
             return [named["" if item == ROOT_NAME else item]], None
-        parts = _NAME_PARTS.match(item)
-        module = parts["module"] if parts else item
-        module = "" if module == ROOT_NAME else module
-        if parts and module in named and (parts["call"] or parts["keys"]):
-            if parts["call"] == "1":
-                plain = f"{parts['module']}{parts['keys']}"
-                raise ValueError(f"the first call of a module is named without ':1': {plain!r}")
-            return [named[module]], item
-        candidates = [_display(n) for n in named]
-        close = _close(item, candidates)
-        hint = (
-            f"close names: {', '.join(close)}"
-            if close
-            else f"names look like: {_examples(candidates)}"
-        )
-        raise ValueError(f"no layer named {item!r} in the model; {hint}")
+        parsed = parse_layer_name(item)
+        if parsed.module in named and (parsed.call != 1 or parsed.index):
+            return [named[parsed.module]], item
+        candidates = [display(n) for n in named]
+        raise ValueError(f"no layer named {item!r} in the model; {hint(item, candidates)}")
 
 
 def _describe(value: Any) -> str:
@@ -564,51 +500,6 @@ def _skip_reason(value: Any) -> str:
 
 def _capturable(t: torch.Tensor) -> bool:
     return t.dim() == 4 and t.is_floating_point() and t.layout == torch.strided
-
-
-def _tensors_in(value: Any, prefix: str, depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor inside a (nested) tuple/list/dict/dataclass output, with its name."""
-    if isinstance(value, torch.Tensor):
-        yield prefix, value
-    elif depth >= _MAX_NESTING:
-        return
-    elif isinstance(value, (tuple, list)):
-        for i, v in enumerate(value):
-            yield from _tensors_in(v, f"{prefix}[{i}]", depth + 1)
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _tensors_in(v, f"{prefix}[{k!r}]", depth + 1)
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for f in dataclasses.fields(value):
-            yield from _tensors_in(getattr(value, f.name), f"{prefix}[{f.name!r}]", depth + 1)
-
-
-def _rebuild(value: Any, swap: Callable[[torch.Tensor], torch.Tensor], depth: int = 0) -> Any:
-    """The same structure as ``value`` with every tensor replaced by ``swap(tensor)``."""
-    if isinstance(value, torch.Tensor):
-        return swap(value)
-    if depth >= _MAX_NESTING:
-        return value
-    if isinstance(value, tuple):
-        items = [_rebuild(v, swap, depth + 1) for v in value]
-        if hasattr(value, "_fields"):
-            return type(value)(*items)
-        return type(value)(items) if type(value) is not tuple else tuple(items)
-    if isinstance(value, list):
-        new = copy.copy(value)
-        new[:] = [_rebuild(v, swap, depth + 1) for v in value]
-        return new
-    if isinstance(value, Mapping):
-        new = copy.copy(value)
-        for k, v in value.items():
-            new[k] = _rebuild(v, swap, depth + 1)
-        return new
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        new = copy.copy(value)
-        for f in dataclasses.fields(value):
-            object.__setattr__(new, f.name, _rebuild(getattr(value, f.name), swap, depth + 1))
-        return new
-    return value
 
 
 @dataclass
@@ -671,7 +562,7 @@ class _Run:
         self, module: nn.Module, module_name: str, args: tuple[Any, ...], output: Any
     ) -> Any:
         call = self.calls[module_name] = self.calls.get(module_name, 0) + 1
-        base = _display(module_name) if call == 1 else f"{_display(module_name)}:{call}"
+        base = display(module_name) if call == 1 else f"{display(module_name)}:{call}"
         if module in self.pending_source:
             src = self.pending_source.pop(module)
         else:
@@ -686,7 +577,7 @@ class _Run:
             return output
         found = [
             (n, t)
-            for n, t in _tensors_in(output, base)
+            for n, t in tensors_in(output, base)
             if _capturable(t) and (only is None or n in only or base in only)
         ]
         if not found:
@@ -695,7 +586,7 @@ class _Run:
         swaps = {id(t): self.keep(n, t, module, module_name, call, src) for n, t in found}
         if not self.grad:
             return output
-        return _rebuild(output, lambda t: swaps.get(id(t), t))
+        return rebuild(output, lambda t: swaps.get(id(t), t))
 
     def keep(
         self,
@@ -801,7 +692,7 @@ class _Run:
                 if name in self.stored or any(n.startswith(base + "[") for n in self.stored):
                     continue
                 calls = self.calls.get(module_name, 0)
-                shown = _display(module_name)
+                shown = display(module_name)
                 ran = [shown] + [f"{shown}:{k}" for k in range(2, calls + 1)] if calls else []
                 raise ValueError(
                     f"layer {name!r} was not produced: module {shown!r} ran {calls} time(s) in "
@@ -810,7 +701,7 @@ class _Run:
                 )
 
     def nothing_captured_message(self) -> str:
-        outputs = "; ".join(f"{_display(n)}: {r}" for n, r in self.skipped.items())
+        outputs = "; ".join(f"{display(n)}: {r}" for n, r in self.skipped.items())
         return (
             "nothing to capture: no selected module produced a 4-D floating (N, C, H, W) output. "
             f"What they gave — {outputs or 'none of them was called'}"
@@ -832,7 +723,7 @@ class _Run:
             return []
         return [
             f"{len(unconsumed)} conv/norm outputs went only to code outside modules "
-            f"({_examples(unconsumed)}): functional ops there (F.relu, x + y, torch.cat, …) are "
+            f"({examples(unconsumed)}): functional ops there (F.relu, x + y, torch.cat, …) are "
             "invisible to module hooks, so their results are not captured"
         ]
 
@@ -867,7 +758,7 @@ def _run(
     finally:
         for handle in handles:
             handle.remove()
-    run.output = output if grad else _rebuild(output, torch.Tensor.detach)
+    run.output = output if grad else rebuild(output, torch.Tensor.detach)
     return run
 
 
@@ -910,5 +801,5 @@ def _forward_failure(
     what = f", which received {_describe(tuple(got))}" if got is not None else ""
     weight = getattr(failing, "weight", None)
     expects = f"; its weight is {_describe(weight)}" if isinstance(weight, torch.Tensor) else ""
-    layer = _display(names[id(failing)])
+    layer = display(names[id(failing)])
     return f"layer {layer!r} ({type(failing).__name__}) failed{what}{expects}: {cause}"

@@ -18,19 +18,21 @@ Example::
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import difflib
-import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from fmwidget.capture import ROOT_NAME, _state_kept
+from fmwidget.calling import (
+    LayerRef,
+    call_model,
+    normal_tensors,
+    resolve_layer,
+    state_kept,
+    tapped,
+)
 
 __all__ = ["CAM_METHODS", "GradCamResult", "TopClass", "gradcam", "gradcam_layer", "top_classes"]
 
@@ -73,136 +75,6 @@ class TopClass(NamedTuple):
     index: int
     label: str | None
     prob: float
-
-
-# --- layer naming and output taps (shared with fmwidget.analysis) ------------------------------
-
-_NAME = re.compile(
-    r"^(?P<module>.*?)(?::(?P<call>[1-9][0-9]*))?"
-    r"(?P<index>(?:\[(?:-?[0-9]+|'[^']*'|\"[^\"]*\")\])*)$"
-)
-_INDEX = re.compile(r"\[(-?[0-9]+|'[^']*'|\"[^\"]*\")\]")
-
-
-@dataclass(frozen=True)
-class _LayerRef:
-    """Where a layer name points: the k-th call (1-based) of a module and a path into its output."""
-
-    name: str
-    module: nn.Module
-    call: int
-    index: tuple[int | str, ...]
-
-
-def _resolve_layer(model: nn.Module, layer: str | nn.Module) -> _LayerRef:
-    """Resolve a layer name (`name`, `name:k`, `name[0]`, `name['key']`) or a module."""
-    modules = dict(model.named_modules())
-    modules[ROOT_NAME] = model
-    if isinstance(layer, nn.Module):
-        for name, module in modules.items():
-            if module is layer:
-                return _LayerRef(name or ROOT_NAME, module, 1, ())
-        raise ValueError(
-            f"the module {type(layer).__name__} passed as `layer` is not part of the model"
-        )
-    if not isinstance(layer, str):
-        raise TypeError(f"`layer` must be a layer name or a module, got {type(layer).__name__}")
-    if layer in modules:
-        return _LayerRef(layer, modules[layer], 1, ())
-    match = _NAME.match(layer)
-    if match is None or match["module"] not in modules:
-        close = difflib.get_close_matches(layer, list(modules), n=3)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
-            f"layer {layer!r} is not a module of the model (names come from model.named_modules(), "
-            f"'name:2' is the 2nd call of a module, 'name[0]' a tensor in its output){hint}"
-        )
-    index = tuple(
-        int(tok) if tok[0] not in "'\"" else tok[1:-1] for tok in _INDEX.findall(match["index"])
-    )
-    return _LayerRef(layer, modules[match["module"]], int(match["call"] or 1), index)
-
-
-def _replace_at(
-    obj: Any, path: tuple[int | str, ...], fn: Callable[[torch.Tensor], torch.Tensor], name: str
-) -> Any:
-    """`obj` with the tensor at `path` replaced by `fn(tensor)`, containers on the way rebuilt."""
-    if not path:
-        if not isinstance(obj, torch.Tensor):
-            raise TypeError(
-                f"layer {name!r} outputs a {type(obj).__name__}, not a tensor; name a tensor "
-                f"inside it, e.g. {name}[0] or {name}['key']"
-            )
-        return fn(obj)
-    key, rest = path[0], path[1:]
-    if isinstance(obj, tuple | list) and isinstance(key, int) and -len(obj) <= key < len(obj):
-        items = list(obj)
-        items[key] = _replace_at(items[key], rest, fn, name)
-        if isinstance(obj, list):
-            return items
-        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
-    if isinstance(obj, Mapping) and key in obj:
-        new = copy.copy(obj)
-        new[key] = _replace_at(obj[key], rest, fn, name)
-        return new
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type) and hasattr(obj, str(key)):
-        new = copy.copy(obj)
-        object.__setattr__(new, str(key), _replace_at(getattr(obj, str(key)), rest, fn, name))
-        return new
-    raise KeyError(f"layer {name!r}: the output ({type(obj).__name__}) has no entry [{key!r}]")
-
-
-class _Tap:
-    """Forward hook on one call of a module: swaps the chosen output tensor for `fn(tensor)`."""
-
-    def __init__(self, ref: _LayerRef, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        self.ref = ref
-        self.fn = fn
-        self.calls = 0
-
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
-        self.calls += 1
-        if self.calls != self.ref.call:
-            return None
-        return _replace_at(output, self.ref.index, self.fn, self.ref.name)
-
-    def check_called(self) -> None:
-        if self.calls < self.ref.call:
-            raise RuntimeError(
-                f"layer {self.ref.name!r} was called {self.calls} time(s) in the forward, so call "
-                f"{self.ref.call} never happened"
-            )
-
-
-@contextmanager
-def _tapped(ref: _LayerRef, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[_Tap]:
-    """Install a `_Tap` for the duration of the block; the hook is removed even on error."""
-    tap = _Tap(ref, fn)
-    handle = ref.module.register_forward_hook(tap)
-    try:
-        yield tap
-    finally:
-        handle.remove()
-
-
-def _normal_tensors(inputs: Any) -> Any:
-    """Inputs made under `torch.inference_mode()` cannot enter an autograd graph; copy those."""
-    if isinstance(inputs, torch.Tensor):
-        return inputs.clone() if inputs.is_inference() else inputs
-    if isinstance(inputs, Mapping):
-        return {k: _normal_tensors(v) for k, v in inputs.items()}
-    if isinstance(inputs, tuple | list):
-        return type(inputs)(_normal_tensors(v) for v in inputs)
-    return inputs
-
-
-def _run(model: nn.Module, inputs: Any) -> Any:
-    """Call the model: a tensor as is, a tuple/list positionally, a mapping as keywords."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, tuple | list):
-        return model(*inputs)
-    return model(inputs)
 
 
 # --- Grad-CAM -----------------------------------------------------------------------------------
@@ -258,7 +130,7 @@ def gradcam_layer(
         res = gradcam_layer(model, x, "layer4", target=281)
         res.heatmap.shape, res.weights.shape   # (N, 2, 2), (N, 512)
     """
-    ref = _resolve_layer(model, layer)
+    ref = resolve_layer(model, layer)
     held: list[torch.Tensor] = []
 
     def substitute(out: torch.Tensor) -> torch.Tensor:
@@ -271,10 +143,10 @@ def gradcam_layer(
     with (
         torch.inference_mode(False),
         torch.enable_grad(),
-        _state_kept(model),
-        _tapped(ref, substitute) as tap,
+        state_kept(model),
+        tapped(ref, substitute) as tap,
     ):
-        output = _run(model, _normal_tensors(inputs))
+        output = call_model(model, normal_tensors(inputs))
         tap.check_called()
         a = held[0]
         if a.ndim != 4:
@@ -342,11 +214,11 @@ def gradcam(
         raise ValueError(
             f"unknown method {method!r}; choose 'gradcam' or one of {sorted(CAM_METHODS)}"
         )
-    return _package_cam(model, inputs, _resolve_layer(model, layer), target, method)
+    return _package_cam(model, inputs, resolve_layer(model, layer), target, method)
 
 
 def _package_cam(
-    model: nn.Module, inputs: Any, ref: _LayerRef, target: Any, method: str
+    model: nn.Module, inputs: Any, ref: LayerRef, target: Any, method: str
 ) -> torch.Tensor:
     """Run one of the `grad-cam` package's methods and leave the model as it was."""
     try:
@@ -384,7 +256,7 @@ def _package_cam(
         lambda _m, _a, out: out.clone() if isinstance(out, torch.Tensor) else None
     )
     try:
-        with _state_kept(model):
+        with state_kept(model):
             # A leaf input that needs grad gives the package a graph even with frozen parameters.
             heat = cam(input_tensor=inputs.detach().clone().requires_grad_(True), targets=targets)
     finally:

@@ -20,16 +20,17 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from fmwidget.analysis import health_masks
 from fmwidget.capture import Capture, CaptureReport, LayerInfo
+from fmwidget.names import UnknownLayerError
 from fmwidget.wire import FLAG_CONSTANT, FLAG_DEAD, FLAG_NONFINITE, channel_stats
 
 __all__ = ["ActivationStore", "UnknownLayerError", "default_budget_bytes", "precomputed"]
@@ -58,24 +59,6 @@ class _Capture(Protocol):
 
     @property
     def report(self) -> Any: ...
-
-
-class UnknownLayerError(KeyError):
-    """A layer name that is not among the captured layers; the message lists close names."""
-
-    def __init__(self, name: str, known: Iterable[str]) -> None:
-        known = list(known)
-        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-        if close:
-            hint = "close names: " + ", ".join(repr(n) for n in close)
-        else:
-            shown = ", ".join(repr(n) for n in known[:8])
-            hint = f"captured layers: {shown}{', …' if len(known) > 8 else ''}"
-        self.message = f"unknown layer {name!r}; {hint}"
-        super().__init__(self.message)
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def default_budget_bytes(device: torch.device | str) -> int:
@@ -225,6 +208,12 @@ class ActivationStore:
         """``LayerMeta`` dicts of every layer, in call order (fresh copies, JSON-ready)."""
         return [dict(layer.meta) for layer in self._layers.values()]
 
+    def check_name(self, name: str) -> str:
+        """``name`` if the store holds that layer, else ``UnknownLayerError`` with close names."""
+        if name not in self._layers:
+            raise UnknownLayerError(name, self._layers)
+        return name
+
     def meta(self, name: str) -> dict[str, Any]:
         """``LayerMeta`` of one layer."""
         return dict(self._layer(name).meta)
@@ -327,9 +316,10 @@ class ActivationStore:
             lo = np.where(has_finite, host[..., 0], np.inf)
             hi = np.where(has_finite, host[..., 1], -np.inf)
             nonfinite = (bad > 0).any(0)
-        dead = ((lo == 0) & (hi == 0)).all(0) & ~nonfinite
-        # Constant over the batch: one finite value in every sample's map, the same in all, not 0.
-        constant = (lo == hi).all(0) & (lo == lo[:1]).all(0) & ~dead & ~nonfinite
+        dead_mask, constant_mask = health_masks(
+            torch.from_numpy(lo.min(0)), torch.from_numpy(hi.max(0)), torch.from_numpy(nonfinite)
+        )
+        dead, constant = dead_mask.numpy(), constant_mask.numpy()
         flags = (dead * FLAG_DEAD + constant * FLAG_CONSTANT + nonfinite * FLAG_NONFINITE).astype(
             np.uint8
         )

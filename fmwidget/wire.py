@@ -64,6 +64,10 @@ _DTYPES = {
 }
 
 
+#: What a request handler returns: the reply's ``meta`` and its named arrays.
+Payload = tuple[dict[str, Any], dict[str, np.ndarray]]
+
+
 @dataclass(frozen=True)
 class Reply:
     """A decoded reply: what the browser's codec sees, as numpy arrays.

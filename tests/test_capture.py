@@ -196,7 +196,7 @@ def test_layers_by_type_predicate_and_call_name(resnet: nn.Module, image: torch.
 
 
 def test_layers_matching_nothing_list_close_names(resnet: nn.Module, image: torch.Tensor) -> None:
-    with pytest.raises(ValueError, match=r"'layer1\.0\.rleu'.*close names: layer1\.0\.relu"):
+    with pytest.raises(ValueError, match=r"'layer1\.0\.rleu'.*close names: 'layer1\.0\.relu'"):
         checked(resnet, image, layers=["layer1.0.rleu"])
     with pytest.raises(ValueError, match=r"no module of type Conv3d.*Conv2d"):
         checked(resnet, image, layers=nn.Conv3d)

@@ -221,7 +221,7 @@ def test_works_under_no_grad_and_inference_mode() -> None:
 
 def test_errors_name_what_the_user_controls() -> None:
     model, x = _resnet18(), _inputs(2)
-    with pytest.raises(ValueError, match=r"layer 'layer9'.*did you mean"):
+    with pytest.raises(ValueError, match=r"layer .layer9.*close names"):
         gradcam(model, x, "layer9")
     with pytest.raises(
         ValueError, match=r"layer 'fc' to output \(N, C, H, W\); it output \(2, 1000\)"

@@ -220,7 +220,7 @@ _REQ = {"type": "request", "id": 1, "revision": 1}
         ({**_REQ, "kind": "layer", "layer": "0"}, "needs 'sample'"),
         ({**_REQ, "kind": "input", "sample": 0, "revision": None}, "needs 'revision'"),
         ({**_REQ, "kind": "layer", "layer": "O", "sample": 0}, "unknown layer 'O'"),
-        ({**_REQ, "kind": "input", "sample": 9}, "sample 9 is out of range for a batch of 2"),
+        ({**_REQ, "kind": "input", "sample": 9}, "sample 9 is out of range: the batch has 2"),
         (
             {**_REQ, "kind": "channel", "layer": "0", "sample": 0, "channel": 8},
             "channel 8 is out of range: layer '0' has 8 channels",
@@ -347,8 +347,8 @@ def test_a_small_budget_still_serves_every_layer_exactly(make: Make) -> None:
     for name in ("features.0.0", "features.1.conv.0.2", "features.18.2"):
         reply = browser.request("channel", layer=name, sample=0, channel=1, revision=1)
         np.testing.assert_array_equal(reply.arrays["values"], reference[name][0, 1].numpy())
-    assert w._store.resident_bytes <= 200_000 + reference["features.0.0"].numel() * 4
-    assert w._buffers.nbytes == 0
+    assert w._session.store.resident_bytes <= 200_000 + reference["features.0.0"].numel() * 4
+    assert w._source.buffers.nbytes == 0
     assert not _has_hooks(model)
 
 
@@ -858,7 +858,7 @@ def test_tensors_read_from_capture_keep_their_values_after_a_rerun(make: Make) -
     read = {name: w.capture[name] for name in w.capture}
     kept = {name: t.clone() for name, t in read.items()}
     w.inputs = torch.randn(1, 3, 8, 8)
-    assert w._buffers.nbytes > 0
+    assert w._source.buffers.nbytes > 0
     for name, tensor in read.items():
         assert torch.equal(tensor, kept[name]), name
         assert not torch.equal(tensor, w.capture[name]), name

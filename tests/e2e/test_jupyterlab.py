@@ -105,6 +105,12 @@ def _tile_on_screen(
     return shown[keep], want[keep]
 
 
+def _drawn_map(box_w: float, box_h: float, w: int, h: int) -> tuple[float, float, float, float]:
+    """Where a (h, w) map drawn to fit (aspect kept, centred) lies in a box: left, top, width, height."""
+    k = min(box_w / w, box_h / h)
+    return (box_w - w * k) / 2, (box_h - h * k) / 2, w * k, h * k
+
+
 def _tile_origin(attrs: dict, index: int) -> tuple[float, float]:
     col, row = index % int(attrs["columns"]), index // int(attrs["columns"])
     return col * attrs["cellWidth"], row * attrs["cellHeight"]
@@ -172,11 +178,15 @@ def test_widget_in_jupyterlab(lab) -> None:
         big.scroll_into_view_if_needed()
         box = big.bounding_box()
         # In the big map, the screen is at its brightest where the kernel says the channel's max is.
+        # Measured on the drawn map, wherever the layout puts it inside the element.
         shot = np.asarray(Image.open(io.BytesIO(big.screenshot())).convert("L")).astype(float)
+        left, top, dw, dh = _drawn_map(shot.shape[1], shot.shape[0], w, h)
+        drawn = shot[round(top) : round(top + dh), round(left) : round(left + dw)]
         r, cc = np.unravel_index(np.argmax(first[5]), (h, w))
-        y, x = int((r + 0.5) * shot.shape[0] / h), int((cc + 0.5) * shot.shape[1] / w)
-        assert shot[y, x] == shot.max() >= 250, (shot[y, x], shot.max())
-        page.mouse.move(box["x"] + box["width"] * 0.37, box["y"] + box["height"] * 0.61)
+        y, x = int((r + 0.5) * drawn.shape[0] / h), int((cc + 0.5) * drawn.shape[1] / w)
+        assert drawn[y, x] == drawn.max() >= 250, (drawn[y, x], drawn.max())
+        left, top, dw, dh = _drawn_map(box["width"], box["height"], w, h)
+        page.mouse.move(box["x"] + left + dw * 0.37, box["y"] + top + dh * 0.61)
         text = detail.locator("[aria-label='Value']").inner_text()
         m = re.search(r"(\S+) at \(row (\d+), col (\d+)\)", text)
         assert m, text

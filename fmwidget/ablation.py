@@ -1,0 +1,70 @@
+"""The widget's ablation: which layer and channels it acts on, and what the view is told.
+
+:func:`fmwidget.analysis.ablate` does the work; this module resolves the defaults (the shown
+layer, the channels picked in the view) and builds the ``ablation`` trait (``docs/protocol.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fmwidget.analysis import AblationResult
+from fmwidget.names import UnknownLayerError
+from fmwidget.session import Session
+from fmwidget.validation import channel_list
+
+__all__ = ["ablation_target", "ablation_trait"]
+
+
+def ablation_target(
+    session: Session, shown: str, picked: list[int], layer: str | None, channels: Any
+) -> tuple[str, list[int]]:
+    """The layer and channels to ablate: ``layer``/``channels`` if given, else the ``shown`` layer
+    and the channels ``picked`` in the view; every channel checked against the layer."""
+    store = session.store
+    if layer is None:
+        layer = shown
+    elif layer not in store:
+        raise UnknownLayerError(layer, store.names)
+    if channels is None:
+        if layer != shown:
+            raise ValueError(
+                f"say which channels of layer {layer!r} to ablate (channels=[...]): the "
+                f"selection in the view belongs to the shown layer {shown!r}"
+            )
+        channels = picked
+        if not channels:
+            raise ValueError(
+                f"no channel of layer {layer!r} is selected: shift-click tiles in the view "
+                "(or set w.selected / w.channel), or pass channels=[...]"
+            )
+    chosen = channel_list(channels)
+    count = store.shape(layer)[1]
+    bad = [c for c in chosen if not 0 <= c < count]
+    if not chosen or bad:
+        raise ValueError(
+            f"channels {bad or chosen} cannot be ablated: layer {layer!r} has {count} "
+            f"channels (0 to {count - 1})"
+        )
+    return layer, chosen
+
+
+def ablation_trait(
+    session: Session, layer: str, channels: list[int], result: AblationResult
+) -> dict[str, Any]:
+    """The ``ablation`` trait: the layer, the channels and per sample how the prediction moved."""
+    changes = None
+    if result.changes is not None:
+        changes = [
+            {
+                "top_before": c.top_before,
+                "label_before": session.label(c.top_before),
+                "prob_before": c.prob_before,
+                "top_after": c.top_after,
+                "label_after": session.label(c.top_after),
+                "prob_after": c.prob_after,
+                "prob_change": c.prob_change,
+            }
+            for c in result.changes
+        ]
+    return {"layer": layer, "channels": channels, "changes": changes}

@@ -1,0 +1,270 @@
+"""How fmwidget calls a user's model, walks its inputs and outputs, and leaves it as it was.
+
+One convention for ``inputs`` everywhere (capture, Grad-CAM, ablation, recompute, scans): a tensor
+is the one positional argument, a tuple or list the positional arguments, a mapping the keyword
+arguments::
+
+    >>> split_inputs({"x": 1})
+    ((), {'x': 1})
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fmwidget.names import display, hint, parse_layer_name
+
+__all__ = [
+    "LayerRef",
+    "Tap",
+    "call_model",
+    "normal_tensors",
+    "rebuild",
+    "resolve_layer",
+    "split_inputs",
+    "state_kept",
+    "tapped",
+    "tensors_in",
+    "training_flags",
+    "versions",
+]
+
+#: How deep :func:`tensors_in` and :func:`rebuild` look into nested outputs.
+MAX_NESTING = 4
+
+
+def split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``inputs`` as ``(args, kwargs)`` for ``model(*args, **kwargs)``."""
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,), {}
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    raise TypeError(
+        "inputs must be a tensor, a tuple/list of positional arguments or a dict of keyword "
+        f"arguments; got {type(inputs).__name__}"
+    )
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model`` called on ``inputs`` (see :func:`split_inputs`)."""
+    args, kwargs = split_inputs(inputs)
+    return model(*args, **kwargs)
+
+
+def normal_tensors(inputs: Any) -> Any:
+    """Inputs made under ``torch.inference_mode()`` cannot enter an autograd graph; copy those."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.clone() if inputs.is_inference() else inputs
+    if isinstance(inputs, Mapping):
+        return {k: normal_tensors(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(normal_tensors(v) for v in inputs)
+    return inputs
+
+
+def tensors_in(value: Any, prefix: str, depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor inside a (nested) tuple/list/dict/dataclass, named ``prefix[0]['key']``."""
+    if isinstance(value, torch.Tensor):
+        yield prefix, value
+    elif depth >= MAX_NESTING:
+        return
+    elif isinstance(value, (tuple, list)):
+        for i, v in enumerate(value):
+            yield from tensors_in(v, f"{prefix}[{i}]", depth + 1)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from tensors_in(v, f"{prefix}[{k!r}]", depth + 1)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from tensors_in(getattr(value, f.name), f"{prefix}[{f.name!r}]", depth + 1)
+
+
+def rebuild(value: Any, swap: Callable[[torch.Tensor], torch.Tensor], depth: int = 0) -> Any:
+    """The same structure as ``value`` with every tensor replaced by ``swap(tensor)``."""
+    if isinstance(value, torch.Tensor):
+        return swap(value)
+    if depth >= MAX_NESTING:
+        return value
+    if isinstance(value, tuple):
+        items = [rebuild(v, swap, depth + 1) for v in value]
+        if hasattr(value, "_fields"):
+            return type(value)(*items)
+        return type(value)(items) if type(value) is not tuple else tuple(items)
+    if isinstance(value, list):
+        new_list = copy.copy(value)
+        new_list[:] = [rebuild(v, swap, depth + 1) for v in value]
+        return new_list
+    if isinstance(value, Mapping):
+        new_map = copy.copy(value)
+        for k, v in value.items():
+            new_map[k] = rebuild(v, swap, depth + 1)  # type: ignore[index]
+        return new_map
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        new = copy.copy(value)
+        for f in dataclasses.fields(value):
+            object.__setattr__(new, f.name, rebuild(getattr(value, f.name), swap, depth + 1))
+        return new
+    return value
+
+
+@contextmanager
+def state_kept(model: nn.Module) -> Iterator[None]:
+    """Restore buffers (BatchNorm running stats) after the block if any module is in training mode.
+
+    A forward in training mode updates running statistics; a visualization must not change them.
+    """
+    if not any(m.training for m in model.modules()):
+        yield
+        return
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
+
+
+def training_flags(model: nn.Module) -> tuple[bool, ...]:
+    """Every module's ``training`` flag, in ``modules()`` order."""
+    return tuple(module.training for module in model.modules())
+
+
+def versions(model: nn.Module, inputs: Any) -> tuple[tuple[int, ...], int]:
+    """Version counters of the input tensors, and their sum over parameters and buffers: every
+    in-place change (an optimizer step, ``load_state_dict``) moves them."""
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return tuple(_version(t) for _, t in tensors_in(inputs, "")), sum(_version(t) for t in tensors)
+
+
+def _version(tensor: torch.Tensor) -> int:
+    # Inference tensors keep no version counter; they cannot be changed outside inference mode.
+    return 0 if tensor.is_inference() else tensor._version
+
+
+# -- layers by name, and taps that swap one output tensor ---------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """Where a layer name points: the k-th call (1-based) of a module and a path into its output."""
+
+    name: str
+    module: nn.Module
+    call: int
+    index: tuple[int | str, ...]
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> LayerRef:
+    """Resolve a layer name (``name``, ``name:k``, ``name[0]``, ``name['key']``) or a module."""
+    modules = dict(model.named_modules())
+    if isinstance(layer, nn.Module):
+        for name, module in modules.items():
+            if module is layer:
+                return LayerRef(display(name), module, 1, ())
+        raise ValueError(
+            f"the module {type(layer).__name__} passed as `layer` is not part of the model"
+        )
+    if not isinstance(layer, str):
+        raise TypeError(f"`layer` must be a layer name or a module, got {type(layer).__name__}")
+    parsed = parse_layer_name(layer)
+    if parsed.module not in modules:
+        raise ValueError(
+            f"layer {layer!r} is not a module of the model (names come from model.named_modules(), "
+            f"'name:2' is the 2nd call of a module, 'name[0]' a tensor in its output); "
+            f"{hint(layer, [display(n) for n in modules])}"
+        )
+    return LayerRef(layer, modules[parsed.module], parsed.call, parsed.index)
+
+
+def _replace_at(
+    obj: Any, path: tuple[int | str, ...], fn: Callable[[torch.Tensor], torch.Tensor], name: str
+) -> Any:
+    """`obj` with the tensor at `path` replaced by `fn(tensor)`, containers on the way rebuilt."""
+    if not path:
+        if not isinstance(obj, torch.Tensor):
+            raise TypeError(
+                f"layer {name!r} outputs a {type(obj).__name__}, not a tensor; name a tensor "
+                f"inside it, e.g. {name}[0] or {name}['key']"
+            )
+        return fn(obj)
+    key, rest = path[0], path[1:]
+    if isinstance(obj, (tuple, list)) and isinstance(key, int) and -len(obj) <= key < len(obj):
+        items = list(obj)
+        items[key] = _replace_at(items[key], rest, fn, name)
+        if isinstance(obj, list):
+            return items
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    if isinstance(obj, Mapping) and key in obj:
+        new = copy.copy(obj)
+        new[key] = _replace_at(obj[key], rest, fn, name)
+        return new
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type) and hasattr(obj, str(key)):
+        new = copy.copy(obj)
+        object.__setattr__(new, str(key), _replace_at(getattr(obj, str(key)), rest, fn, name))
+        return new
+    raise KeyError(f"layer {name!r}: the output ({type(obj).__name__}) has no entry [{key!r}]")
+
+
+class Tap:
+    """Forward hook on one call of a module: swaps the chosen output tensor for `fn(tensor)`."""
+
+    def __init__(self, ref: LayerRef, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.ref = ref
+        self.fn = fn
+        self.calls = 0
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        self.calls += 1
+        if self.calls != self.ref.call:
+            return None
+        return _replace_at(output, self.ref.index, self.fn, self.ref.name)
+
+    def check_called(self) -> None:
+        if self.calls < self.ref.call:
+            raise RuntimeError(
+                f"layer {self.ref.name!r} was called {self.calls} time(s) in the forward, so call "
+                f"{self.ref.call} never happened"
+            )
+
+
+@contextmanager
+def tapped(ref: LayerRef, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[Tap]:
+    """Install a `Tap` for the duration of the block; the hook is removed even on error."""
+    tap = Tap(ref, fn)
+    handle = ref.module.register_forward_hook(tap)
+    try:
+        yield tap
+    finally:
+        handle.remove()
+
+
+def _normal_tensors(inputs: Any) -> Any:
+    """Inputs made under `torch.inference_mode()` cannot enter an autograd graph; copy those."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.clone() if inputs.is_inference() else inputs
+    if isinstance(inputs, Mapping):
+        return {k: _normal_tensors(v) for k, v in inputs.items()}
+    if isinstance(inputs, tuple | list):
+        return type(inputs)(_normal_tensors(v) for v in inputs)
+    return inputs
+
+
+def _run(model: nn.Module, inputs: Any) -> Any:
+    """Call the model: a tensor as is, a tuple/list positionally, a mapping as keywords."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, tuple | list):
+        return model(*inputs)
+    return model(inputs)

@@ -1,0 +1,19 @@
+"""One module per request kind of the protocol (``docs/protocol.md``): each parses its typed
+request (``parse``, raising :class:`~fmwidget.handlers.fields.BadRequest` with a clear message)
+and serves it (``handle``, returning the reply's meta and arrays). :data:`HANDLERS` is the table
+the router dispatches from."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from fmwidget.handlers import ablate, channel, gradcam, input, layer
+
+#: Request kind → the module that parses and serves it.
+HANDLERS: dict[str, ModuleType] = {
+    "layer": layer,
+    "channel": channel,
+    "input": input,
+    "gradcam": gradcam,
+    "ablate": ablate,
+}

@@ -1,0 +1,99 @@
+"""``gradcam``: a CAM method's heatmap (and per-channel weights) for one layer and sample."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from fmwidget import wire
+from fmwidget.gradcam import gradcam, gradcam_layer
+from fmwidget.handlers.fields import BadRequest, View, layer_field, sample_field
+from fmwidget.names import display
+from fmwidget.session import CamMaps, Session
+from fmwidget.validation import CAM_LABELS, check_cam_method, check_target
+
+
+@dataclass(frozen=True)
+class GradcamRequest:
+    layer: str
+    sample: int
+    method: str
+    target: int | None
+
+
+def parse(content: dict[str, Any], view: View) -> GradcamRequest:
+    session = view.session
+    name, sample = layer_field(content, session), sample_field(content, session)
+    if session.model is None:
+        raise BadRequest("Grad-CAM needs the model, and this widget shows precomputed activations")
+    # The request's method and target win; without them, the `cam_method` and `target` traits.
+    try:
+        method = check_cam_method(content.get("method", view.cam_method), view.cam_methods)
+        target = check_target(content.get("target", view.target), session.classes)
+    except ValueError as error:
+        raise BadRequest(str(error)) from error
+    return GradcamRequest(name, sample, method, target)
+
+
+def handle(request: GradcamRequest, view: View) -> wire.Payload:
+    session = view.session
+    name, sample, method = request.layer, request.sample, request.method
+    result = session.cam(
+        (name, request.target, method), lambda: cam_maps(session, name, request.target, method)
+    )
+    used = None if result.target is None else int(result.target[sample])
+    meta, arrays = wire.gradcam_payload(result.heatmap[sample], result.weights[sample])
+    meta.update(
+        layer=name,
+        sample=sample,
+        target=used,
+        label=session.label(used),
+        method=method,
+        normalized=result.normalized,
+    )
+    return meta, arrays
+
+
+def cam_maps(session: Session, name: str, target: int | None, method: str) -> CamMaps:
+    """The maps of ``method`` at layer ``name`` for the whole batch."""
+    model = session.model
+    assert model is not None  # parse() refuses requests without a model
+    if method == "gradcam":
+        try:
+            ours = gradcam_layer(model, session.inputs, name, target=target)
+        except ValueError as error:
+            raise BadRequest(str(error)) from error
+        return CamMaps(ours.heatmap, ours.weights, ours.target, normalized=False)
+    label = CAM_LABELS.get(method, method)
+    info = session.store.info(name)
+    if info.call != 1 or name != display(info.module_name):
+        what = (
+            f"call {info.call} of module {info.module_name!r}"
+            if info.call != 1
+            else f"a tensor inside the output of module {info.module_name!r}"
+        )
+        raise BadRequest(
+            f"{label} hooks whole modules, so it needs a module's first call with a tensor "
+            f"output; layer {name!r} is {what}. Pick another layer, or Grad-CAM (ours), which "
+            "handles both"
+        )
+    if target is None:
+        if session.classes is None:
+            raise BadRequest(
+                f"{label} explains a class score, and the model does not output (N, classes) scores"
+            )
+        # The predicted class, named explicitly so the reply can say which class it was.
+        targets = session.output.argmax(dim=1).tolist()
+    else:
+        targets = [target] * session.num_samples
+    try:
+        # Score-CAM reports progress with tqdm on stderr: in a notebook that would print bars
+        # into whichever cell ran last.
+        with contextlib.redirect_stderr(io.StringIO()):
+            heatmap = gradcam(model, session.inputs, name, targets, method=method)
+    except (ValueError, TypeError, ImportError) as error:
+        raise BadRequest(str(error)) from error
+    weights = heatmap.new_zeros((heatmap.shape[0], 0))
+    return CamMaps(heatmap.float(), weights, targets, normalized=True)

@@ -1,0 +1,367 @@
+"""What one capture owns, and how a widget makes one.
+
+A :class:`Session` holds everything that belongs to one run of the model on one batch: the
+activation store, the capture report, the model's output and predictions, the inputs and their
+pictures, the group labels and the Grad-CAM maps computed so far. A widget always has exactly one;
+re-running on new inputs replaces it, and closing the widget closes it (after which it says why it
+has nothing to serve). A :class:`Source` is what outlives sessions: the model, which layers to
+capture, the class names, the memory budget and the buffers reused across runs.
+
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).eval()
+    >>> session = Source(model).run(torch.randn(2, 3, 8, 8))
+    >>> session.num_samples, session.store.names
+    (2, ['0'])
+    >>> session.close("closed by the example")
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from fmwidget.calling import training_flags, versions
+from fmwidget.capture import CaptureBuffers, CaptureReport, LayerInfo, LayerSelector, capture
+from fmwidget.gradcam import top_classes
+from fmwidget.groups import default_pair, group_labels
+from fmwidget.images import input_picture, pictures_per_sample
+from fmwidget.store import ActivationStore, precomputed
+
+__all__ = ["CamMaps", "CapturedLayers", "Session", "Source", "StaleCapture"]
+
+#: How many predictions per sample the view gets.
+TOP_PREDICTIONS = 5
+#: How many (layer, target, method) Grad-CAM results a session keeps.
+CAM_CACHE_ENTRIES = 16
+
+
+class StaleCapture(RuntimeError):
+    """An evicted layer cannot be recomputed: the model or its inputs changed since the capture."""
+
+
+class CamMaps(NamedTuple):
+    """A CAM method's maps for the whole batch, as the ``gradcam`` request serves them."""
+
+    heatmap: torch.Tensor  # (N, H, W)
+    weights: torch.Tensor  # (N, C) for our Grad-CAM; (N, 0) for methods without channel weights
+    target: list[int] | None
+    normalized: bool  # scaled to [0, 1] per image (the grad-cam package's methods)
+
+
+@dataclass
+class Session:
+    """One capture: its activations and everything the view shows next to them."""
+
+    store: ActivationStore
+    report: CaptureReport
+    output: Any
+    inputs: Any
+    model: nn.Module | None
+    labels: list[str] | None
+    num_samples: int
+    images: list[np.ndarray] | None = None
+    groups: list[str] = field(default_factory=list)
+    predictions: list[list[dict[str, Any]]] = field(default_factory=list)
+    classes: int | None = None
+    pool: CaptureBuffers | None = None
+    cams: OrderedDict[tuple[str, int | None, str], CamMaps] = field(default_factory=OrderedDict)
+    closed_because: str | None = None
+
+    @classmethod
+    def adopt(
+        cls,
+        store: ActivationStore,
+        *,
+        report: CaptureReport,
+        output: Any,
+        inputs: Any = None,
+        model: nn.Module | None = None,
+        labels: Sequence[str] | None = None,
+        image: Any = None,
+        groups: Sequence[Hashable] | None = None,
+        pool: CaptureBuffers | None = None,
+    ) -> Session:
+        """A session serving ``store``; checks ``image=``, ``groups=`` and ``labels=``."""
+        if not len(store):
+            raise ValueError(f"every captured layer has empty maps: {store.skipped}")
+        num_samples = store.shape(store.names[0])[0]
+        names = None if labels is None else [str(label) for label in labels]
+        predictions, classes = _predictions(output, num_samples, names)
+        return cls(
+            store=store,
+            report=report,
+            output=output,
+            inputs=inputs,
+            model=model,
+            labels=names,
+            num_samples=num_samples,
+            images=None if image is None else pictures_per_sample(image, num_samples),
+            groups=[] if groups is None else group_labels(groups, num_samples),
+            predictions=predictions,
+            classes=classes,
+            pool=pool,
+        )
+
+    # -- what the view is told ---------------------------------------------------------------
+
+    def trait_state(self) -> dict[str, Any]:
+        """The kernel-owned trait values this session gives the widget."""
+        metas = self.store.layers_meta()
+        return {
+            "layers": metas,
+            "layer": metas[0]["name"],
+            "num_samples": self.num_samples,
+            "predictions": self.predictions,
+            "status": {"state": "ready", "message": ""},
+            "groups": self.groups,
+            "group_pair": default_pair(self.groups),
+        }
+
+    def label(self, index: int | None) -> str | None:
+        """The class name of ``index`` (``None`` without ``labels=``)."""
+        return None if self.labels is None or index is None else self.labels[index]
+
+    def input_image(self, sample: int) -> np.ndarray:
+        """The input of ``sample`` as the view shows it, ``(H, W, 3)`` uint8."""
+        if self.images is not None:
+            return self.images[sample]
+        return input_picture(self.inputs, sample)
+
+    def cam(self, key: tuple[str, int | None, str], compute: Callable[[], CamMaps]) -> CamMaps:
+        """The CAM maps of ``key`` (layer, target, method), computed once and kept (LRU)."""
+        found = self.cams.get(key)
+        if found is None:
+            found = compute()
+            self.cams[key] = found
+            while len(self.cams) > CAM_CACHE_ENTRIES:
+                self.cams.popitem(last=False)
+        else:
+            self.cams.move_to_end(key)
+        return found
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_because is not None
+
+    def close(self, reason: str) -> None:
+        """Free the activations and let go of the model and inputs; ``reason`` is what later
+        reads are told (calling it again replaces the reason)."""
+        self.closed_because = reason
+        self.store.close()
+        self.output = self.inputs = self.model = self.images = None
+        self.pool = None
+        self.cams = OrderedDict()
+
+    def require(self) -> Session:
+        """This session, if it still serves data; else a ``RuntimeError`` saying why not."""
+        if self.closed_because is not None:
+            raise RuntimeError(self.closed_because)
+        return self
+
+
+@dataclass
+class Source:
+    """What outlives a session: the model, the layers to capture, class names, memory budget,
+    and the capture buffers reused from one run to the next."""
+
+    model: nn.Module
+    selector: LayerSelector | None = None
+    labels: Sequence[str] | None = None
+    budget_bytes: int | None = None
+    buffers: CaptureBuffers = field(default_factory=CaptureBuffers)
+
+    def __post_init__(self) -> None:
+        # Names and types are kept as given; a one-shot iterable must survive re-runs.
+        selector = self.selector
+        if not (selector is None or isinstance(selector, (str, type)) or callable(selector)):
+            self.selector = list(selector)
+
+    def run(
+        self, inputs: Any, image: Any = None, groups: Sequence[Hashable] | None = None
+    ) -> Session:
+        """Capture ``inputs`` into a new session.
+
+        The previous session must be closed first: its tensors may live in the reused buffers.
+        """
+        model = self.model
+        captured = capture(model, inputs, self.selector, buffers=self.buffers)
+        report, output = captured.report, captured.output
+        # Recomputing in training mode would give other values (dropout, batch statistics), so
+        # such a model's layers all stay.
+        training = any(module.training for module in model.modules())
+        recompute = None if training else Recompute(model, inputs)
+        try:
+            store = ActivationStore(captured, budget_bytes=self.budget_bytes, recompute=recompute)
+        finally:
+            # From here only the store holds the activations; a traceback keeps this frame.
+            del captured
+        try:
+            if store.evicted:
+                # The pool holds every buffer of the capture: evicting frees memory only without it.
+                self.buffers.clear()
+            return Session.adopt(
+                store,
+                report=report,
+                output=output,
+                inputs=inputs,
+                model=model,
+                labels=self.labels,
+                image=image,
+                groups=groups,
+                pool=self.buffers,
+            )
+        except BaseException:
+            store.close()
+            raise
+
+
+def from_activations(
+    activations: Mapping[str, torch.Tensor],
+    *,
+    output: Any = None,
+    labels: Sequence[str] | None = None,
+    image: Any = None,
+    groups: Sequence[Hashable] | None = None,
+) -> Session:
+    """A session over activations computed elsewhere, with no model behind it."""
+    captured = precomputed(activations)
+    if output is None:
+        output = getattr(activations, "output", None)
+    store = ActivationStore(captured, filters=False)
+    try:
+        return Session.adopt(
+            store, report=captured.report, output=output, labels=labels, image=image, groups=groups
+        )
+    except BaseException:
+        store.close()
+        raise
+
+
+def _predictions(
+    output: Any, num_samples: int, labels: list[str] | None
+) -> tuple[list[list[dict[str, Any]]], int | None]:
+    """The top classes per sample (with names), and the number of classes; none without logits.
+
+    A probability that is not finite (NaN inputs) is ``None``: no NaN reaches the comm's JSON.
+    """
+    logits = isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] > 1
+    if not logits or output.shape[0] != num_samples:
+        if labels is not None:
+            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
+            raise ValueError(
+                f"labels= needs a model that outputs (N, classes) logits; it output {got}"
+            )
+        return [], None
+    classes = int(output.shape[1])
+    if labels is not None and len(labels) != classes:
+        raise ValueError(f"labels= has {len(labels)} names but the model outputs {classes} classes")
+    rows = [
+        [
+            {
+                "index": t.index,
+                "label": None if labels is None else labels[t.index],
+                "prob": t.prob if math.isfinite(t.prob) else None,
+            }
+            for t in row
+        ]
+        for row in top_classes(output, k=TOP_PREDICTIONS)
+    ]
+    return rows, classes
+
+
+class CapturedLayers(Mapping[str, torch.Tensor]):
+    """Layer name → activation of a widget's last run (what ``FeatureMapWidget.capture`` is).
+
+    A layer that lives in the widget's reused capture buffers (``pool``: copies the capture had
+    to make, see :class:`fmwidget.capture.CaptureBuffers`) is handed out as a copy, since the next
+    run overwrites those buffers; other layers are handed out as they are. Either way a tensor
+    read here keeps its values when the widget re-runs.
+
+    Example:
+        >>> acts = w.capture  # doctest: +SKIP
+        >>> acts["layer1.0.conv1"].shape, acts.info("layer1.0.conv1").kind  # doctest: +SKIP
+        (torch.Size([2, 64, 16, 16]), 'conv')
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._store = session.store
+        self.report = session.report
+        self.output = session.output
+        self._pool = session.pool
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        self._check_current()
+        maps = self._store.maps(name)
+        return maps.clone() if self._pool is not None and self._pool.holds(maps) else maps
+
+    def __iter__(self) -> Iterator[str]:
+        self._check_current()
+        return iter(self._store.names)
+
+    def __len__(self) -> int:
+        self._check_current()
+        return len(self._store)
+
+    def info(self, name: str) -> LayerInfo:
+        """The ``LayerInfo`` of one layer (module, call, kind, shape, dtype, what fed it)."""
+        self._check_current()
+        return self._store.info(name)  # type: ignore[return-value]
+
+    def _check_current(self) -> None:
+        if self._store.closed:
+            raise RuntimeError(
+                "these activations were replaced by a re-run on new inputs (or the widget was "
+                "closed); read widget.capture again"
+            )
+
+
+class Recompute:
+    """The store's recompute callback: one forward capturing just the evicted layer.
+
+    That gives the captured values only for the model and inputs as they were at the capture: it
+    refuses, naming the cause and the fix, once training flags, inputs or weights changed.
+    """
+
+    def __init__(self, model: nn.Module, inputs: Any) -> None:
+        self._model = model
+        self._inputs = inputs
+        self._flags = training_flags(model)
+        self._inputs_seen, self._weights_seen = versions(model, inputs)
+
+    def __call__(self, name: str) -> torch.Tensor:
+        inputs_now, weights_now = versions(self._model, self._inputs)
+        again = "assign w.inputs = ... to re-run the model as it is now"
+        if training_flags(self._model) != self._flags:
+            cause = (
+                "the model was switched to training mode since (model.train()), where dropout "
+                "and batch statistics give other values and BatchNorm's running statistics "
+                "would move"
+            )
+            fix = f"call model.eval() to go back, or {again}"
+        elif inputs_now != self._inputs_seen:
+            cause, fix = "the inputs were changed in place since", again
+        elif weights_now != self._weights_seen:
+            cause = (
+                "the model's parameters or buffers were changed since (an optimizer step, "
+                "load_state_dict, ...)"
+            )
+            fix = again
+        else:
+            maps = capture(self._model, self._inputs, [name])[name]
+            # A model may change its own inputs in place; that is not a change by the user.
+            self._inputs_seen, self._weights_seen = versions(self._model, self._inputs)
+            return maps
+        raise StaleCapture(
+            f"layer {name!r} was dropped to stay within budget_bytes, and recomputing it would "
+            f"not give the captured values: {cause}; {fix}"
+        )
