@@ -48,6 +48,7 @@ chromium:
 lint: setup
 	$(BIN)/ruff check fmwidget tests benchmarks scripts notebooks
 	$(BIN)/ruff format --check fmwidget tests benchmarks scripts notebooks
+	$(BIN)/mypy
 	npx tsc --noEmit
 	npx biome check js
 

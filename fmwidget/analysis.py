@@ -391,8 +391,12 @@ def compare_layers(
         [p for p in pairs if p.same_shape]
     """
     if match == "name":
-        a, b = _layer_list(capture_a, None), dict(_layer_list(capture_b, None))
-        return [LayerPair(name, name, shape[1:] == b[name][1:]) for name, shape in a if name in b]
+        shapes_b = dict(_layer_list(capture_b, None))
+        return [
+            LayerPair(name, name, shape[1:] == shapes_b[name][1:])
+            for name, shape in _layer_list(capture_a, None)
+            if name in shapes_b
+        ]
     if match == "order":
         a, b = _layer_list(capture_a, ("conv",)), _layer_list(capture_b, ("conv",))
         return [

@@ -106,12 +106,12 @@ def rebuild(value: Any, swap: Callable[[torch.Tensor], torch.Tensor], depth: int
         new_list[:] = [rebuild(v, swap, depth + 1) for v in value]
         return new_list
     if isinstance(value, Mapping):
-        new_map = copy.copy(value)
+        new_map: Any = copy.copy(value)
         for k, v in value.items():
-            new_map[k] = rebuild(v, swap, depth + 1)  # type: ignore[index]
+            new_map[k] = rebuild(v, swap, depth + 1)
         return new_map
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        new = copy.copy(value)
+        new: Any = copy.copy(value)
         for f in dataclasses.fields(value):
             object.__setattr__(new, f.name, rebuild(getattr(value, f.name), swap, depth + 1))
         return new
@@ -185,7 +185,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> LayerRef:
             f"'name:2' is the 2nd call of a module, 'name[0]' a tensor in its output); "
             f"{hint(layer, [display(n) for n in modules])}"
         )
-    return LayerRef(layer, modules[parsed.module], parsed.call, parsed.index)
+    return LayerRef(layer, modules[parsed.module], parsed.call, parsed.path)
 
 
 def _replace_at(
@@ -207,7 +207,7 @@ def _replace_at(
             return items
         return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
     if isinstance(obj, Mapping) and key in obj:
-        new = copy.copy(obj)
+        new: Any = copy.copy(obj)
         new[key] = _replace_at(obj[key], rest, fn, name)
         return new
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type) and hasattr(obj, str(key)):

@@ -467,7 +467,7 @@ class _Selection:
         if item in named or item == ROOT_NAME:
             return [named["" if item == ROOT_NAME else item]], None
         parsed = parse_layer_name(item)
-        if parsed.module in named and (parsed.call != 1 or parsed.index):
+        if parsed.module in named and (parsed.call != 1 or parsed.path):
             return [named[parsed.module]], item
         candidates = [display(n) for n in named]
         raise ValueError(f"no layer named {item!r} in the model; {hint(item, candidates)}")
@@ -544,7 +544,9 @@ class _Run:
         if not isinstance(x, torch.Tensor):
             return None
         for t in (x, x._base):
-            entry = self.seen.get(id(t)) if t is not None else None
+            if t is None:
+                continue
+            entry = self.seen.get(id(t))
             if entry is not None and entry.ref() is t and entry.version == t._version:
                 self.consumed.add(entry.names[-1])
                 return entry.names[-1]
@@ -637,7 +639,9 @@ class _Run:
 
     def protect(self, x: Any) -> None:
         """Clone the stored tensors an ``inplace=True`` module is about to overwrite."""
-        entry = self.seen.get(id(x)) if isinstance(x, torch.Tensor) else None
+        if not isinstance(x, torch.Tensor):
+            return
+        entry = self.seen.get(id(x))
         if entry is None or entry.ref() is not x or entry.version != x._version:
             return
         clone = None

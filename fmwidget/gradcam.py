@@ -72,7 +72,7 @@ class GradCamResult:
 class TopClass(NamedTuple):
     """One entry of :func:`top_classes`: class index, label (None without labels), probability."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, a public field name
     label: str | None
     prob: float
 

@@ -27,8 +27,8 @@ def pictures_per_sample(image: Any, num_samples: int) -> list[np.ndarray]:
     if isinstance(image, np.ndarray):
         # (N, H, W, C) and (N, H, W) are batches; (H, W, 1|3|4) and (H, W) one picture.
         batch = image.ndim == 4 or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4))
-        pictures = list(image) if batch else [image]
-        return _one_per_sample([_array_picture(p) for p in pictures], num_samples)
+        arrays: list[np.ndarray] = list(image) if batch else [image]
+        return _one_per_sample([_array_picture(p) for p in arrays], num_samples)
     if isinstance(image, (list, tuple)):
         return _one_per_sample([pictures_per_sample(p, 1)[0] for p in image], num_samples)
     if hasattr(image, "convert"):

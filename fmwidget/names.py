@@ -5,9 +5,9 @@ then optionally the call (``name:2`` is the module's second call in one forward;
 has no suffix) and a path into a tuple/list/dict/dataclass output (``name[0]``, ``name['out']``)::
 
     >>> parse_layer_name("layer1.0.relu:2")
-    LayerName(module='layer1.0.relu', call=2, index=())
+    LayerName(module='layer1.0.relu', call=2, path=())
     >>> parse_layer_name("head['out'][0]")
-    LayerName(module='head', call=1, index=('out', 0))
+    LayerName(module='head', call=1, path=('out', 0))
     >>> str(parse_layer_name("head['out'][0]"))
     "head['out'][0]"
 
@@ -48,11 +48,11 @@ class LayerName(NamedTuple):
 
     module: str
     call: int
-    index: tuple[int | str, ...]
+    path: tuple[int | str, ...]
 
     def __str__(self) -> str:
         call = f":{self.call}" if self.call != 1 else ""
-        path = "".join(f"[{k!r}]" if isinstance(k, str) else f"[{k}]" for k in self.index)
+        path = "".join(f"[{k!r}]" if isinstance(k, str) else f"[{k}]" for k in self.path)
         return f"{display(self.module)}{call}{path}"
 
 

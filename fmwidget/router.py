@@ -49,7 +49,7 @@ def _dispatch(view: View | None, content: Any) -> wire.Payload:
     request_id = content.get("id")
     if not isinstance(request_id, int) or isinstance(request_id, bool) or request_id <= 0:
         raise BadRequest(f"request id must be a positive integer, got {request_id!r}")
-    handler = HANDLERS.get(content.get("kind"))  # type: ignore[arg-type]
+    handler = HANDLERS.get(str(content.get("kind")))
     if handler is None:
         raise BadRequest(
             f"unknown request kind {content.get('kind')!r}; expected one of {', '.join(HANDLERS)}"

@@ -130,6 +130,10 @@ class Session:
 
     def input_image(self, sample: int) -> np.ndarray:
         """The input of ``sample`` as the view shows it, ``(H, W, 3)`` uint8."""
+        if not 0 <= sample < self.num_samples:
+            raise IndexError(
+                f"sample {sample} is out of range: the batch has {self.num_samples} inputs"
+            )
         if self.images is not None:
             return self.images[sample]
         return input_picture(self.inputs, sample)
@@ -315,7 +319,7 @@ class CapturedLayers(Mapping[str, torch.Tensor]):
     def info(self, name: str) -> LayerInfo:
         """The ``LayerInfo`` of one layer (module, call, kind, shape, dtype, what fed it)."""
         self._check_current()
-        return self._store.info(name)  # type: ignore[return-value]
+        return self._store.info(name)
 
     def _check_current(self) -> None:
         if self._store.closed:

@@ -23,7 +23,7 @@ import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,28 +37,6 @@ __all__ = ["ActivationStore", "UnknownLayerError", "default_budget_bytes", "prec
 
 _GIB = 1 << 30
 _PAIRABLE = ("conv", "norm")
-
-
-class _LayerInfo(Protocol):
-    """The parts of ``fmwidget.capture.LayerInfo`` the store reads."""
-
-    name: str
-    module_name: str
-    call: int
-    type: str
-    kind: str
-    dtype: str
-    input_from: str | None
-
-
-class _Capture(Protocol):
-    """The parts of ``fmwidget.capture.Capture`` the store reads."""
-
-    def __getitem__(self, name: str) -> torch.Tensor: ...
-    def info(self, name: str) -> _LayerInfo: ...
-
-    @property
-    def report(self) -> Any: ...
 
 
 def default_budget_bytes(device: torch.device | str) -> int:
@@ -100,7 +78,9 @@ def precomputed(activations: Mapping[str, torch.Tensor]) -> Capture:
         if not isinstance(name, str):
             raise TypeError(f"layer names must be strings; got {name!r}")
         if not isinstance(value, torch.Tensor) or value.dim() != 4:
-            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            got = (
+                str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+            )
             raise ValueError(f"layer {name!r}: expected an (N, C, H, W) tensor, got {got}")
         if not value.is_floating_point():
             raise ValueError(
@@ -125,7 +105,7 @@ def precomputed(activations: Mapping[str, torch.Tensor]) -> Capture:
 
 @dataclass
 class _Layer:
-    info: _LayerInfo
+    info: LayerInfo
     shape: tuple[int, int, int, int]
     nbytes: int
     flags: np.ndarray
@@ -158,7 +138,7 @@ class ActivationStore:
 
     def __init__(
         self,
-        capture: _Capture,
+        capture: Capture,
         *,
         budget_bytes: int | None = None,
         recompute: Callable[[str], torch.Tensor] | None = None,
@@ -218,7 +198,7 @@ class ActivationStore:
         """``LayerMeta`` of one layer."""
         return dict(self._layer(name).meta)
 
-    def info(self, name: str) -> _LayerInfo:
+    def info(self, name: str) -> LayerInfo:
         """The capture's ``LayerInfo`` of one layer."""
         return self._layer(name).info
 
@@ -298,7 +278,7 @@ class ActivationStore:
             raise UnknownLayerError(name, self._layers)
         return layer
 
-    def _describe(self, info: _LayerInfo, maps: torch.Tensor) -> _Layer:
+    def _describe(self, info: LayerInfo, maps: torch.Tensor) -> _Layer:
         n, c, h, w = maps.shape
         flat = maps.reshape(n, c, h * w)
         # Two reductions: on the CPU, torch.aminmax along a dim is ~20× slower than amin + amax.

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import difflib
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+import traitlets
 
 __all__ = [
     "CAM_LABELS",
@@ -22,9 +24,10 @@ __all__ = [
     "check_cam_method",
     "check_channel",
     "check_channels",
+    "check_options",
     "check_sample",
     "check_target",
-    "unexpected_keyword",
+    "trait_check",
 ]
 
 #: How the view names each CAM method (also in error messages).
@@ -114,8 +117,31 @@ def check_cam_method(method: Any, available: Sequence[str]) -> str:
     return str(method)
 
 
-def unexpected_keyword(owner: str, key: str, known: Iterable[str]) -> TypeError:
-    """The error for a keyword argument ``owner`` does not take, with the closest one it does."""
-    close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return TypeError(f"{owner} got an unexpected keyword argument {key!r}{hint}")
+def check_options(
+    widget: traitlets.HasTraits, options: dict[str, Any], kernel_traits: Iterable[str]
+) -> None:
+    """Keyword options of a widget checked against its traits' names, types, ranges and choices.
+
+    A name the widget does not have gets the closest one it does; a trait the kernel writes is
+    refused. What depends on the data (a layer name, a sample index) is not checked here:
+    cross-validation is off.
+    """
+    owner = type(widget).__name__
+    for key in options:
+        if key in kernel_traits:
+            raise TypeError(f"{key!r} is set by the widget from the model; it is not an option")
+        if not widget.has_trait(key):
+            close = difflib.get_close_matches(key, widget.trait_names(), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"{owner} got an unexpected keyword argument {key!r}{hint}")
+    with widget.cross_validation_lock:
+        for key, value in options.items():
+            widget.traits()[key]._validate(widget, value)
+
+
+def trait_check(check: Callable[..., Any], value: Any, *args: Any, hint: str = "") -> Any:
+    """``check(value, *args)``, its error raised as the ``TraitError`` traitlets shows."""
+    try:
+        return check(value, *args)
+    except (ValueError, TypeError, KeyError) as error:
+        raise traitlets.TraitError(f"{error}{hint}") from error

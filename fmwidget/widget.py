@@ -40,9 +40,10 @@ from fmwidget.validation import (
     check_cam_method,
     check_channel,
     check_channels,
+    check_options,
     check_sample,
     check_target,
-    unexpected_keyword,
+    trait_check,
 )
 
 __all__ = ["CapturedLayers", "FeatureMapWidget"]
@@ -105,7 +106,7 @@ class FeatureMapWidget(anywidget.AnyWidget):
     symmetric = traitlets.Bool(False).tag(sync=True)
     revision = traitlets.Int(0).tag(sync=True)
     status = traitlets.Dict({"state": "busy", "message": ""}).tag(sync=True)
-    predictions = traitlets.List().tag(sync=True)
+    predictions = traitlets.List(traitlets.List(traitlets.Dict())).tag(sync=True)
     sort = traitlets.Enum(SORTS, "index").tag(sync=True)
     top_k = traitlets.Int(0, min=0).tag(sync=True)
     selected = traitlets.List(traitlets.Int()).tag(sync=True)
@@ -141,8 +142,9 @@ class FeatureMapWidget(anywidget.AnyWidget):
         **kwargs: Any,
     ) -> None:
         view = self._checked_options(colormap, scale, height, layer, kwargs)
-        self._source: Source | None = Source(model, layers, labels, budget_bytes)
-        self._open(lambda: self._source.run(inputs, image, groups), layer, view)  # type: ignore[union-attr]
+        source = Source(model, layers, labels, budget_bytes)
+        self._source: Source | None = source
+        self._open(partial(source.run, inputs, image, groups), layer, view)
 
     @classmethod
     def from_activations(
@@ -197,17 +199,8 @@ class FeatureMapWidget(anywidget.AnyWidget):
         self, colormap: str, scale: str, height: int, layer: str | None, extra: dict[str, Any]
     ) -> dict[str, Any]:
         """The view options, checked before the model runs (``colormap="jet"`` fails at once)."""
-        for key in extra:
-            if key in _KERNEL_TRAITS:
-                raise TypeError(f"{key!r} is set by the widget from the model; it is not an option")
-            if not self.has_trait(key):
-                raise unexpected_keyword("FeatureMapWidget", key, self.trait_names())
         view = dict(colormap=colormap, scale=scale, height=height, **extra)
-        # Checked against the traits' types, ranges and choices; what depends on the capture (a
-        # layer name, a sample index) is checked once it exists (cross-validation is off here).
-        with self.cross_validation_lock:
-            for key, value in {**view, **({} if layer is None else {"layer": layer})}.items():
-                self.traits()[key]._validate(self, value)
+        check_options(self, view if layer is None else {**view, "layer": layer}, _KERNEL_TRAITS)
         return view
 
     def _open(self, build: Callable[[], Session], layer: str | None, view: dict[str, Any]) -> None:
@@ -305,7 +298,7 @@ class FeatureMapWidget(anywidget.AnyWidget):
             self.sample = min(self.sample, state["num_samples"] - 1)
             self.revision += 1
             # An ablation describes the previous inputs.
-            self.ablation = None
+            self.set_trait("ablation", None)
             for name, value in state.items():
                 setattr(self, name, value)
         self._close_channel_if_out_of_range()
@@ -318,13 +311,7 @@ class FeatureMapWidget(anywidget.AnyWidget):
             >>> w.input_image(0).shape  # doctest: +SKIP
             (64, 64, 3)
         """
-        session = self._session.require()
-        sample = self.sample if sample is None else sample
-        if not 0 <= sample < session.num_samples:
-            raise IndexError(
-                f"sample {sample} is out of range: the batch has {session.num_samples} inputs"
-            )
-        return session.input_image(sample)
+        return self._session.require().input_image(self.sample if sample is None else sample)
 
     @property
     def selection(self) -> dict[str, Any]:
@@ -423,17 +410,10 @@ class FeatureMapWidget(anywidget.AnyWidget):
         hint: str = "",
         always: bool = False,
     ) -> Any:
-        """``check(value, *args)``, its error raised as the ``TraitError`` traitlets shows.
-
-        What depends on the data is not checked once the widget is closed (there is none).
-        """
-        value = proposal["value"]
+        """What depends on the data is not checked once the widget is closed (there is none)."""
         if self._session.closed and not always:
-            return value
-        try:
-            return check(value, *args)
-        except (ValueError, TypeError, KeyError) as error:
-            raise traitlets.TraitError(f"{error}{hint}") from error
+            return proposal["value"]
+        return trait_check(check, proposal["value"], *args, hint=hint)
 
     def set_state(self, sync_data: dict[str, Any]) -> None:
         """Apply a state update from the browser (ipywidgets API).

@@ -56,7 +56,7 @@ FLAG_DEAD = 1
 FLAG_CONSTANT = 2
 FLAG_NONFINITE = 4
 
-_DTYPES = {
+_DTYPES: dict[str, np.dtype[Any]] = {
     "uint8": np.dtype("<u1"),
     "float32": np.dtype("<f4"),
     "int32": np.dtype("<i4"),
@@ -309,7 +309,7 @@ def encode_reply(
         dtype_name = _dtype_name(array.dtype)
         array = np.ascontiguousarray(array, dtype=_DTYPES[dtype_name])
         specs.append({"name": name, "dtype": dtype_name, "shape": list(array.shape)})
-        buffers.append(memoryview(array).cast("B"))
+        buffers.append(memoryview(array.data).cast("B"))
     content = {
         "type": "reply",
         "v": VERSION,

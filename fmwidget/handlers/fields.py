@@ -35,9 +35,9 @@ class View(Protocol):
 
 def int_field(request: Mapping[str, Any], key: str) -> int:
     value = request.get(key)
-    if not is_int(value):
+    if not isinstance(value, int) or not is_int(value):
         raise BadRequest(f"request needs {key!r} (an integer), got {value!r}")
-    return int(value)
+    return value
 
 
 def layer_field(request: Mapping[str, Any], session: Session) -> str:

@@ -106,7 +106,7 @@ def _tile_on_screen(
 
 
 def _drawn_map(box_w: float, box_h: float, w: int, h: int) -> tuple[float, float, float, float]:
-    """Where a (h, w) map drawn to fit (aspect kept, centred) lies in a box: left, top, width, height."""
+    """Where a (h, w) map drawn to fit (aspect kept, centred) lies in a box: x, y, width, height."""
     k = min(box_w / w, box_h / h)
     return (box_w - w * k) / 2, (box_h - h * k) / 2, w * k, h * k
 
