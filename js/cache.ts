@@ -8,7 +8,14 @@
  *   loader.prefetch(["conv2", "conv0"], key.sample, key.revision);
  */
 import type { LayerData } from "./grid/grid";
-import { type LayerMeta, type LoadedLayer, RequestDropped, type Requester, toLayerData } from "./protocol";
+import {
+  type LayerMeta,
+  type LoadedLayer,
+  type RequestArgs,
+  RequestDropped,
+  type Requester,
+  withBatchRange,
+} from "./protocol";
 
 /** What a cached layer is keyed on: a new capture (revision) or another sample is different data. */
 export interface LayerKey {
@@ -211,7 +218,7 @@ export class LayerLoader {
       return Promise.reject(new Error(`layer "${key.layer}" is not among the captured layers`));
     }
     const k = layerKey(key);
-    const args: Record<string, unknown> = { layer: key.layer, sample: key.sample };
+    const args: RequestArgs["layer"] = { layer: key.layer, sample: key.sample };
     if (this.options.maxValues !== undefined) args.max_values = this.options.maxValues;
     const generation = this.generation;
     if (purpose === "layer" && this.shownFetch !== null) {
@@ -219,10 +226,10 @@ export class LayerLoader {
       // layer in this same task would join a promise that is about to reject.
       if (this.inflight.get(this.shownFetch.k) === this.shownFetch.promise) this.inflight.delete(this.shownFetch.k);
     }
-    const promise = this.options.requester.request("layer", args, { purpose }).then((reply) => {
+    const promise = this.options.requester.ask("layer", args, { purpose }).then((reply) => {
       // Computed before a clear (another group pair): neither cached nor shown.
       if (generation !== this.generation) throw new RequestDropped("stale");
-      const data = toLayerData(reply, meta);
+      const data = withBatchRange(reply, meta);
       this.cache.set(k, data);
       return data;
     });

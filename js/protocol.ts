@@ -1,11 +1,12 @@
 /**
  * The browser side of the wire contract (docs/protocol.md): trait types, the array codec for reply
- * buffers, and the request client that keeps at most one request in flight per purpose.
+ * buffers, one decoder per reply kind, and the request client that keeps at most one request in flight
+ * per purpose. Views get decoded replies from `ask` and never read `reply.meta` themselves.
  *
  * @example
  *   const requester = new Requester(model, { revision: () => model.get("revision") });
- *   const reply = await requester.request("layer", { layer: "conv1", sample: 0 }, { purpose: "layer" });
- *   const data = toLayerData(reply, metaOf("conv1")); // ready for grid.setLayer
+ *   const data = await requester.ask("layer", { layer: "conv1", sample: 0 }, { purpose: "layer" });
+ *   grid.setLayer(withBatchRange(data, metaOf("conv1"))); // a LoadedLayer
  */
 import type { ColormapName } from "./colormaps";
 import type { LayerData, ViewState } from "./grid/grid";
@@ -116,6 +117,57 @@ export interface LoadedLayer extends LayerData {
   only: number[] | null;
 }
 
+/** A decoded `channel` reply: one map's exact values and, for conv layers, the filter that made it. */
+export interface ChannelData {
+  layer: string;
+  channel: number;
+  height: number;
+  width: number;
+  values: Float32Array;
+  filter: ConvFilter | null;
+}
+
+/** A conv kernel (Cin × kh × kw); `rgb` when it reads the input picture (draw it as colours). */
+export interface ConvFilter {
+  data: Float32Array;
+  cin: number;
+  kh: number;
+  kw: number;
+  rgb: boolean;
+}
+
+/** The input picture, RGB bytes row by row (a decoded `input` reply). */
+export interface InputPicture {
+  height: number;
+  width: number;
+  pixels: Uint8Array;
+}
+
+/** A decoded `gradcam` reply. */
+export interface GradcamResult {
+  layer: string;
+  sample: number;
+  /** "gradcam" (ours) or a pytorch-grad-cam method key such as "gradcam++". */
+  method: string;
+  /** The map is already scaled to [0, 1] per image (pytorch-grad-cam's methods, at input resolution). */
+  normalized: boolean;
+  /** The class the map is for (the kernel's choice when the request asked for the predicted one). */
+  target: number | null;
+  label: string | null;
+  height: number;
+  width: number;
+  /** height × width, non-negative; not normalized unless `normalized`. */
+  heatmap: Float32Array;
+  /** One weight per channel of the layer; empty for methods without channel weights. */
+  weights: Float32Array;
+}
+
+/** A decoded `ablate` reply (the result itself arrives in the `ablation` trait). */
+export interface AblateReply {
+  layer: string;
+  channels: number[];
+}
+
 export type DType = "uint8" | "float32" | "int32" | "uint32";
 export type TypedArray = Uint8Array | Float32Array | Int32Array | Uint32Array;
 
@@ -188,7 +240,25 @@ export function decodeArrays(
   return out;
 }
 
-export type RequestKind = "layer" | "channel" | "input" | "gradcam" | "ablate";
+/** The arguments of each request kind (docs/protocol.md, "Requests"); `revision` is added by the requester. */
+export interface RequestArgs {
+  layer: { layer: string; sample: number; max_values?: number; channels?: number[] };
+  channel: { layer: string; sample: number; channel: number };
+  input: { sample: number };
+  gradcam: { layer: string; sample: number; target: number | null; method: string };
+  ablate: { layer: string; channels: number[] };
+}
+
+export type RequestKind = keyof RequestArgs;
+
+/** What `Requester.ask` resolves with, per kind. */
+export interface Decoded {
+  layer: LoadedLayer;
+  channel: ChannelData;
+  input: InputPicture;
+  gradcam: GradcamResult;
+  ablate: AblateReply;
+}
 
 /** A successful reply, decoded. */
 export interface Reply {
@@ -310,7 +380,7 @@ export class Requester {
    *   const reply = await requester.request("input", { sample: 0 });
    *   reply.arrays.image.data; // Uint8Array, H*W*3
    */
-  request(kind: RequestKind, args: Record<string, unknown>, options: RequestOptions = {}): Promise<Reply> {
+  request(kind: RequestKind, args: object, options: RequestOptions = {}): Promise<Reply> {
     if (this.disposed) return Promise.reject(new RequestDropped("disposed"));
     if (options.signal?.aborted) return Promise.reject(new RequestDropped("aborted"));
     const revision = this.options.revision();
@@ -348,6 +418,24 @@ export class Requester {
       } else {
         this.settle(slot.inflight, new RequestDropped("superseded"));
         slot.queued = entry;
+      }
+    });
+  }
+
+  /**
+   * {@link request}, then the decoder of that reply kind: a reply that does not hold what its kind
+   * promises rejects with {@link RequestError} ("malformed channel reply: …").
+   *
+   * @example
+   *   const map = await requester.ask("channel", { layer: "conv1", sample: 0, channel: 3 }, { purpose: "detail" });
+   *   map.values; // Float32Array, map.height × map.width
+   */
+  ask<K extends RequestKind>(kind: K, args: RequestArgs[K], options: RequestOptions = {}): Promise<Decoded[K]> {
+    return this.request(kind, args, options).then((reply) => {
+      try {
+        return DECODERS[kind](reply, args);
+      } catch (e) {
+        throw new RequestError(kind, `malformed ${kind} reply: ${(e as Error).message}`);
       }
     });
   }
@@ -469,7 +557,7 @@ export class Requester {
 
 function numbers(value: unknown, name: string, length: number): number[] {
   if (!Array.isArray(value) || value.length !== length || !value.every((x) => typeof x === "number")) {
-    throw new Error(`layer reply: meta.${name} is ${JSON.stringify(value)}; expected ${length} numbers`);
+    throw new Error(`meta.${name} is ${JSON.stringify(value)}; expected ${length} numbers`);
   }
   return value as number[];
 }
@@ -482,41 +570,36 @@ function array<T extends TypedArray>(
 ): T {
   const a = reply.arrays[name];
   if (a === undefined || !(a.data instanceof Ctor) || a.data.length !== length) {
-    throw new Error(
-      `${reply.kind} reply: array "${name}" is ${a === undefined ? "missing" : `${a.dtype} [${a.shape.join(", ")}]`}; expected ${length} values`,
-    );
+    const found = a === undefined ? "missing" : `${a.dtype} [${a.shape.join(", ")}]`;
+    throw new Error(`array "${name}" is ${found}; expected ${length} values`);
   }
   return a.data;
 }
 
 /**
  * Turns a `layer` reply into what the grid draws. The layer's range for "layer" scale is its batch-wide
- * finite range from `LayerMeta`, so switching samples keeps colours comparable. The optional `effect`
- * array and `meta.groups` (widgets with groups) and `meta.channels` (a full-resolution request for some
- * channels) come along.
+ * finite range from `LayerMeta` when given (see {@link withBatchRange}), else this sample's. The optional
+ * `effect` array and `meta.groups` (widgets with groups) and `meta.channels` (a full-resolution request
+ * for some channels) come along.
  *
  * @example
- *   grid.setLayer(toLayerData(reply, layers.find((l) => l.name === reply.meta.layer)!));
+ *   grid.setLayer(toLayerData(reply, layers.find((l) => l.name === "conv1")));
  */
-export function toLayerData(reply: Reply, layerMeta: LayerMeta): LoadedLayer {
+export function toLayerData(reply: Reply, layerMeta?: LayerMeta): LoadedLayer {
   const [C, H, W] = numbers(reply.meta.shape, "shape", 3);
   const [c, h, w] = numbers(reply.meta.stored, "stored", 3);
   const values = array(reply, "values", Uint8Array, c * h * w);
   const stats = array(reply, "stats", Float32Array, c * 6);
   const flags = array(reply, "flags", Uint8Array, c);
-  let layerMin = layerMeta.min;
-  let layerMax = layerMeta.max;
-  if (!Number.isFinite(layerMin) || !Number.isFinite(layerMax)) {
-    layerMin = Infinity;
-    layerMax = -Infinity;
-    for (let i = 0; i < c; i++) {
-      layerMin = Math.min(layerMin, stats[6 * i]);
-      layerMax = Math.max(layerMax, stats[6 * i + 1]);
-    }
-    if (c === 0) [layerMin, layerMax] = [0, 0];
+  let layerMin = Infinity;
+  let layerMax = -Infinity;
+  for (let i = 0; i < c; i++) {
+    layerMin = Math.min(layerMin, stats[6 * i]);
+    layerMax = Math.max(layerMax, stats[6 * i + 1]);
   }
-  return {
-    layer: String(reply.meta.layer ?? layerMeta.name),
+  if (c === 0) [layerMin, layerMax] = [0, 0];
+  const data: LoadedLayer = {
+    layer: String(reply.meta.layer ?? layerMeta?.name ?? ""),
     channels: c,
     height: h,
     width: w,
@@ -532,6 +615,19 @@ export function toLayerData(reply: Reply, layerMeta: LayerMeta): LoadedLayer {
     groups: groupsInfo(reply.meta.groups),
     only: reply.meta.channels == null ? null : numbers(reply.meta.channels, "channels", c),
   };
+  return layerMeta === undefined ? data : withBatchRange(data, layerMeta);
+}
+
+/**
+ * The layer with its batch-wide finite range (LayerMeta min/max) for the "layer" scale, so switching
+ * samples keeps colours comparable; a layer whose batch range is not finite keeps this sample's.
+ *
+ * @example
+ *   withBatchRange(data, metaOf(data.layer)); // layerMin/layerMax = meta.min/meta.max
+ */
+export function withBatchRange(data: LoadedLayer, layerMeta: LayerMeta): LoadedLayer {
+  if (!Number.isFinite(layerMeta.min) || !Number.isFinite(layerMeta.max)) return data;
+  return { ...data, layerMin: layerMeta.min, layerMax: layerMeta.max };
 }
 
 /** The optional `effect` array: one d per channel of the layer (C), or per channel sent (C') for a `channels` request. */
@@ -551,8 +647,63 @@ function groupsInfo(value: unknown): GroupsInfo | null {
     Object.values(g.examples).every((list) => Array.isArray(list) && list.every((i) => Number.isInteger(i)));
   if (!pairOk || !examplesOk || typeof g.counts !== "object" || g.counts === null) {
     throw new Error(
-      `layer reply: meta.groups is ${JSON.stringify(value)}; expected {pair: [str, str], counts: {label: n}, examples: {label: [sample, ...]}}`,
+      `meta.groups is ${JSON.stringify(value)}; expected {pair: [str, str], counts: {label: n}, examples: {label: [sample, ...]}}`,
     );
   }
   return { pair: g.pair as [string, string], counts: g.counts, examples: g.examples as Record<string, number[]> };
 }
+
+function decodeChannel(reply: Reply, args: RequestArgs["channel"]): ChannelData {
+  const [height, width] = numbers(reply.meta.shape, "shape", 2);
+  const values = array(reply, "values", Float32Array, height * width);
+  const f = reply.arrays.filter;
+  const filter =
+    f !== undefined && f.data instanceof Float32Array && f.shape.length === 3
+      ? { data: f.data, cin: f.shape[0], kh: f.shape[1], kw: f.shape[2], rgb: reply.meta.rgb === true }
+      : null;
+  return { layer: args.layer, channel: args.channel, height, width, values, filter };
+}
+
+function decodeInput(reply: Reply): InputPicture {
+  const [height, width] = numbers(reply.meta.shape, "shape", 3);
+  return { height, width, pixels: array(reply, "image", Uint8Array, height * width * 3) };
+}
+
+function decodeGradcam(reply: Reply, args: RequestArgs["gradcam"]): GradcamResult {
+  const heatmap = reply.arrays.heatmap;
+  if (heatmap === undefined || !(heatmap.data instanceof Float32Array) || heatmap.shape.length !== 2) {
+    throw new Error("the reply carried no float32 (H, W) heatmap");
+  }
+  const weights = reply.arrays.weights?.data;
+  if (!(weights instanceof Float32Array)) throw new Error("the reply carried no float32 weights");
+  const { method, target, label, normalized } = reply.meta;
+  return {
+    layer: args.layer,
+    sample: args.sample,
+    method: typeof method === "string" ? method : args.method,
+    normalized: normalized === true,
+    target: typeof target === "number" ? target : args.target,
+    label: typeof label === "string" ? label : null,
+    height: heatmap.shape[0],
+    width: heatmap.shape[1],
+    heatmap: heatmap.data,
+    weights,
+  };
+}
+
+function decodeAblate(reply: Reply, args: RequestArgs["ablate"]): AblateReply {
+  const { layer, channels } = reply.meta;
+  return {
+    layer: typeof layer === "string" ? layer : args.layer,
+    channels: Array.isArray(channels) ? (channels as number[]) : args.channels,
+  };
+}
+
+/** One decoder per reply kind, applied by `Requester.ask`. */
+const DECODERS: { [K in RequestKind]: (reply: Reply, args: RequestArgs[K]) => Decoded[K] } = {
+  layer: (reply) => toLayerData(reply),
+  channel: decodeChannel,
+  input: decodeInput,
+  gradcam: decodeGradcam,
+  ablate: decodeAblate,
+};

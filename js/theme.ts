@@ -1,30 +1,42 @@
 /**
  * Light/dark theme: colours come from JupyterLab's `--jp-*` CSS variables (style.css maps them to
- * `--fm-*` with fallbacks for other hosts); this module tells canvas code which colours are current and
- * reports theme switches as they happen.
+ * `--fm-*` with fallbacks for other hosts); this module is the one reader of those variables for canvas
+ * code (the grid's overlay, the histogram) and reports theme switches as they happen.
  *
  * @example
  *   const stop = watchTheme(() => { grid.refreshTheme(); redrawHistogram(); });
  *   const { fg, accent } = themeColors(root);
  */
 
-/** Colours a canvas drawing needs, resolved from the widget's CSS. */
+/** Colours and fonts a canvas drawing needs, resolved from the widget's CSS. */
 export interface ThemeColors {
   bg: string;
   fg: string;
+  /** Text drawn over pictures (tile numbers, badges). */
+  label: string;
   muted: string;
   border: string;
   accent: string;
+  /** Errors and dead channels. */
   error: string;
+  /** Channels zeroed by the last ablation. */
+  warn: string;
+  font: string;
+  mono: string;
 }
 
+/** Light-theme values for an element outside the widget's stylesheet. */
 const FALLBACK_LIGHT: ThemeColors = {
   bg: "#ffffff",
   fg: "#1f2328",
+  label: "rgba(0, 0, 0, 0.87)",
   muted: "#6e7781",
   border: "#d0d7de",
   accent: "#1a73e8",
   error: "#d1242f",
+  warn: "#b26a00",
+  font: "system-ui, -apple-system, 'Segoe UI', sans-serif",
+  mono: "ui-monospace, Menlo, Consolas, monospace",
 };
 
 /**
@@ -35,16 +47,11 @@ const FALLBACK_LIGHT: ThemeColors = {
  */
 export function themeColors(el: Element): ThemeColors {
   const style = getComputedStyle(el);
-  const read = (name: keyof ThemeColors): string =>
-    style.getPropertyValue(`--fm-${name}`).trim() || FALLBACK_LIGHT[name];
-  return {
-    bg: read("bg"),
-    fg: read("fg"),
-    muted: read("muted"),
-    border: read("border"),
-    accent: read("accent"),
-    error: read("error"),
-  };
+  const colors = {} as ThemeColors;
+  for (const name of Object.keys(FALLBACK_LIGHT) as (keyof ThemeColors)[]) {
+    colors[name] = style.getPropertyValue(`--fm-${name}`).trim() || FALLBACK_LIGHT[name];
+  }
+  return colors;
 }
 
 /**

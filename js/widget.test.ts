@@ -1,8 +1,8 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { userEvent } from "vitest/browser";
-import { exactValue } from "./detail";
 import type { LayerMeta, Traits } from "./protocol";
 import { layerMeta } from "./testing/fixtures";
+import { exactValue } from "./views/detail";
 import widget from "./widget";
 
 const C = 4;
@@ -62,6 +62,8 @@ class FakeWidgetModel {
     if (JSON.stringify(this.attrs[key]) === JSON.stringify(value)) return;
     this.attrs[key] = value;
     for (const h of this.handlers.get(`change:${key}`) ?? []) h();
+    // As Backbone: one `change` after the `change:<key>` events of a set.
+    for (const h of this.handlers.get("change") ?? []) h();
   }
   on(event: string, cb: Handler): void {
     if (!this.handlers.has(event)) this.handlers.set(event, new Set());

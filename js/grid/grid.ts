@@ -11,6 +11,7 @@
  */
 import { type ColormapName, colormapLUT, NAN_COLOR } from "../colormaps";
 import { dequantize, displayRange, formatValue, type Scope } from "../scale";
+import { type ThemeColors, themeColors } from "../theme";
 import { Canvas2DRenderer } from "./canvas2d";
 import {
   clampView,
@@ -27,7 +28,7 @@ import {
   visibleCells,
   zoomAround,
 } from "./layout";
-import { drawOverlay, readTheme, type Theme } from "./overlay";
+import { drawOverlay } from "./overlay";
 import { WebGLRenderer } from "./webgl";
 
 export interface LayerData {
@@ -243,7 +244,7 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
   let order = new Int32Array(0);
   let ranges = new Float32Array(0);
   let dpr = window.devicePixelRatio || 1;
-  let theme: Theme = readTheme(element);
+  let theme: ThemeColors = themeColors(element);
   let focused: number | null = null;
   let pointer: { x: number; y: number } | null = null;
   let hovered: HitInfo | null = null;
@@ -904,7 +905,7 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
     onDrawn: (cb) => void drawnCbs.push(cb),
     focusTile,
     refreshTheme(): void {
-      theme = readTheme(element);
+      theme = themeColors(element);
       requestDraw();
     },
     destroy(): void {

@@ -7,45 +7,8 @@
  *   drawOverlay(ctx, { layout, view, dpr, order, layer, ranges, lut, theme, selected, ablated, focused, badges, full: null });
  */
 import { dequantize, formatValue, toUnit } from "../scale";
+import type { ThemeColors } from "../theme";
 import { type FullResTiles, type Layout, tileOrigin, VALUE_LABEL_MIN_PX, type View, visibleCells } from "./layout";
-
-/** Colours and fonts of the overlay, read from JupyterLab's CSS variables. */
-export interface Theme {
-  background: string;
-  label: string;
-  accent: string;
-  dead: string;
-  /** Channels zeroed by the last ablation. */
-  warn: string;
-  font: string;
-  mono: string;
-}
-
-const THEME_VARS: Record<keyof Theme, [string, string]> = {
-  background: ["--jp-layout-color0", "#ffffff"],
-  label: ["--jp-ui-font-color1", "rgba(0, 0, 0, 0.87)"],
-  accent: ["--jp-brand-color1", "#1976d2"],
-  dead: ["--jp-error-color1", "#d32f2f"],
-  // The widget's own variable: JupyterLab's warn colour, with light and dark fallbacks elsewhere.
-  warn: ["--fm-warn", "#b26a00"],
-  font: ["--jp-ui-font-family", "system-ui, -apple-system, 'Segoe UI', sans-serif"],
-  mono: ["--jp-code-font-family", "ui-monospace, Menlo, Consolas, monospace"],
-};
-
-/**
- * Reads the theme from the CSS variables in effect at `el` (JupyterLab sets them on the body), with
- * light-theme fallbacks outside JupyterLab.
- */
-export function readTheme(el: Element): Theme {
-  const style = getComputedStyle(el);
-  const theme = {} as Theme;
-  for (const key of Object.keys(THEME_VARS) as (keyof Theme)[]) {
-    const [name, fallback] = THEME_VARS[key];
-    const value = style.getPropertyValue(name).trim();
-    theme[key] = value === "" ? fallback : value;
-  }
-  return theme;
-}
 
 /** The quantized layer as the overlay needs it. */
 export interface OverlayLayer {
@@ -64,7 +27,7 @@ export interface OverlayState {
   /** Per channel [qmin, qmax, lo, hi], as given to the renderer. */
   ranges: Float32Array;
   lut: Uint8Array;
-  theme: Theme;
+  theme: ThemeColors;
   selected: ReadonlySet<number>;
   /** Channels zeroed by the last ablation: a dashed outline and, on large tiles, a "zeroed" tag. */
   ablated: ReadonlySet<number>;
@@ -103,12 +66,12 @@ function tag(
   x: number,
   y: number,
   alignRight: boolean,
-  theme: Theme,
+  theme: ThemeColors,
 ): number {
   const w = tagWidth(ctx, text);
   const left = alignRight ? x - w : x;
   ctx.globalAlpha = 0.75;
-  ctx.fillStyle = theme.background;
+  ctx.fillStyle = theme.bg;
   roundRect(ctx, left, y, w, 13);
   ctx.globalAlpha = 1;
   ctx.fillStyle = theme.label;
@@ -196,7 +159,7 @@ export function drawOverlay(ctx: CanvasRenderingContext2D, s: OverlayState): voi
         ctx.font = `11px ${theme.font}`;
       }
       if ((s.layer.flags[channel] & 1) !== 0) {
-        ctx.strokeStyle = theme.dead;
+        ctx.strokeStyle = theme.error;
         ctx.lineWidth = 1.5;
         ctx.beginPath();
         ctx.moveTo(x0, y0);

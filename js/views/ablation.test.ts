@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from "vitest";
+import type { AblationChange } from "../protocol";
 import { type AblationBarState, changeSummary, channelList, createAblationBar, formatPoints } from "./ablation";
-import type { AblationChange } from "./protocol";
 
 const CAT: AblationChange = {
   top_before: 285,

@@ -9,8 +9,8 @@
  *   bar.update({ ablation: model.get("ablation"), sample: 0, numSamples: 1, layer: "conv1", selected: [3], pending: false, error: "" });
  */
 
-import { el } from "./dom";
-import type { Ablation, AblationChange } from "./protocol";
+import { el } from "../dom";
+import type { Ablation, AblationChange } from "../protocol";
 
 /** Everything the row shows. */
 export interface AblationBarState {

@@ -1,16 +1,17 @@
 /**
- * The header (which layer, its shape and health, the before/after-activation toggle) and the control
- * bar (layer slider, colormap, scale, sample, sort, Grad-CAM). Controls report user input through handlers and are told the model's state through
+ * The control bar (layer slider, colormap, scale, sample, sort, Grad-CAM) and what its sort means
+ * (`tileOrder`). Controls report user input through handlers and are told the model's state through
  * `update`, which never calls a handler back. Names are text: only `textContent` touches them.
  *
  * @example
  *   const controls = createControls(bar, { onLayer: (name) => show(name), ... });
  *   controls.update(stateFromModel());
  */
-import { COLORMAPS, type ColormapName } from "./colormaps";
-import { el, rangeInput } from "./dom";
-import type { LayerMeta, Prediction, SortKey } from "./protocol";
-import type { Scope } from "./scale";
+import { COLORMAPS, type ColormapName } from "../colormaps";
+import { el, rangeInput } from "../dom";
+import { formatPercent, formatShape, predictionLabel } from "../format";
+import type { LayerMeta, Prediction, SortKey } from "../protocol";
+import type { Scope } from "../scale";
 
 /** Everything the controls display, as read from the model's traits. */
 export interface ControlState {
@@ -72,48 +73,6 @@ const SORTS: readonly [SortKey, string][] = [
   ["gradcam", "Grad-CAM weight"],
   ["effect", "Group effect (|d|)"],
 ];
-
-/** A probability as a short percentage: "72%", "0.4%" below 1%, "<0.1%" below that. */
-export function formatPercent(p: number): string {
-  const pct = p * 100;
-  if (pct >= 1) return `${Math.round(pct)}%`;
-  return pct >= 0.1 ? `${pct.toFixed(1)}%` : "<0.1%";
-}
-
-/**
- * How a prediction reads in a picker: its class name, or "class N" for a model without names.
- *
- * @example
- *   predictionLabel({ index: 17, label: null, prob: 0.4 }); // "class 17"
- */
-export function predictionLabel(p: Prediction): string {
-  return p.label ?? `class ${p.index}`;
-}
-
-/**
- * `C × H × W` of a layer (the batch dimension left out).
- *
- * @example
- *   formatShape([1, 64, 56, 56]); // "64 × 56 × 56"
- */
-export function formatShape(shape: readonly number[]): string {
-  return shape.slice(1).join(" × ");
-}
-
-/**
- * The header's health line from a layer's batch-wide counts.
- *
- * @example
- *   healthSummary(meta); // "12 of 64 channels dead · 2 with NaN/Inf"
- */
-export function healthSummary(meta: LayerMeta): string {
-  const c = meta.shape[1];
-  const parts: string[] = [];
-  if (meta.dead > 0) parts.push(`${meta.dead} of ${c} channels dead`);
-  if (meta.constant > 0) parts.push(`${meta.constant} constant`);
-  if (meta.nonfinite > 0) parts.push(`${meta.nonfinite} with NaN/Inf`);
-  return parts.length > 0 ? parts.join(" · ") : `all ${c} channels alive`;
-}
 
 /**
  * The grid's tile order: channels sorted by a statistic (largest first, ties by index), cut to the
@@ -326,92 +285,6 @@ export function createControls(container: HTMLElement, handlers: ControlHandlers
       cancelAnimationFrame(frame);
       frame = 0;
       element.remove();
-    },
-  };
-}
-
-export interface Header {
-  readonly element: HTMLElement;
-  /**
-   * Shows a layer's identity and health; `downsample` > 1 adds a badge saying the grid is pooled;
-   * `partner` is the layer's activation partner (`post` or `pre`), offered as a toggle.
-   */
-  update(meta: LayerMeta | undefined, downsample: number, partner?: LayerMeta): void;
-  /** Marks the named layer as not drawn yet (a small spinner, `aria-busy`), or clears the mark. */
-  setPending(pending: boolean): void;
-  /** The model's top prediction for the shown sample ("Egyptian cat 72%"); null hides it. */
-  setPrediction(top: Prediction | null): void;
-}
-
-/**
- * The text of the before/after-activation toggle: forward to the activation a conv/norm layer feeds
- * ("after ReLU6 →"), back from an activation to its input ("← before activation").
- *
- * @example
- *   partnerLabel(conv, relu); // "after ReLU →"
- */
-export function partnerLabel(meta: LayerMeta, partner: LayerMeta): string {
-  return meta.post === partner.name ? `after ${partner.type} →` : "← before activation";
-}
-
-/**
- * The line above the grid, the one place that names the layer: name, module type, shape, a "loading" mark
- * until the grid shows it, downsample badge, the before/after-activation toggle and the health summary.
- *
- * @example
- *   const header = createHeader(root, { onLayer: (name) => model.set("layer", name) });
- *   header.update(meta, data.downsample, metaOf(meta.post ?? meta.pre ?? ""));
- */
-export function createHeader(container: HTMLElement, handlers: { onLayer(name: string): void }): Header {
-  const element = el("div", "fm-header");
-  const name = el("span", "fm-title");
-  const pending = el("span", "fm-header-pending");
-  pending.title = "Loading this layer";
-  pending.hidden = true;
-  const type = el("span", "fm-badge");
-  const shape = el("span", "fm-shape");
-  const down = el("span", "fm-badge fm-badge-warn");
-  const toggle = el("button", "fm-button fm-partner");
-  toggle.type = "button";
-  toggle.hidden = true;
-  let target = "";
-  toggle.addEventListener("click", () => {
-    if (target !== "") handlers.onLayer(target);
-  });
-  const health = el("span", "fm-health");
-  const prediction = el("span", "fm-prediction");
-  prediction.hidden = true;
-  element.append(name, pending, type, shape, down, toggle, health, prediction);
-  container.append(element);
-  return {
-    element,
-    update(meta: LayerMeta | undefined, downsample: number, partner?: LayerMeta): void {
-      name.textContent = meta?.name ?? "";
-      type.textContent = meta?.type ?? "";
-      type.hidden = meta === undefined;
-      shape.textContent = meta === undefined ? "" : formatShape(meta.shape);
-      down.hidden = !(downsample > 1);
-      down.textContent = `1/${downsample} resolution`;
-      down.title = "The grid shows average-pooled maps to fit the budget; the channel view is exact.";
-      target = meta !== undefined && partner !== undefined ? partner.name : "";
-      toggle.hidden = target === "";
-      if (meta !== undefined && partner !== undefined) {
-        toggle.textContent = partnerLabel(meta, partner);
-        toggle.title = `Show ${partner.name} (${partner.type}) with the same zoom and channel`;
-      }
-      health.textContent = meta === undefined ? "" : healthSummary(meta);
-      health.classList.toggle("fm-health-bad", meta !== undefined && meta.dead + meta.constant + meta.nonfinite > 0);
-    },
-    setPrediction(top: Prediction | null): void {
-      prediction.hidden = top === null;
-      prediction.textContent = top === null ? "" : `${predictionLabel(top)} ${formatPercent(top.prob)}`;
-      prediction.title = top === null ? "" : "The model's top prediction for this input";
-    },
-    setPending(on: boolean): void {
-      pending.hidden = !on;
-      element.classList.toggle("fm-header-loading", on);
-      if (on) element.setAttribute("aria-busy", "true");
-      else element.removeAttribute("aria-busy");
     },
   };
 }

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from "vitest";
+import { colormapLUT } from "../colormaps";
 import { createColorbar, niceTicks } from "./colorbar";
-import { colormapLUT } from "./colormaps";
 
 afterEach(() => document.body.replaceChildren());
 

@@ -7,15 +7,16 @@
  *   detail.show(5);        // request channel 5 of the current layer and open
  *   detail.show(null);     // close
  */
-import { type ColormapName, colormapLUT, NAN_COLOR } from "./colormaps";
-import { el, rangeInput } from "./dom";
-import { isDropped, type LayerMeta, type Requester } from "./protocol";
-import { displayRange, formatValue, type Scope, toUnit } from "./scale";
-import { themeColors } from "./theme";
+import { type ColormapName, colormapLUT, NAN_COLOR } from "../colormaps";
+import { el, rangeInput } from "../dom";
+import { type ChannelData, type ConvFilter, type InputPicture, isDropped, type LayerMeta } from "../protocol";
+import { displayRange, formatValue, type Scope, toUnit } from "../scale";
+import type { DataSource } from "../source";
+import { type ThemeColors, themeColors } from "../theme";
 
 /** What the channel view reads from the widget (always the current state). */
 export interface DetailContext {
-  requester: Requester;
+  source: Pick<DataSource, "channel" | "input">;
   revision(): number;
   sample(): number;
   layer(): LayerMeta | undefined;
@@ -157,27 +158,185 @@ function button(text: string, label: string, onClick: () => void): HTMLButtonEle
   return b;
 }
 
-interface Loaded {
+/** The channel shown: its exact map (a decoded `channel` reply), the key it was asked for and its statistics. */
+interface Loaded extends ChannelData {
   key: string;
-  layer: string;
-  channel: number;
-  height: number;
-  width: number;
-  values: Float32Array;
   stats: ChannelStats;
-  filter: { data: Float32Array; cin: number; kh: number; kw: number; rgb: boolean } | null;
 }
 
-interface InputImage {
+interface InputImage extends InputPicture {
   key: string;
-  height: number;
-  width: number;
-  pixels: Uint8Array;
 }
 
 const HIST_BINS = 64;
 /** The channel map's largest height on screen (CSS px); the style sheet's max-height says the same. */
 const MAP_MAX_HEIGHT = 420;
+
+/** The log-count histogram of a channel's finite values, with its range (and zero) marked. */
+function drawHistogram(
+  histCanvas: HTMLCanvasElement,
+  histCaption: HTMLElement,
+  loaded: Loaded,
+  colors: ThemeColors,
+): void {
+  const dpr = window.devicePixelRatio || 1;
+  const cssW = Math.max(160, histCanvas.clientWidth || 240);
+  const cssH = 72;
+  histCanvas.width = Math.round(cssW * dpr);
+  histCanvas.height = Math.round(cssH * dpr);
+  const g = histCanvas.getContext("2d");
+  if (g === null) return;
+  g.setTransform(dpr, 0, 0, dpr, 0, 0);
+  g.clearRect(0, 0, cssW, cssH);
+  const { min, max } = loaded.stats;
+  const counts = histogram(loaded.values, HIST_BINS, min, max);
+  // Log heights: a ReLU map's spike at zero would otherwise flatten every other bin.
+  const top = Math.log1p(Math.max(1, ...counts));
+  const plotH = cssH - 14;
+  const barW = cssW / HIST_BINS;
+  g.fillStyle = colors.accent;
+  counts.forEach((c, i) => {
+    const h = (Math.log1p(c) / top) * plotH;
+    g.fillRect(i * barW, plotH - h, Math.max(1, barW - 0.5), h);
+  });
+  g.fillStyle = colors.muted;
+  g.font = "10px system-ui, sans-serif";
+  g.textBaseline = "bottom";
+  g.textAlign = "left";
+  g.fillText(formatValue(min), 0, cssH);
+  g.textAlign = "right";
+  g.fillText(formatValue(max), cssW, cssH);
+  if (min < 0 && max > 0) {
+    const x = ((0 - min) / (max - min)) * cssW;
+    g.strokeStyle = colors.fg;
+    g.setLineDash([3, 2]);
+    g.beginPath();
+    g.moveTo(x + 0.5, 0);
+    g.lineTo(x + 0.5, plotH);
+    g.stroke();
+    g.setLineDash([]);
+    // The zero label only where it does not collide with the min/max labels at the ends.
+    if (x > 36 && x < cssW - 36) {
+      g.textAlign = "center";
+      g.fillText("0", x, cssH);
+    }
+  }
+  histCaption.textContent = `${loaded.values.length} values in ${HIST_BINS} bins (log counts)`;
+}
+
+/** The statistics list: exact min/max, mean, std, zeros, size, non-finite counts and batch health. */
+function drawStats(stats: HTMLElement, loaded: Loaded, flags: number): void {
+  const s = loaded.stats;
+  const rows: [string, string][] = [
+    ["min", exactValue(s.min)],
+    ["max", exactValue(s.max)],
+    ["mean", formatValue(s.mean)],
+    ["std", formatValue(s.std)],
+    ["zeros", `${(s.zeros * 100).toFixed(1)}%`],
+    ["size", `${loaded.height} × ${loaded.width}`],
+  ];
+  if (s.nan > 0) rows.push(["NaN", String(s.nan)]);
+  if (s.inf > 0) rows.push(["±Inf", String(s.inf)]);
+  if (flags & 1) rows.push(["health", "dead: zero for every input"]);
+  else if (flags & 2) rows.push(["health", "constant for every input"]);
+  stats.replaceChildren();
+  for (const [k, v] of rows) stats.append(el("dt", "", k), el("dd", "", v));
+}
+
+/** The conv kernel behind the channel: an RGB picture for the first conv, else one tile per input channel. */
+function drawFilter(
+  filterBox: HTMLElement,
+  filterCanvas: HTMLCanvasElement,
+  filterCaption: HTMLElement,
+  f: ConvFilter | null,
+): void {
+  filterBox.hidden = f === null;
+  if (f === null) return;
+  let m = 0;
+  for (let i = 0; i < f.data.length; i++) if (Number.isFinite(f.data[i])) m = Math.max(m, Math.abs(f.data[i]));
+  const g = filterCanvas.getContext("2d");
+  if (g === null) return;
+  if (f.rgb && f.cin === 3) {
+    // The first conv's kernel as a picture: 0.5 grey is a zero weight, each channel scaled by max |w|.
+    const image = new ImageData(f.kw, f.kh);
+    for (let y = 0; y < f.kh; y++) {
+      for (let x = 0; x < f.kw; x++) {
+        for (let c = 0; c < 3; c++) {
+          const w = f.data[(c * f.kh + y) * f.kw + x];
+          image.data[4 * (y * f.kw + x) + c] = Math.round(255 * (0.5 + (m > 0 ? w / (2 * m) : 0)));
+        }
+        image.data[4 * (y * f.kw + x) + 3] = 255;
+      }
+    }
+    filterCanvas.width = f.kw;
+    filterCanvas.height = f.kh;
+    g.putImageData(image, 0, 0);
+    filterCanvas.style.width = `${Math.min(160, f.kw * 24)}px`;
+    filterCaption.textContent = `${f.kh} × ${f.kw} RGB kernel (grey = 0, max |w| = ${formatValue(m)})`;
+    return;
+  }
+  // One small tile of kh × kw weights per input channel, 1 px apart, on a diverging map centred on 0.
+  const cols = Math.ceil(Math.sqrt(f.cin));
+  const rowsN = Math.ceil(f.cin / cols);
+  const tileW = f.kw + 1;
+  const tileH = f.kh + 1;
+  filterCanvas.width = cols * tileW - 1;
+  filterCanvas.height = rowsN * tileH - 1;
+  const image = new ImageData(filterCanvas.width, filterCanvas.height);
+  const lut = colormapLUT("diverging");
+  const lo = m > 0 ? -m : -1;
+  const hi = m > 0 ? m : 1;
+  for (let c = 0; c < f.cin; c++) {
+    const ox = (c % cols) * tileW;
+    const oy = Math.floor(c / cols) * tileH;
+    for (let y = 0; y < f.kh; y++) {
+      for (let x = 0; x < f.kw; x++) {
+        const t = toUnit(f.data[(c * f.kh + y) * f.kw + x], lo, hi);
+        const o = 4 * ((oy + y) * image.width + ox + x);
+        const j = 4 * Math.round((Number.isNaN(t) ? 0.5 : t) * 255);
+        image.data[o] = lut[j];
+        image.data[o + 1] = lut[j + 1];
+        image.data[o + 2] = lut[j + 2];
+        image.data[o + 3] = 255;
+      }
+    }
+  }
+  g.putImageData(image, 0, 0);
+  filterCanvas.style.width = `${Math.min(280, filterCanvas.width * Math.max(1, Math.floor(280 / filterCanvas.width)))}px`;
+  filterCaption.textContent = `${f.cin} input channel${f.cin === 1 ? "" : "s"} × ${f.kh} × ${f.kw} weights (blue < 0 < red, max |w| = ${formatValue(m)})`;
+}
+
+/** The channel map (as drawn on `map`) over the input picture, nearest-neighbour, at `opacity`. */
+function drawOnInput(
+  overlayBox: HTMLElement,
+  overlay: HTMLCanvasElement,
+  map: HTMLCanvasElement,
+  loaded: Loaded | null,
+  input: InputPicture | null,
+  opacity: number,
+): void {
+  const g = overlay.getContext("2d");
+  if (g === null || loaded === null || input === null) {
+    overlayBox.classList.toggle("fm-empty", input === null);
+    return;
+  }
+  overlayBox.classList.remove("fm-empty");
+  overlay.width = input.width;
+  overlay.height = input.height;
+  const image = new ImageData(input.width, input.height);
+  for (let i = 0, n = input.width * input.height; i < n; i++) {
+    image.data[4 * i] = input.pixels[3 * i];
+    image.data[4 * i + 1] = input.pixels[3 * i + 1];
+    image.data[4 * i + 2] = input.pixels[3 * i + 2];
+    image.data[4 * i + 3] = 255;
+  }
+  g.putImageData(image, 0, 0);
+  g.globalAlpha = opacity;
+  // Nearest-neighbour like the map itself: each activation covers the input patch it stands for.
+  g.imageSmoothingEnabled = false;
+  g.drawImage(map, 0, 0, input.width, input.height);
+  g.globalAlpha = 1;
+}
 
 /**
  * Builds the channel view inside `container` (hidden until a channel is shown).
@@ -284,31 +443,11 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
     element.dataset.state = "loading";
     // The previous channel stays while the next one loads (no flicker when stepping), visibly dimmed.
     body.classList.add("fm-stale");
-    ctx.requester
-      .request("channel", { layer: layer.name, sample: ctx.sample(), channel: ch }, { purpose: "detail" })
-      .then((reply) => {
+    ctx.source
+      .channel({ layer: layer.name, sample: ctx.sample(), channel: ch })
+      .then((data) => {
         if (wanted !== key) return;
-        const shape = reply.meta.shape as [number, number];
-        const values = reply.arrays.values?.data;
-        if (!(values instanceof Float32Array) || values.length !== shape[0] * shape[1]) {
-          throw new Error(
-            `channel reply for ${layer.name} channel ${ch} has no float32 values of shape ${JSON.stringify(shape)}`,
-          );
-        }
-        const f = reply.arrays.filter;
-        loaded = {
-          key,
-          layer: layer.name,
-          channel: ch,
-          height: shape[0],
-          width: shape[1],
-          values,
-          stats: channelStats(values),
-          filter:
-            f !== undefined && f.data instanceof Float32Array && f.shape.length === 3
-              ? { data: f.data, cin: f.shape[0], kh: f.shape[1], kw: f.shape[2], rgb: reply.meta.rgb === true }
-              : null,
-        };
+        loaded = { ...data, key, stats: channelStats(data.values) };
         setMessage("");
         element.dataset.state = "ready";
         body.classList.remove("fm-stale");
@@ -332,16 +471,10 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
     if (input?.key === key) return;
     input = null;
     overlayCaption.textContent = "Loading the input image…";
-    ctx.requester.request("input", { sample: ctx.sample() }, { purpose: "input" }).then(
-      (reply) => {
-        const shape = reply.meta.shape as [number, number, number];
-        const pixels = reply.arrays.image?.data;
-        if (!(pixels instanceof Uint8Array) || pixels.length !== shape[0] * shape[1] * 3) {
-          overlayCaption.textContent = "The input reply carried no RGB image.";
-          return;
-        }
-        input = { key, height: shape[0], width: shape[1], pixels };
-        overlayCaption.textContent = `Input ${shape[1]} × ${shape[0]}; the map is stretched to cover it.`;
+    ctx.source.input(ctx.sample(), "input").then(
+      (picture) => {
+        input = { key, ...picture };
+        overlayCaption.textContent = `Input ${picture.width} × ${picture.height}; the map is stretched to cover it.`;
         drawOverlay();
       },
       (e: unknown) => {
@@ -373,160 +506,14 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
     // The element is exactly the drawn map (no letterbox margins): pointer positions map to pixels
     // by the element's box, and a tall map is narrowed rather than padded.
     map.style.width = `min(100%, ${((MAP_MAX_HEIGHT * loaded.width) / loaded.height).toFixed(2)}px)`;
-    drawHistogram();
-    drawStats();
-    drawFilter();
+    drawHistogram(histCanvas, histCaption, loaded, themeColors(element));
+    drawStats(stats, loaded, ctx.flags(loaded.channel, loaded.layer) ?? 0);
+    drawFilter(filterBox, filterCanvas, filterCaption, loaded.filter);
     drawOverlay();
   }
 
-  function drawHistogram(): void {
-    if (loaded === null) return;
-    const colors = themeColors(element);
-    const dpr = window.devicePixelRatio || 1;
-    const cssW = Math.max(160, histCanvas.clientWidth || 240);
-    const cssH = 72;
-    histCanvas.width = Math.round(cssW * dpr);
-    histCanvas.height = Math.round(cssH * dpr);
-    const g = histCanvas.getContext("2d");
-    if (g === null) return;
-    g.setTransform(dpr, 0, 0, dpr, 0, 0);
-    g.clearRect(0, 0, cssW, cssH);
-    const { min, max } = loaded.stats;
-    const counts = histogram(loaded.values, HIST_BINS, min, max);
-    // Log heights: a ReLU map's spike at zero would otherwise flatten every other bin.
-    const top = Math.log1p(Math.max(1, ...counts));
-    const plotH = cssH - 14;
-    const barW = cssW / HIST_BINS;
-    g.fillStyle = colors.accent;
-    counts.forEach((c, i) => {
-      const h = (Math.log1p(c) / top) * plotH;
-      g.fillRect(i * barW, plotH - h, Math.max(1, barW - 0.5), h);
-    });
-    g.fillStyle = colors.muted;
-    g.font = "10px system-ui, sans-serif";
-    g.textBaseline = "bottom";
-    g.textAlign = "left";
-    g.fillText(formatValue(min), 0, cssH);
-    g.textAlign = "right";
-    g.fillText(formatValue(max), cssW, cssH);
-    if (min < 0 && max > 0) {
-      const x = ((0 - min) / (max - min)) * cssW;
-      g.strokeStyle = colors.fg;
-      g.setLineDash([3, 2]);
-      g.beginPath();
-      g.moveTo(x + 0.5, 0);
-      g.lineTo(x + 0.5, plotH);
-      g.stroke();
-      g.setLineDash([]);
-      // The zero label only where it does not collide with the min/max labels at the ends.
-      if (x > 36 && x < cssW - 36) {
-        g.textAlign = "center";
-        g.fillText("0", x, cssH);
-      }
-    }
-    histCaption.textContent = `${loaded.values.length} values in ${HIST_BINS} bins (log counts)`;
-  }
-
-  function drawStats(): void {
-    if (loaded === null) return;
-    const s = loaded.stats;
-    const rows: [string, string][] = [
-      ["min", exactValue(s.min)],
-      ["max", exactValue(s.max)],
-      ["mean", formatValue(s.mean)],
-      ["std", formatValue(s.std)],
-      ["zeros", `${(s.zeros * 100).toFixed(1)}%`],
-      ["size", `${loaded.height} × ${loaded.width}`],
-    ];
-    if (s.nan > 0) rows.push(["NaN", String(s.nan)]);
-    if (s.inf > 0) rows.push(["±Inf", String(s.inf)]);
-    const flags = ctx.flags(loaded.channel, loaded.layer) ?? 0;
-    if (flags & 1) rows.push(["health", "dead: zero for every input"]);
-    else if (flags & 2) rows.push(["health", "constant for every input"]);
-    stats.replaceChildren();
-    for (const [k, v] of rows) stats.append(el("dt", "", k), el("dd", "", v));
-  }
-
-  function drawFilter(): void {
-    const f = loaded?.filter ?? null;
-    filterBox.hidden = f === null;
-    if (f === null) return;
-    let m = 0;
-    for (let i = 0; i < f.data.length; i++) if (Number.isFinite(f.data[i])) m = Math.max(m, Math.abs(f.data[i]));
-    const g = filterCanvas.getContext("2d");
-    if (g === null) return;
-    if (f.rgb && f.cin === 3) {
-      // The first conv's kernel as a picture: 0.5 grey is a zero weight, each channel scaled by max |w|.
-      const image = new ImageData(f.kw, f.kh);
-      for (let y = 0; y < f.kh; y++) {
-        for (let x = 0; x < f.kw; x++) {
-          for (let c = 0; c < 3; c++) {
-            const w = f.data[(c * f.kh + y) * f.kw + x];
-            image.data[4 * (y * f.kw + x) + c] = Math.round(255 * (0.5 + (m > 0 ? w / (2 * m) : 0)));
-          }
-          image.data[4 * (y * f.kw + x) + 3] = 255;
-        }
-      }
-      filterCanvas.width = f.kw;
-      filterCanvas.height = f.kh;
-      g.putImageData(image, 0, 0);
-      filterCanvas.style.width = `${Math.min(160, f.kw * 24)}px`;
-      filterCaption.textContent = `${f.kh} × ${f.kw} RGB kernel (grey = 0, max |w| = ${formatValue(m)})`;
-      return;
-    }
-    // One small tile of kh × kw weights per input channel, 1 px apart, on a diverging map centred on 0.
-    const cols = Math.ceil(Math.sqrt(f.cin));
-    const rowsN = Math.ceil(f.cin / cols);
-    const tileW = f.kw + 1;
-    const tileH = f.kh + 1;
-    filterCanvas.width = cols * tileW - 1;
-    filterCanvas.height = rowsN * tileH - 1;
-    const image = new ImageData(filterCanvas.width, filterCanvas.height);
-    const lut = colormapLUT("diverging");
-    const lo = m > 0 ? -m : -1;
-    const hi = m > 0 ? m : 1;
-    for (let c = 0; c < f.cin; c++) {
-      const ox = (c % cols) * tileW;
-      const oy = Math.floor(c / cols) * tileH;
-      for (let y = 0; y < f.kh; y++) {
-        for (let x = 0; x < f.kw; x++) {
-          const t = toUnit(f.data[(c * f.kh + y) * f.kw + x], lo, hi);
-          const o = 4 * ((oy + y) * image.width + ox + x);
-          const j = 4 * Math.round((Number.isNaN(t) ? 0.5 : t) * 255);
-          image.data[o] = lut[j];
-          image.data[o + 1] = lut[j + 1];
-          image.data[o + 2] = lut[j + 2];
-          image.data[o + 3] = 255;
-        }
-      }
-    }
-    g.putImageData(image, 0, 0);
-    filterCanvas.style.width = `${Math.min(280, filterCanvas.width * Math.max(1, Math.floor(280 / filterCanvas.width)))}px`;
-    filterCaption.textContent = `${f.cin} input channel${f.cin === 1 ? "" : "s"} × ${f.kh} × ${f.kw} weights (blue < 0 < red, max |w| = ${formatValue(m)})`;
-  }
-
   function drawOverlay(): void {
-    const g = overlay.getContext("2d");
-    if (g === null || loaded === null || input === null) {
-      overlayBox.classList.toggle("fm-empty", input === null);
-      return;
-    }
-    overlayBox.classList.remove("fm-empty");
-    overlay.width = input.width;
-    overlay.height = input.height;
-    const image = new ImageData(input.width, input.height);
-    for (let i = 0, n = input.width * input.height; i < n; i++) {
-      image.data[4 * i] = input.pixels[3 * i];
-      image.data[4 * i + 1] = input.pixels[3 * i + 1];
-      image.data[4 * i + 2] = input.pixels[3 * i + 2];
-      image.data[4 * i + 3] = 255;
-    }
-    g.putImageData(image, 0, 0);
-    g.globalAlpha = opacity.valueAsNumber;
-    // Nearest-neighbour like the map itself: each activation covers the input patch it stands for.
-    g.imageSmoothingEnabled = false;
-    g.drawImage(map, 0, 0, input.width, input.height);
-    g.globalAlpha = 1;
+    drawOnInput(overlayBox, overlay, map, loaded, input, opacity.valueAsNumber);
   }
 
   const onPointer = (ev: PointerEvent): void => {

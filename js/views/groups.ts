@@ -8,9 +8,9 @@
  *   bar.update({ groups, pair: model.get("group_pair"), info: data.groups, effect: data.effect });
  */
 
-import { el } from "./dom";
-import type { GroupsInfo } from "./protocol";
-import { formatValue } from "./scale";
+import { el } from "../dom";
+import type { GroupsInfo } from "../protocol";
+import { formatValue } from "../scale";
 
 /**
  * The distinct group labels, in order of first appearance.

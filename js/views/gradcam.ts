@@ -11,30 +11,11 @@
  *   panel.setInput({ height: 224, width: 224, pixels });
  *   panel.show(result);              // or panel.showLoading("layer4") / panel.showError("not a classifier")
  */
-import { heatmapLUT } from "./colormaps";
-import { formatPercent, predictionLabel } from "./controls";
-import { el, rangeInput } from "./dom";
-import type { Prediction } from "./protocol";
-import { formatValue } from "./scale";
-
-/** A decoded `gradcam` reply. */
-export interface GradcamResult {
-  layer: string;
-  sample: number;
-  /** "gradcam" (ours) or a pytorch-grad-cam method key such as "gradcam++". */
-  method: string;
-  /** The map is already scaled to [0, 1] per image (pytorch-grad-cam's methods, at input resolution). */
-  normalized: boolean;
-  /** The class the map is for (the kernel's choice when the request asked for the predicted one). */
-  target: number | null;
-  label: string | null;
-  height: number;
-  width: number;
-  /** height × width, non-negative; not normalized unless `normalized`. */
-  heatmap: Float32Array;
-  /** One weight per channel of the layer; empty for methods without channel weights. */
-  weights: Float32Array;
-}
+import { heatmapLUT } from "../colormaps";
+import { el, rangeInput } from "../dom";
+import { formatPercent, predictionLabel } from "../format";
+import type { GradcamResult, InputPicture, Prediction } from "../protocol";
+import { formatValue } from "../scale";
 
 const METHOD_LABELS: Record<string, string> = {
   gradcam: "Grad-CAM (ours)",
@@ -56,13 +37,6 @@ const METHOD_LABELS: Record<string, string> = {
  */
 export function camMethodLabel(method: string): string {
   return METHOD_LABELS[method] ?? method;
-}
-
-/** The input picture, RGB bytes row by row. */
-export interface InputPicture {
-  height: number;
-  width: number;
-  pixels: Uint8Array;
 }
 
 /**

@@ -7,8 +7,8 @@
  *   const bar = createColorbar(box);
  *   bar.update("viridis", -0.5, 3.2, "layer scale");
  */
-import { type ColormapName, colormapLUT, NAN_COLOR } from "./colormaps";
-import { formatValue } from "./scale";
+import { type ColormapName, colormapLUT, NAN_COLOR } from "../colormaps";
+import { formatValue } from "../scale";
 
 export interface Colorbar {
   readonly element: HTMLElement;

@@ -1,15 +1,7 @@
 import { afterEach, describe, expect, it } from "vitest";
-import {
-  type ControlHandlers,
-  type ControlState,
-  createControls,
-  createHeader,
-  healthSummary,
-  partnerLabel,
-  tileOrder,
-} from "./controls";
-import type { LayerMeta } from "./protocol";
-import { layerMeta } from "./testing/fixtures";
+import type { LayerMeta } from "../protocol";
+import { layerMeta } from "../testing/fixtures";
+import { type ControlHandlers, type ControlState, createControls, tileOrder } from "./controls";
 
 function meta(name: string, extra: Partial<LayerMeta> = {}): LayerMeta {
   return layerMeta(name, { shape: [2, 64, 8, 8], filter: true, ...extra });
@@ -57,13 +49,6 @@ describe("tileOrder", () => {
 
   it("cuts index order to k", () => {
     expect(Array.from(tileOrder("index", s, 4, 3, null)!)).toEqual([0, 1, 2]);
-  });
-});
-
-describe("healthSummary", () => {
-  it("counts dead, constant and non-finite channels of the layer", () => {
-    expect(healthSummary(meta("x", { dead: 12, nonfinite: 2 }))).toBe("12 of 64 channels dead · 2 with NaN/Inf");
-    expect(healthSummary(meta("x"))).toBe("all 64 channels alive");
   });
 });
 
@@ -211,46 +196,5 @@ describe("controls", () => {
       ["topK", 7],
       ["symmetric", true],
     ]);
-  });
-
-  it("renders the header's name, shape, downsample badge, loading mark and health as text", () => {
-    const root = document.createElement("div");
-    containers.push(root);
-    const header = createHeader(root, { onLayer: () => {} });
-    header.update(meta("<b>x</b>", { dead: 3 }), 2);
-    const pending = root.querySelector<HTMLElement>(".fm-header-pending")!;
-    expect(pending.hidden).toBe(true);
-    header.setPending(true);
-    expect(pending.hidden).toBe(false);
-    expect(header.element.getAttribute("aria-busy")).toBe("true");
-    header.setPending(false);
-    expect(pending.hidden).toBe(true);
-    expect(header.element.hasAttribute("aria-busy")).toBe(false);
-    expect(root.querySelector("b")).toBeNull();
-    expect(root.textContent).toContain("<b>x</b>");
-    expect(root.textContent).toContain("64 × 8 × 8");
-    expect(root.textContent).toContain("1/2 resolution");
-    expect(root.textContent).toContain("3 of 64 channels dead");
-  });
-
-  it("offers the activation partner in the header and reports its name", () => {
-    const root = document.createElement("div");
-    containers.push(root);
-    const picked: string[] = [];
-    const header = createHeader(root, { onLayer: (name) => picked.push(name) });
-    const conv = meta("features.0.0", { post: "features.0.2" });
-    const act = meta("features.0.2", { type: "ReLU6", kind: "act", pre: "features.0.0" });
-    expect(partnerLabel(conv, act)).toBe("after ReLU6 →");
-    expect(partnerLabel(act, conv)).toBe("← before activation");
-    const button = root.querySelector<HTMLButtonElement>("button")!;
-    header.update(conv, 1);
-    expect(button.hidden).toBe(true);
-    header.update(conv, 1, act);
-    expect(button.hidden).toBe(false);
-    expect(button.textContent).toBe("after ReLU6 →");
-    button.click();
-    header.update(act, 1, conv);
-    button.click();
-    expect(picked).toEqual(["features.0.2", "features.0.0"]);
   });
 });

@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from "vitest";
-import { heatmapLUT } from "./colormaps";
-import { camMethodLabel, createGradcamPanel, type GradcamResult, heatmapPicture, upsampleBilinear } from "./gradcam";
+import { heatmapLUT } from "../colormaps";
+import type { GradcamResult } from "../protocol";
+import { camMethodLabel, createGradcamPanel, heatmapPicture, upsampleBilinear } from "./gradcam";
 
 function result(extra: Partial<GradcamResult> = {}): GradcamResult {
   // A 4×4 map with its maximum at row 3, col 0 (bottom-left) and a weaker spot at row 0, col 3.

@@ -1,0 +1,130 @@
+/**
+ * Where the views get their data: layers, single channels, the input picture and Grad-CAM maps. The
+ * kernel-backed source asks the kernel (through the Requester, latest request per purpose wins) and
+ * caches what it got; a source reading data embedded in a saved HTML file can stand in for it, and no
+ * view knows which one it talks to.
+ *
+ * @example
+ *   const source = new KernelSource(model, store);
+ *   const data = source.peekLayer(key) ?? (await source.loadLayer(key));
+ *   const map = await source.channel({ layer: "conv1", sample: 0, channel: 3 });
+ */
+import { type LayerKey, LayerLoader, LruCache } from "./cache";
+import {
+  type AblateReply,
+  type ChannelData,
+  type GradcamResult,
+  type InputPicture,
+  type LoadedLayer,
+  type MessageModel,
+  type RequestArgs,
+  Requester,
+  withBatchRange,
+} from "./protocol";
+import type { Store } from "./store";
+
+/** What the views need, whoever provides it. Rejections with `RequestDropped` mean "no longer wanted". */
+export interface DataSource {
+  /** A cached layer, at once (a cached layer shows without waiting a frame). */
+  peekLayer(key: LayerKey): LoadedLayer | undefined;
+  /** The layer to show; a newer call replaces an older one that has not arrived. */
+  loadLayer(key: LayerKey): Promise<LoadedLayer>;
+  /** Layers likely to be shown next, fetched in the background in order. */
+  prefetch(layers: readonly string[], sample: number, revision: number): void;
+  /** Forgets cached layers (a new capture, another group pair). */
+  clearLayers(): void;
+  /** Some channels of a layer at full resolution (for zoomed-in tiles of a downsampled layer). */
+  fullRes(layer: string, sample: number, channels: number[]): Promise<LoadedLayer>;
+  /** One channel's exact map (and filter); `purpose` keeps one request per caller in flight. */
+  channel(args: RequestArgs["channel"]): Promise<ChannelData>;
+  /** The input picture of a sample. */
+  input(sample: number, purpose: string): Promise<InputPicture>;
+  /** A cached Grad-CAM map by cam key (see `Store.camKey`). */
+  peekGradcam(key: string): GradcamResult | undefined;
+  /** Computes (or reads) a Grad-CAM map and caches it under `key`. */
+  gradcam(key: string, args: RequestArgs["gradcam"]): Promise<GradcamResult>;
+  /** Forgets cached Grad-CAM maps (a new capture). */
+  clearGradcam(): void;
+  /** Zeroes channels and re-runs the model (the result arrives in the `ablation` trait). */
+  ablate(args: RequestArgs["ablate"]): Promise<AblateReply>;
+  destroy(): void;
+}
+
+/** Grad-CAM maps kept for revisits: a pytorch-grad-cam map at input resolution is about 200 KB. */
+const GRADCAM_CACHE_BYTES = 16 * 2 ** 20;
+
+/** The data source of a live widget: every piece of data is a request to the kernel. */
+export class KernelSource implements DataSource {
+  private readonly requester: Requester;
+  private readonly loader: LayerLoader;
+  private readonly cams = new LruCache<GradcamResult>(
+    GRADCAM_CACHE_BYTES,
+    (r) => r.heatmap.byteLength + r.weights.byteLength,
+  );
+  private readonly store: Store;
+
+  constructor(model: MessageModel, store: Store) {
+    this.store = store;
+    this.requester = new Requester(model, {
+      revision: () => store.get("revision"),
+      onBusy: (busy) => store.update({ kernelBusy: busy }),
+    });
+    this.loader = new LayerLoader({ requester: this.requester, metaOf: (name) => store.metaOf(name) });
+  }
+
+  peekLayer(key: LayerKey): LoadedLayer | undefined {
+    return this.loader.peek(key);
+  }
+
+  loadLayer(key: LayerKey): Promise<LoadedLayer> {
+    return this.loader.load(key);
+  }
+
+  prefetch(layers: readonly string[], sample: number, revision: number): void {
+    this.loader.prefetch(layers, sample, revision);
+  }
+
+  clearLayers(): void {
+    this.loader.clear();
+  }
+
+  fullRes(layer: string, sample: number, channels: number[]): Promise<LoadedLayer> {
+    const meta = this.store.metaOf(layer);
+    return this.requester
+      .ask("layer", { layer, sample, channels }, { purpose: "fullres" })
+      .then((data) => (meta === undefined ? data : withBatchRange(data, meta)));
+  }
+
+  channel(args: RequestArgs["channel"]): Promise<ChannelData> {
+    return this.requester.ask("channel", args, { purpose: "detail" });
+  }
+
+  input(sample: number, purpose: string): Promise<InputPicture> {
+    return this.requester.ask("input", { sample }, { purpose });
+  }
+
+  peekGradcam(key: string): GradcamResult | undefined {
+    return this.cams.get(key);
+  }
+
+  gradcam(key: string, args: RequestArgs["gradcam"]): Promise<GradcamResult> {
+    const hit = this.cams.get(key);
+    if (hit !== undefined) return Promise.resolve(hit);
+    return this.requester.ask("gradcam", args, { purpose: "gradcam" }).then((result) => {
+      this.cams.set(key, result);
+      return result;
+    });
+  }
+
+  clearGradcam(): void {
+    this.cams.clear();
+  }
+
+  ablate(args: RequestArgs["ablate"]): Promise<AblateReply> {
+    return this.requester.ask("ablate", args, { purpose: "ablate" });
+  }
+
+  destroy(): void {
+    this.requester.dispose();
+  }
+}

@@ -1,0 +1,113 @@
+/**
+ * The header: the one place that names the layer (name, module type, shape, a loading mark, downsample
+ * badge), the before/after-activation toggle, the health summary and the top prediction. Names are text:
+ * only `textContent` touches them.
+ *
+ * @example
+ *   const header = createHeader(root, { onLayer: (name) => store.set({ layer: name }) });
+ *   header.update(meta, data.downsample, partner);
+ */
+import { el } from "../dom";
+import { formatPercent, formatShape, predictionLabel } from "../format";
+import type { LayerMeta, Prediction } from "../protocol";
+
+/**
+ * The header's health line from a layer's batch-wide counts.
+ *
+ * @example
+ *   healthSummary(meta); // "12 of 64 channels dead · 2 with NaN/Inf"
+ */
+export function healthSummary(meta: LayerMeta): string {
+  const c = meta.shape[1];
+  const parts: string[] = [];
+  if (meta.dead > 0) parts.push(`${meta.dead} of ${c} channels dead`);
+  if (meta.constant > 0) parts.push(`${meta.constant} constant`);
+  if (meta.nonfinite > 0) parts.push(`${meta.nonfinite} with NaN/Inf`);
+  return parts.length > 0 ? parts.join(" · ") : `all ${c} channels alive`;
+}
+
+export interface Header {
+  readonly element: HTMLElement;
+  /**
+   * Shows a layer's identity and health; `downsample` > 1 adds a badge saying the grid is pooled;
+   * `partner` is the layer's activation partner (`post` or `pre`), offered as a toggle.
+   */
+  update(meta: LayerMeta | undefined, downsample: number, partner?: LayerMeta): void;
+  /** Marks the named layer as not drawn yet (a small spinner, `aria-busy`), or clears the mark. */
+  setPending(pending: boolean): void;
+  /** The model's top prediction for the shown sample ("Egyptian cat 72%"); null hides it. */
+  setPrediction(top: Prediction | null): void;
+}
+
+/**
+ * The text of the before/after-activation toggle: forward to the activation a conv/norm layer feeds
+ * ("after ReLU6 →"), back from an activation to its input ("← before activation").
+ *
+ * @example
+ *   partnerLabel(conv, relu); // "after ReLU →"
+ */
+export function partnerLabel(meta: LayerMeta, partner: LayerMeta): string {
+  return meta.post === partner.name ? `after ${partner.type} →` : "← before activation";
+}
+
+/**
+ * The line above the grid, the one place that names the layer: name, module type, shape, a "loading" mark
+ * until the grid shows it, downsample badge, the before/after-activation toggle and the health summary.
+ *
+ * @example
+ *   const header = createHeader(root, { onLayer: (name) => model.set("layer", name) });
+ *   header.update(meta, data.downsample, metaOf(meta.post ?? meta.pre ?? ""));
+ */
+export function createHeader(container: HTMLElement, handlers: { onLayer(name: string): void }): Header {
+  const element = el("div", "fm-header");
+  const name = el("span", "fm-title");
+  const pending = el("span", "fm-header-pending");
+  pending.title = "Loading this layer";
+  pending.hidden = true;
+  const type = el("span", "fm-badge");
+  const shape = el("span", "fm-shape");
+  const down = el("span", "fm-badge fm-badge-warn");
+  const toggle = el("button", "fm-button fm-partner");
+  toggle.type = "button";
+  toggle.hidden = true;
+  let target = "";
+  toggle.addEventListener("click", () => {
+    if (target !== "") handlers.onLayer(target);
+  });
+  const health = el("span", "fm-health");
+  const prediction = el("span", "fm-prediction");
+  prediction.hidden = true;
+  element.append(name, pending, type, shape, down, toggle, health, prediction);
+  container.append(element);
+  return {
+    element,
+    update(meta: LayerMeta | undefined, downsample: number, partner?: LayerMeta): void {
+      name.textContent = meta?.name ?? "";
+      type.textContent = meta?.type ?? "";
+      type.hidden = meta === undefined;
+      shape.textContent = meta === undefined ? "" : formatShape(meta.shape);
+      down.hidden = !(downsample > 1);
+      down.textContent = `1/${downsample} resolution`;
+      down.title = "The grid shows average-pooled maps to fit the budget; the channel view is exact.";
+      target = meta !== undefined && partner !== undefined ? partner.name : "";
+      toggle.hidden = target === "";
+      if (meta !== undefined && partner !== undefined) {
+        toggle.textContent = partnerLabel(meta, partner);
+        toggle.title = `Show ${partner.name} (${partner.type}) with the same zoom and channel`;
+      }
+      health.textContent = meta === undefined ? "" : healthSummary(meta);
+      health.classList.toggle("fm-health-bad", meta !== undefined && meta.dead + meta.constant + meta.nonfinite > 0);
+    },
+    setPrediction(top: Prediction | null): void {
+      prediction.hidden = top === null;
+      prediction.textContent = top === null ? "" : `${predictionLabel(top)} ${formatPercent(top.prob)}`;
+      prediction.title = top === null ? "" : "The model's top prediction for this input";
+    },
+    setPending(on: boolean): void {
+      pending.hidden = !on;
+      element.classList.toggle("fm-header-loading", on);
+      if (on) element.setAttribute("aria-busy", "true");
+      else element.removeAttribute("aria-busy");
+    },
+  };
+}
