@@ -4,6 +4,7 @@
 >>> w = fmwidget.demo()                                   # MobileNetV2 (ImageNet) on a real photo
 >>> w = fmwidget.FeatureMapWidget(model, images)         # any PyTorch CNN
 >>> acts = fmwidget.capture(model, images)               # {layer name: (N, C, H, W) tensor}
+>>> s = fmwidget.scan(model, dataset)                    # top-k images and statistics per channel
 """
 
 from fmwidget.analysis import (
@@ -24,6 +25,8 @@ from fmwidget.capture import (
 from fmwidget.compare import CompareWidget, compare
 from fmwidget.demo import demo
 from fmwidget.gradcam import gradcam, gradcam_layer, top_classes
+from fmwidget.receptive import receptive_field
+from fmwidget.scan import Example, Scan, scan
 from fmwidget.widget import FeatureMapWidget
 from fmwidget.wire import decode, dequantize
 
@@ -36,7 +39,9 @@ __all__ = [
     "CaptureReport",
     "CompareWidget",
     "FeatureMapWidget",
+    "Example",
     "LayerInfo",
+    "Scan",
     "ablate",
     "capture",
     "channel_health",
@@ -49,5 +54,7 @@ __all__ = [
     "gradcam_layer",
     "group_differences",
     "rank_channels",
+    "receptive_field",
+    "scan",
     "top_classes",
 ]

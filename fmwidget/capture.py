@@ -54,6 +54,7 @@ __all__ = [
     "CaptureReport",
     "LayerInfo",
     "LayerSelector",
+    "LayerTaps",
     "capture",
 ]
 
@@ -665,7 +666,7 @@ class _Run:
     def finish(
         self, selection: _Selection, notes: list[str], pool: CaptureBuffers | None
     ) -> Capture:
-        self.check_exact_names()
+        self.check_exact_names(self.stored)
         infos = [self.info(name, t) for name, t in self.stored.items()]
         for module_name in selection.names.values():
             if module_name not in self.calls:
@@ -689,11 +690,12 @@ class _Run:
             input_from=src,
         )
 
-    def check_exact_names(self) -> None:
+    def check_exact_names(self, produced: Iterable[str]) -> None:
+        produced = set(produced)
         for module_name, wanted in self.exact.items():
             for name in sorted(wanted):
                 base = name.split("[", 1)[0]
-                if name in self.stored or any(n.startswith(base + "[") for n in self.stored):
+                if name in produced or any(n.startswith(base + "[") for n in produced):
                     continue
                 calls = self.calls.get(module_name, 0)
                 shown = display(module_name)
@@ -807,3 +809,95 @@ def _forward_failure(
     expects = f"; its weight is {_describe(weight)}" if isinstance(weight, torch.Tensor) else ""
     layer = display(names[id(failing)])
     return f"layer {layer!r} ({type(failing).__name__}) failed{what}{expects}: {cause}"
+
+
+class _TapRun(_Run):
+    """One forward of :class:`LayerTaps`: each selected output goes to a callback at hook time,
+    and nothing is kept."""
+
+    def __init__(
+        self, selection: _Selection, on_tensor: Callable[[str, torch.Tensor], None]
+    ) -> None:
+        super().__init__(selection, False, False, frozenset(), None)
+        self.on_tensor = on_tensor
+        self.infos: dict[str, LayerInfo] = {}
+
+    def keep(
+        self,
+        name: str,
+        t: torch.Tensor,
+        module: nn.Module,
+        module_name: str,
+        call: int,
+        src: str | None,
+    ) -> torch.Tensor:
+        self.origin[name] = (module_name, call, module, src)
+        self.infos[name] = self.info(name, t)
+        self.on_tensor(name, t)
+        return t
+
+
+class LayerTaps:
+    """Hooks on the layers :func:`capture` takes that hand each output to ``on_tensor(name, t)``
+    the moment its module returns, keeping nothing.
+
+    What a streaming reduction (:func:`fmwidget.scan.scan`) needs: the same layer names and
+    selectors as :func:`capture`, values read before any later in-place op can change them (so
+    no copies), and memory that does not grow with the number of layers. Hooks are removed when
+    the ``with`` block ends, even on error; the model's buffers are restored when it runs in
+    training mode.
+
+    Example::
+
+        with LayerTaps(model, ["layer1.0.conv1"], lambda name, t: print(name, t.amax())) as taps:
+            taps.forward(images)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: LayerSelector | None,
+        on_tensor: Callable[[str, torch.Tensor], None],
+    ) -> None:
+        self.model = model
+        self._selection = _Selection.build(model, layers)
+        self._on_tensor = on_tensor
+        self._handles: list[Any] = []
+        self._run: _TapRun | None = None
+        #: The ``LayerInfo`` of every layer seen so far, in call order of the first forward.
+        self.infos: dict[str, LayerInfo] = {}
+
+    def __enter__(self) -> LayerTaps:
+        for module, module_name in self._selection.names.items():
+            self._handles.append(module.register_forward_hook(self._hook(module_name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._run = None
+
+    def forward(self, inputs: Any) -> Any:
+        """Run the model once on ``inputs`` (without autograd); returns its output."""
+        args, kwargs = split_inputs(inputs)
+        run = self._run = _TapRun(self._selection, self._on_tensor)
+        with torch.no_grad(), state_kept(self.model):
+            try:
+                output = self.model(*args, **kwargs)
+            except Exception as exc:
+                raise CaptureError(_forward_failure(self.model, exc, args, kwargs)) from exc
+        if not self.infos:
+            run.check_exact_names(run.infos)
+            if not run.infos:
+                raise CaptureError(run.nothing_captured_message())
+        for name, info in run.infos.items():
+            self.infos.setdefault(name, info)
+        return output
+
+    def _hook(self, module_name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if self._run is not None:
+                self._run.on_output(module, module_name, args, output)
+
+        return hook

@@ -1,0 +1,166 @@
+"""Receptive fields, measured for any architecture: which input pixels can move one position of a
+layer.
+
+The method: a copy of the model in which every nonlinearity is made pass-through (activation
+modules become identities, max-pooling becomes average pooling over the same window, dropout is
+off) and every weight is positive, run in float64 on an all-ones input. The gradient of the
+layer's output at ``(row, col)`` (summed over channels) with respect to the input is then
+non-zero exactly on the pixels some path of the network connects to that position: its
+theoretical receptive field, with no cancellation and no dead ReLU hiding part of it. It works
+through residual adds, concatenations, attention and strided or dilated convolutions alike, because
+autograd follows whatever the forward does. Functional nonlinearities (``F.relu``) stay in the copy;
+at a positive input with positive weights they pass gradients through anyway.
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3), torch.nn.Conv2d(1, 1, 3))
+    >>> receptive_field(net, torch.zeros(1, 1, 16, 16), "1", 0, 0)
+    (0, 0, 5, 5)
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+
+from fmwidget.calling import call_model, resolve_layer, tapped
+
+__all__ = ["receptive_field"]
+
+_AVG_FOR_MAX: dict[type[nn.Module], Any] = {
+    nn.MaxPool1d: nn.AvgPool1d,
+    nn.MaxPool2d: nn.AvgPool2d,
+    nn.MaxPool3d: nn.AvgPool3d,
+}
+_ADAPTIVE: dict[type[nn.Module], Any] = {
+    nn.AdaptiveMaxPool1d: nn.AdaptiveAvgPool1d,
+    nn.AdaptiveMaxPool2d: nn.AdaptiveAvgPool2d,
+}
+_NONLINEAR = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Dropout3d,
+)
+
+# One pass-through copy per model (models are not hashable by value; a weak key per object).
+_LINEAR_COPIES: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+
+
+def receptive_field(
+    model: nn.Module, inputs: Any, layer: str, row: int, col: int
+) -> tuple[int, int, int, int]:
+    """The input region ``(top, left, bottom, right)`` (bottom/right exclusive, clipped to the
+    input) that can influence position ``(row, col)`` of ``layer``'s maps.
+
+    ``inputs`` only give the input's shape (the first 4-D tensor among them is the image); the
+    model is not changed (a pass-through copy is made once per model and kept while the model
+    lives). Layers are named as for :func:`fmwidget.capture.capture`.
+    """
+    linear = _linear_copy(model)
+    device = next(linear.parameters(), torch.empty(0)).device
+    probe = _probe_inputs(inputs, device)
+    image = next((t for t in _tensors(probe) if t.dim() == 4), None)
+    if image is None:
+        raise ValueError("receptive_field needs inputs with an (N, C, H, W) image tensor")
+    image.requires_grad_(True)
+    ref = resolve_layer(linear, layer)
+    grabbed: list[torch.Tensor] = []
+
+    def grab(out: torch.Tensor) -> torch.Tensor:
+        grabbed.append(out)
+        return out
+
+    with torch.enable_grad(), tapped(ref, grab) as tap:
+        call_model(linear, probe)
+        tap.check_called()
+    out = grabbed[0]
+    if out.dim() != 4:
+        raise ValueError(f"layer {layer!r} has {out.dim()}-D output; a receptive field needs 4-D")
+    h, w = out.shape[-2:]
+    if not (0 <= row < h and 0 <= col < w):
+        raise ValueError(f"position ({row}, {col}) is outside layer {layer!r}'s {h}×{w} maps")
+    (grad,) = torch.autograd.grad(out[0, :, row, col].sum(), image)
+    support = grad[0].abs().sum(0) > 0
+    rows = torch.nonzero(support.any(1)).flatten()
+    cols = torch.nonzero(support.any(0)).flatten()
+    if rows.numel() == 0:
+        return (0, 0, 0, 0)
+    return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+
+
+def _linear_copy(model: nn.Module) -> nn.Module:
+    found = _LINEAR_COPIES.get(model)
+    if found is not None:
+        return found
+    linear = copy.deepcopy(model).double().eval()
+    _make_pass_through(linear)
+    with torch.no_grad():
+        for p in linear.parameters():
+            # Positive weights of unit fan-in sum: every path counts and nothing overflows.
+            p.fill_(1.0 / max(1, p[0].numel() if p.dim() > 1 else 1))
+            p.requires_grad_(False)
+        for name, b in linear.named_buffers():
+            if name.endswith("running_var"):
+                b.fill_(1.0)
+            elif name.endswith("running_mean"):
+                b.zero_()
+    _LINEAR_COPIES[model] = linear
+    return linear
+
+
+def _make_pass_through(module: nn.Module) -> None:
+    for name, child in list(module.named_children()):
+        if isinstance(child, _NONLINEAR):
+            setattr(module, name, nn.Identity())
+        elif type(child) in _AVG_FOR_MAX:
+            pool: Any = child
+            avg = _AVG_FOR_MAX[type(child)](
+                pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode
+            )
+            setattr(module, name, avg)
+        elif type(child) in _ADAPTIVE:
+            setattr(module, name, _ADAPTIVE[type(child)](child.output_size))
+        else:
+            _make_pass_through(child)
+
+
+def _probe_inputs(inputs: Any, device: torch.device) -> Any:
+    """All-ones float64 tensors shaped like the first sample of ``inputs``."""
+    if isinstance(inputs, torch.Tensor):
+        if inputs.is_floating_point():
+            return torch.ones_like(inputs[:1], dtype=torch.float64, device=device)
+        return inputs[:1].to(device)
+    if isinstance(inputs, dict):
+        return {k: _probe_inputs(v, device) for k, v in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(_probe_inputs(v, device) for v in inputs)
+    return inputs
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
