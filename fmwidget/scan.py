@@ -353,8 +353,9 @@ def scan(
 
     ``data`` is a ``torch.utils.data.Dataset`` (items: a tensor, a ``(tensor, label, ...)``
     tuple or a dict of model inputs with an optional ``"label"``; a list counts as one, as for
-    a DataLoader), a DataLoader, or an iterator of such batches (``iter(batches)``). ``labels`` gives a label per image instead of the items' own (for a
-    Dataset, one per item). ``layers`` takes the names and selectors of
+    a DataLoader), a DataLoader, or an iterator of such batches (``iter(batches)``).
+    ``labels`` gives a label per image instead of the items' own (for a Dataset, one per
+    item). ``layers`` takes the names and selectors of
     :func:`fmwidget.capture.capture` (default: the same layers). Batches go to ``device``
     (default: the model's). A progress bar shows images/s; an interrupt (Ctrl-C, the notebook's
     stop button) returns the partial scan so far, whose ``complete`` is False.
