@@ -4,7 +4,7 @@
  * per purpose. Views get decoded replies from `ask` and never read `reply.meta` themselves.
  *
  * @example
- *   const requester = new Requester(model, { revision: () => model.get("revision") });
+ *   const requester = new Requester(model, { revision: () => store.get("revision") });
  *   const data = await requester.ask("layer", { layer: "conv1", sample: 0 }, { purpose: "layer" });
  *   grid.setLayer(withBatchRange(data, metaOf("conv1"))); // a LoadedLayer
  */
@@ -351,7 +351,7 @@ interface Slot {
  * while a cell runs costs the kernel two layers, not 50, once it is free again.
  *
  * @example
- *   const r = new Requester(model, { revision: () => model.get("revision"), onBusy: showBusy });
+ *   const r = new Requester(model, { revision: () => store.get("revision"), onBusy: showBusy });
  *   const reply = await r.request("channel", { layer, sample, channel: 3 }, { purpose: "detail" });
  *   r.dispose();
  */

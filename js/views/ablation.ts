@@ -1,12 +1,13 @@
 /**
  * The ablation row above the grid: what the last ablation did to the shown sample's prediction
  * ("Zeroed channels 3, 7 of layer1.0.conv1: Egyptian cat 71.2% → 40.1% (−31.1 pts) · now tabby 45.0%"),
- * with a dismiss button, and the "Ablate selected" button while tiles are selected. The widget sends
- * the request and keeps its pending / error state; this module only shows it. Names are text.
+ * with a dismiss button, and the "Ablate selected" button while tiles are selected. The ablation panel
+ * (panels/ablation.ts) sends the request and keeps its pending / error state; this module only shows it.
+ * Names are text.
  *
  * @example
  *   const bar = createAblationBar(root, { onAblate: send, onDismiss: clear, onShowLayer: (n) => setLayer(n) });
- *   bar.update({ ablation: model.get("ablation"), sample: 0, numSamples: 1, layer: "conv1", selected: [3], pending: false, error: "" });
+ *   bar.update({ ablation: store.get("ablation"), sample: 0, numSamples: 1, layer: "conv1", selected: [3], pending: false, error: "" });
  */
 
 import { el } from "../dom";

@@ -342,7 +342,7 @@ function drawOnInput(
  * Builds the channel view inside `container` (hidden until a channel is shown).
  *
  * @example
- *   const detail = createDetail(root, { requester, revision: () => model.get("revision"), ... });
+ *   const detail = createDetail(root, { source, revision: () => store.get("revision"), ... });
  */
 export function createDetail(container: HTMLElement, ctx: DetailContext): Detail {
   const element = el("section", "fm-detail");

@@ -2,12 +2,12 @@
  * The Grad-CAM panel: the input image with the class activation map of the shown layer laid over it
  * (bilinear upsampling, Turbo colours, an opacity slider), a class picker, a method picker (our Grad-CAM,
  * or pytorch-grad-cam's methods where the kernel has the package) and a caption saying which method,
- * resolution and class the map is for. The widget does the requests; this module draws.
+ * resolution and class the map is for. The Grad-CAM panel (panels/gradcam.ts) gets the maps; this module draws.
  *
  * @example
- *   const panel = createGradcamPanel(root, { onTarget: (t) => model.set("target", t), onMethod: (m) => model.set("cam_method", m) });
- *   panel.setMethods(model.get("cam_methods"), model.get("cam_method"));
- *   panel.setClasses(predictions[sample], model.get("target"));
+ *   const panel = createGradcamPanel(root, { onTarget: (t) => store.set({ target: t }), onMethod: (m) => store.set({ cam_method: m }) });
+ *   panel.setMethods(store.get("cam_methods"), store.get("cam_method"));
+ *   panel.setClasses(predictions[sample], store.get("target"));
  *   panel.setInput({ height: 224, width: 224, pixels });
  *   panel.show(result);              // or panel.showLoading("layer4") / panel.showError("not a classifier")
  */

@@ -5,7 +5,7 @@
  *
  * @example
  *   const bar = createGroupBar(root, { onPair: (p) => setTrait("group_pair", p), onSample: (i) => setTrait("sample", i) });
- *   bar.update({ groups, pair: model.get("group_pair"), info: data.groups, effect: data.effect });
+ *   bar.update({ groups, pair: store.get("group_pair"), info: data.groups, effect: data.effect });
  */
 
 import { el } from "../dom";

@@ -55,7 +55,7 @@ export function partnerLabel(meta: LayerMeta, partner: LayerMeta): string {
  * until the grid shows it, downsample badge, the before/after-activation toggle and the health summary.
  *
  * @example
- *   const header = createHeader(root, { onLayer: (name) => model.set("layer", name) });
+ *   const header = createHeader(root, { onLayer: (name) => store.set({ layer: name }) });
  *   header.update(meta, data.downsample, metaOf(meta.post ?? meta.pre ?? ""));
  */
 export function createHeader(container: HTMLElement, handlers: { onLayer(name: string): void }): Header {
