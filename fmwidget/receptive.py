@@ -28,7 +28,7 @@ from torch import nn
 
 from fmwidget.calling import call_model, resolve_layer, tapped
 
-__all__ = ["receptive_field"]
+__all__ = ["receptive_field", "receptive_fields"]
 
 _AVG_FOR_MAX: dict[type[nn.Module], Any] = {
     nn.MaxPool1d: nn.AvgPool1d,
@@ -75,9 +75,19 @@ def receptive_field(
     model is not changed (a pass-through copy is made once per model and kept while the model
     lives). Layers are named as for :func:`fmwidget.capture.capture`.
     """
+    return receptive_fields(model, inputs, layer, [(row, col)])[0]
+
+
+def receptive_fields(
+    model: nn.Module, inputs: Any, layer: str, positions: list[tuple[int, int]]
+) -> list[tuple[int, int, int, int]]:
+    """:func:`receptive_field` of several positions of one layer, in one forward and backward
+    (a batch with one copy of the probe per position)."""
+    if not positions:
+        return []
     linear = _linear_copy(model)
     device = next(linear.parameters(), torch.empty(0)).device
-    probe = _probe_inputs(inputs, device)
+    probe = _probe_inputs(inputs, device, len(positions))
     image = next((t for t in _tensors(probe) if t.dim() == 4), None)
     if image is None:
         raise ValueError("receptive_field needs inputs with an (N, C, H, W) image tensor")
@@ -96,15 +106,21 @@ def receptive_field(
     if out.dim() != 4:
         raise ValueError(f"layer {layer!r} has {out.dim()}-D output; a receptive field needs 4-D")
     h, w = out.shape[-2:]
-    if not (0 <= row < h and 0 <= col < w):
-        raise ValueError(f"position ({row}, {col}) is outside layer {layer!r}'s {h}×{w} maps")
-    (grad,) = torch.autograd.grad(out[0, :, row, col].sum(), image)
-    support = grad[0].abs().sum(0) > 0
-    rows = torch.nonzero(support.any(1)).flatten()
-    cols = torch.nonzero(support.any(0)).flatten()
-    if rows.numel() == 0:
-        return (0, 0, 0, 0)
-    return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+    for row, col in positions:
+        if not (0 <= row < h and 0 <= col < w):
+            raise ValueError(f"position ({row}, {col}) is outside layer {layer!r}'s {h}×{w} maps")
+    # Samples of the batch are independent (eval mode): each one's gradient is its own field.
+    picked = torch.stack([out[i, :, r, c].sum() for i, (r, c) in enumerate(positions)])
+    (grad,) = torch.autograd.grad(picked.sum(), image)
+    boxes = []
+    for support in grad.abs().sum(1) > 0:
+        rows = torch.nonzero(support.any(1)).flatten()
+        cols = torch.nonzero(support.any(0)).flatten()
+        if rows.numel() == 0:
+            boxes.append((0, 0, 0, 0))
+        else:
+            boxes.append((int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1))
+    return boxes
 
 
 def _linear_copy(model: nn.Module) -> nn.Module:
@@ -143,16 +159,17 @@ def _make_pass_through(module: nn.Module) -> None:
             _make_pass_through(child)
 
 
-def _probe_inputs(inputs: Any, device: torch.device) -> Any:
-    """All-ones float64 tensors shaped like the first sample of ``inputs``."""
+def _probe_inputs(inputs: Any, device: torch.device, n: int) -> Any:
+    """All-ones float64 tensors shaped like ``n`` copies of the first sample of ``inputs``."""
     if isinstance(inputs, torch.Tensor):
+        first = inputs[:1].expand(n, *inputs.shape[1:])
         if inputs.is_floating_point():
-            return torch.ones_like(inputs[:1], dtype=torch.float64, device=device)
-        return inputs[:1].to(device)
+            return torch.ones(first.shape, dtype=torch.float64, device=device)
+        return first.to(device)
     if isinstance(inputs, dict):
-        return {k: _probe_inputs(v, device) for k, v in inputs.items()}
+        return {k: _probe_inputs(v, device, n) for k, v in inputs.items()}
     if isinstance(inputs, (list, tuple)):
-        return type(inputs)(_probe_inputs(v, device) for v in inputs)
+        return type(inputs)(_probe_inputs(v, device, n) for v in inputs)
     return inputs
 
 

