@@ -197,7 +197,7 @@ def _is_dataset(data: Any) -> bool:
     )
 
 
-def _split_item(item: Any) -> tuple[Any, Any]:
+def split_item(item: Any) -> tuple[Any, Any]:
     """An item or batch as ``(model inputs, label or None)``."""
     if isinstance(item, torch.Tensor):
         return item, None
@@ -224,7 +224,7 @@ def _check_items(data: Any, n: int) -> None:
     picks = sorted({round(i * (n - 1) / max(1, _CHECKED_ITEMS - 1)) for i in range(_CHECKED_ITEMS)})
     first: list[tuple[int, ...]] | None = None
     for i in picks:
-        inputs, _ = _split_item(data[i])
+        inputs, _ = split_item(data[i])
         shapes = _shapes(inputs)
         if not shapes:
             raise ValueError(f"item {i} of the data holds no tensor to give the model")
@@ -240,7 +240,7 @@ def _check_items(data: Any, n: int) -> None:
 
 def _collate(items: list[tuple[int, Any]]) -> tuple[list[int], Any, list[Any] | None]:
     indices = [i for i, _ in items]
-    split = [_split_item(item) for _, item in items]
+    split = [split_item(item) for _, item in items]
     shapes = [_shapes(inputs) for inputs, _ in split]
     for i, s in zip(indices, shapes, strict=True):
         if s != shapes[0]:
@@ -250,7 +250,7 @@ def _collate(items: list[tuple[int, Any]]) -> tuple[list[int], Any, list[Any] | 
             )
     inputs = torch.utils.data.default_collate([inputs for inputs, _ in split])
     labels = [label for _, label in split]
-    return indices, inputs, None if labels[0] is None else [_plain(x) for x in labels]
+    return indices, inputs, None if labels[0] is None else [plain_label(x) for x in labels]
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -268,7 +268,7 @@ class _Indexed(torch.utils.data.Dataset):
         return index, self.data[index]
 
 
-def _plain(label: Any) -> Any:
+def plain_label(label: Any) -> Any:
     """A label as a JSON-able, hashable Python value."""
     if isinstance(label, torch.Tensor):
         label = label.item() if label.numel() == 1 else tuple(label.tolist())
@@ -307,7 +307,7 @@ def _batches(
     def iterate() -> Iterator[tuple[list[int], Any, list[Any] | None]]:
         start = 0
         for batch in data:
-            inputs, labels = _split_item(batch)
+            inputs, labels = split_item(batch)
             shapes = _shapes(inputs)
             if not shapes:
                 raise ValueError(f"batch {start} of the data holds no tensor to give the model")
@@ -315,7 +315,7 @@ def _batches(
             indices = list(range(start, start + size))
             start += size
             if labels is not None:
-                labels = [_plain(x) for x in labels]
+                labels = [plain_label(x) for x in labels]
                 if len(labels) != size:
                     raise ValueError(f"a batch has {size} inputs but {len(labels)} labels")
             yield indices, inputs, labels
@@ -374,7 +374,7 @@ def scan(
     if device is None:
         device = next(model.parameters(), torch.empty(0)).device
     device = torch.device(device)
-    given_labels = None if labels is None else [_plain(x) for x in labels]
+    given_labels = None if labels is None else [plain_label(x) for x in labels]
     if given_labels is not None and _is_dataset(data) and len(given_labels) != len(data):
         raise ValueError(
             f"labels= has {len(given_labels)} labels for a dataset of {len(data)} items"
@@ -776,7 +776,7 @@ class Scan:
         if not self.labels:
             raise ValueError("this scan has no labels: pass labels= (or labelled items) to scan")
         try:
-            return self.labels.index(_plain(label))
+            return self.labels.index(plain_label(label))
         except ValueError:
             raise KeyError(
                 f"label {label!r} is not in the scan; its labels: {self.labels[:10]}"
@@ -805,12 +805,12 @@ def _crops(layer: str, examples: list[Example], dataset: Any, model: nn.Module) 
         return []
     images = []
     for ex in examples:
-        inputs, _ = _split_item(dataset[ex.index])
+        inputs, _ = split_item(dataset[ex.index])
         image = next((t for _, t in tensors_in(inputs, "") if t.dim() == 3), None)
         if image is None:
             raise ValueError(f"item {ex.index} holds no (C, H, W) image to crop")
         images.append(image)
-    boxes = receptive_fields(model, _batched(inputs), layer, [(e.row, e.col) for e in examples])
+    boxes = receptive_fields(model, as_batch(inputs), layer, [(e.row, e.col) for e in examples])
     out = []
     for ex, image, (top, left, bottom, right) in zip(examples, images, boxes, strict=True):
         patch = image[:, top:bottom, left:right].detach().float().cpu().permute(1, 2, 0)
@@ -821,14 +821,14 @@ def _crops(layer: str, examples: list[Example], dataset: Any, model: nn.Module) 
     return out
 
 
-def _batched(inputs: Any) -> Any:
+def as_batch(inputs: Any) -> Any:
     """One item's model inputs as a batch of one."""
     if isinstance(inputs, torch.Tensor):
         return inputs[None]
     if isinstance(inputs, Mapping):
-        return {k: _batched(v) for k, v in inputs.items()}
+        return {k: as_batch(v) for k, v in inputs.items()}
     if isinstance(inputs, (tuple, list)):
-        return type(inputs)(_batched(v) for v in inputs)
+        return type(inputs)(as_batch(v) for v in inputs)
     return inputs
 
 

@@ -32,8 +32,10 @@ from fmwidget import analysis, router
 from fmwidget.ablation import ablation_target, ablation_trait
 from fmwidget.analysis import AblationResult
 from fmwidget.capture import CaptureReport, LayerSelector
+from fmwidget.dataset import DatasetContext, ScanFeature
 from fmwidget.gradcam import CAM_METHODS
 from fmwidget.groups import check_group_pair
+from fmwidget.scan import Scan
 from fmwidget.session import CapturedLayers, Session, Source
 from fmwidget.session import from_activations as session_from_activations
 from fmwidget.validation import (
@@ -53,12 +55,34 @@ _log = logging.getLogger(__name__)
 
 COLORMAPS = ("gray", "viridis", "magma", "diverging")
 SCALES = ("channel", "layer", "global")
-SORTS = ("index", "mean", "max", "zeros", "gradcam", "effect")
+SORTS = (
+    "index",
+    "mean",
+    "max",
+    "zeros",
+    "gradcam",
+    "effect",
+    # Over the widget's dataset scan (fmwidget.scan): mean, max and active fraction per channel,
+    # selectivity for `scan_label`, and Cohen's d between the two labels of `scan_pair`.
+    "dataset_mean",
+    "dataset_max",
+    "dataset_active",
+    "selectivity",
+    "dataset_effect",
+)
 # Traits only the kernel writes: a constructor argument for them would be silently overwritten.
-_KERNEL_TRAITS = ("num_samples", "revision", "status", "predictions", "ablation", "cam_methods")
+_KERNEL_TRAITS = (
+    "num_samples",
+    "revision",
+    "status",
+    "predictions",
+    "ablation",
+    "cam_methods",
+    "scan_info",
+)
 
 
-class FeatureMapWidget(anywidget.AnyWidget):
+class FeatureMapWidget(ScanFeature, anywidget.AnyWidget):
     """Every feature map of a CNN layer as a zoomable grid, with a layer slider and drill-down.
 
     ``model`` runs on ``inputs`` (a tensor, a tuple of positional inputs or a dict of keyword
@@ -135,6 +159,8 @@ class FeatureMapWidget(anywidget.AnyWidget):
         image: Any = None,
         groups: Sequence[Hashable] | None = None,
         budget_bytes: int | None = None,
+        scan: Scan | None = None,
+        dataset: Any = None,
         colormap: str = "gray",
         scale: str = "channel",
         layer: str | None = None,
@@ -144,7 +170,11 @@ class FeatureMapWidget(anywidget.AnyWidget):
         view = self._checked_options(colormap, scale, height, layer, kwargs)
         source = Source(model, layers, labels, budget_bytes)
         self._source: Source | None = source
+        if scan is not None:
+            DatasetContext(scan, dataset).check(model)  # before the model runs
         self._open(partial(source.run, inputs, image, groups), layer, view)
+        if scan is not None:
+            self._set_datasets(scan, dataset)
 
     @classmethod
     def from_activations(

@@ -55,6 +55,8 @@ STATS_FIELDS = ("min", "max", "mean", "zeros", "nan", "inf")
 FLAG_DEAD = 1
 FLAG_CONSTANT = 2
 FLAG_NONFINITE = 4
+#: Set when a scan (``fmwidget.scan``) found the channel never > 0 on any image of its dataset.
+FLAG_DATASET_DEAD = 8
 
 _DTYPES: dict[str, np.dtype[Any]] = {
     "uint8": np.dtype("<u1"),

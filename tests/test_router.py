@@ -39,12 +39,18 @@ class _View:
     cam_methods: list[str] = field(default_factory=lambda: ["gradcam"])
     target: int | None = None
     ablation: dict[str, Any] | None = None
+    scan_label: str | None = None
+    scan_pair: list[str] = field(default_factory=list)
+    datasets: Any = None
     ablated: list[tuple[Any, Any]] = field(default_factory=list)
 
     def ablate(self, layer: str | None = None, channels: Any = None) -> AblationResult:
         self.ablated.append((layer, channels))
         self.ablation = {"layer": layer or "0", "channels": channels or [0], "changes": None}
         return AblationResult(torch.zeros(1), torch.zeros(1), None)
+
+    def show_example(self, index: int) -> None:
+        raise ValueError("the widget has no scan")
 
 
 @pytest.fixture
@@ -61,7 +67,8 @@ def _ask(view: _View | None, **request: Any) -> wire.Reply:
 
 
 def test_every_protocol_kind_has_a_handler_module_with_parse_and_handle() -> None:
-    assert set(HANDLERS) == {"layer", "channel", "input", "gradcam", "ablate"}
+    kinds = {"layer", "channel", "input", "gradcam", "ablate", "examples", "use_example"}
+    assert set(HANDLERS) == kinds
     for module in HANDLERS.values():
         assert callable(module.parse) and callable(module.handle)
 
@@ -91,6 +98,8 @@ def test_parse_gives_typed_requests(view: _View) -> None:
         ({"kind": "gradcam", "layer": "0", "sample": 0, "target": 3}, "target class 3"),
         ({"kind": "ablate", "channels": 3}, "channels must be a list"),
         ({"kind": "teleport"}, "unknown request kind 'teleport'"),
+        ({"kind": "examples", "layer": "0", "channel": 0}, "the widget has no scan"),
+        ({"kind": "use_example", "index": 3}, "the widget has no scan"),
     ],
 )
 def test_bad_requests_become_one_error_reply(view: _View, asked: dict, message: str) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from fmwidget.handlers import ablate, channel, gradcam, input, layer
+from fmwidget.handlers import ablate, channel, examples, gradcam, input, layer, use_example
 
 #: Request kind → the module that parses and serves it.
 HANDLERS: dict[str, ModuleType] = {
@@ -16,4 +16,6 @@ HANDLERS: dict[str, ModuleType] = {
     "input": input,
     "gradcam": gradcam,
     "ablate": ablate,
+    "examples": examples,
+    "use_example": use_example,
 }

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from fmwidget.analysis import AblationResult
+from fmwidget.dataset import DatasetContext
 from fmwidget.names import UnknownLayerError
 from fmwidget.session import Session
 from fmwidget.validation import check_channel, check_sample, is_int
@@ -26,11 +27,18 @@ class View(Protocol):
     cam_methods: list[str]
     target: int | None
     ablation: dict[str, Any] | None
+    scan_label: str | None
+    scan_pair: list[str]
 
     @property
     def session(self) -> Session: ...
 
+    @property
+    def datasets(self) -> DatasetContext | None: ...
+
     def ablate(self, layer: str | None = None, channels: Any = None) -> AblationResult: ...
+
+    def show_example(self, index: int) -> None: ...
 
 
 def int_field(request: Mapping[str, Any], key: str) -> int:

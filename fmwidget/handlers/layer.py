@@ -55,4 +55,13 @@ def handle(request: LayerRequest, view: View) -> wire.Payload:
     if view.group_pair:
         effect, meta["groups"] = group_effect(maps, view.groups, view.group_pair)
         arrays["effect"] = effect if channels is None else effect[channels]
+    datasets = view.datasets
+    if datasets is not None:
+        dead = datasets.dead_flags(name, channels)
+        if dead is not None:
+            arrays["flags"] = arrays["flags"] | dead
+            meta["scan"], scanned = datasets.layer_payload(
+                name, channels, view.scan_label, view.scan_pair
+            )
+            arrays.update(scanned)
     return {"layer": name, "sample": sample, **meta}, arrays
