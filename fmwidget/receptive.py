@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fmwidget.calling import call_model, resolve_layer, tapped
+from fmwidget.calling import call_model, rebuild, resolve_layer, tapped, tensors_in
 
 __all__ = ["receptive_field", "receptive_fields"]
 
@@ -39,6 +39,8 @@ _ADAPTIVE: dict[type[nn.Module], Any] = {
     nn.AdaptiveMaxPool1d: nn.AdaptiveAvgPool1d,
     nn.AdaptiveMaxPool2d: nn.AdaptiveAvgPool2d,
 }
+# Element-wise nonlinearities and dropout: the identity keeps their shape and every path. (Not
+# capture's "act" kind, which also holds shape-changing ones such as GLU.)
 _NONLINEAR = (
     nn.ReLU,
     nn.ReLU6,
@@ -88,7 +90,7 @@ def receptive_fields(
     linear = _linear_copy(model)
     device = next(linear.parameters(), torch.empty(0)).device
     probe = _probe_inputs(inputs, device, len(positions))
-    image = next((t for t in _tensors(probe) if t.dim() == 4), None)
+    image = next((t for _, t in tensors_in(probe, "") if t.dim() == 4), None)
     if image is None:
         raise ValueError("receptive_field needs inputs with an (N, C, H, W) image tensor")
     image.requires_grad_(True)
@@ -161,23 +163,11 @@ def _make_pass_through(module: nn.Module) -> None:
 
 def _probe_inputs(inputs: Any, device: torch.device, n: int) -> Any:
     """All-ones float64 tensors shaped like ``n`` copies of the first sample of ``inputs``."""
-    if isinstance(inputs, torch.Tensor):
-        first = inputs[:1].expand(n, *inputs.shape[1:])
-        if inputs.is_floating_point():
+
+    def probe(t: torch.Tensor) -> torch.Tensor:
+        first = t[:1].expand(n, *t.shape[1:])
+        if t.is_floating_point():
             return torch.ones(first.shape, dtype=torch.float64, device=device)
         return first.to(device)
-    if isinstance(inputs, dict):
-        return {k: _probe_inputs(v, device, n) for k, v in inputs.items()}
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(_probe_inputs(v, device, n) for v in inputs)
-    return inputs
 
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    return []
+    return rebuild(inputs, probe)

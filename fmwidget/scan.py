@@ -52,7 +52,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fmwidget.calling import tensors_in
+from fmwidget.calling import rebuild, tensors_in
 from fmwidget.capture import LayerSelector, LayerTaps
 from fmwidget.images import to_rgb8
 from fmwidget.names import UnknownLayerError
@@ -324,13 +324,7 @@ def _batches(
 
 
 def _to_device(inputs: Any, device: torch.device) -> Any:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to(device, non_blocking=True)
-    if isinstance(inputs, Mapping):
-        return {k: _to_device(v, device) for k, v in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(_to_device(v, device) for v in inputs)
-    return inputs
+    return rebuild(inputs, lambda t: t.to(device, non_blocking=True))
 
 
 # -- scan ---------------------------------------------------------------------------------------
@@ -823,13 +817,7 @@ def _crops(layer: str, examples: list[Example], dataset: Any, model: nn.Module) 
 
 def as_batch(inputs: Any) -> Any:
     """One item's model inputs as a batch of one."""
-    if isinstance(inputs, torch.Tensor):
-        return inputs[None]
-    if isinstance(inputs, Mapping):
-        return {k: as_batch(v) for k, v in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(as_batch(v) for v in inputs)
-    return inputs
+    return rebuild(inputs, lambda t: t[None])
 
 
 def _mark(pixels: np.ndarray, peak: tuple[int, int]) -> np.ndarray:
