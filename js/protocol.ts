@@ -41,7 +41,111 @@ export interface Prediction {
   prob: number;
 }
 
-export type SortKey = "index" | "mean" | "max" | "zeros" | "gradcam" | "effect";
+export type SortKey =
+  | "index"
+  | "mean"
+  | "max"
+  | "zeros"
+  | "gradcam"
+  | "effect"
+  | "dataset_mean"
+  | "dataset_max"
+  | "dataset_active"
+  | "selectivity"
+  | "dataset_effect";
+
+/**
+ * The columns of a `layer` reply's `stats` rows, in order (python: `fmwidget/wire.py` STATS_FIELDS).
+ * Read them with {@link statOf}, never with a hand-written offset.
+ */
+export const STATS_FIELDS = ["min", "max", "mean", "zeros", "nan", "inf"] as const;
+export type StatField = (typeof STATS_FIELDS)[number];
+/** Numbers per channel in `stats`. */
+export const STATS_WIDTH = STATS_FIELDS.length;
+const STAT_INDEX = Object.fromEntries(STATS_FIELDS.map((f, i) => [f, i])) as Record<StatField, number>;
+
+/**
+ * One statistic of channel `c` from a `stats` array (channels × STATS_WIDTH).
+ *
+ * @example
+ *   statOf(data.stats, 3, "max"); // the max of channel 3 over this sample's map
+ */
+export function statOf(stats: Float32Array, c: number, field: StatField): number {
+  return stats[STATS_WIDTH * c + STAT_INDEX[field]];
+}
+
+/** Channel flag bits of a `layer` reply (docs/protocol.md). */
+export const FLAG_DEAD = 1;
+export const FLAG_CONSTANT = 2;
+export const FLAG_NONFINITE = 4;
+/** Never > 0 on any image of the widget's dataset scan (FLAG_DEAD is about the batch only). */
+export const FLAG_DATASET_DEAD = 8;
+
+/** The `scan_info` trait: the widget's dataset scan. */
+export interface ScanInfo {
+  /** Images the scan covers. */
+  images: number;
+  /** Examples kept per channel. */
+  k: number;
+  /** False when the scan was interrupted. */
+  complete: boolean;
+  /** Its labels, as text, sorted. */
+  labels: string[];
+  /** The scanned layers. */
+  layers: string[];
+  /** Crops can be made (the widget has the dataset). */
+  crops: boolean;
+}
+
+/** What a `layer` reply says about the layer from the dataset scan (`meta.scan` and the `scan_*` arrays). */
+export interface LayerScan {
+  images: number;
+  /** Channels dead across the dataset. */
+  dead: number;
+  /** The label `selectivity` is for (null: none asked). */
+  label: string | null;
+  /** The two labels `effect` compares, or []. */
+  pair: string[];
+  /** Images of each label of `pair`. */
+  counts: Record<string, number>;
+  /** Dataset indices of images of each label of `pair`. */
+  examples: Record<string, number[]>;
+  /** Per channel sent: mean of the per-image spatial means, max of the spatial maxes, fraction of images > 0. */
+  mean: Float32Array;
+  max: Float32Array;
+  active: Float32Array;
+  /** Per channel sent, in [-1, 1], for `label`; null without a label. */
+  selectivity: Float32Array | null;
+  /** Cohen's d between the labels of `pair` (positive: higher for the first); null without a pair. */
+  effect: Float32Array | null;
+}
+
+/** One top dataset example of a channel (an entry of an `examples` reply), with its crop when there is one. */
+export interface DatasetExample {
+  /** The image's index in the dataset. */
+  index: number;
+  /** The channel's score on it (its spatial max), at (`row`, `col`) of the map. */
+  value: number;
+  row: number;
+  col: number;
+  label: string | null;
+  /** The receptive field in the input's pixels: [top, left, bottom, right]; null without a crop. */
+  box: [number, number, number, number] | null;
+  /** Centre of the field in the crop: [y, x]. */
+  peak: [number, number] | null;
+  /** The crop: height × width × 3 RGB bytes (a view into the reply's buffer), or null. */
+  crop: InputPicture | null;
+}
+
+/** A decoded `examples` reply: the top examples of one channel, best first. */
+export interface ExamplesResult {
+  layer: string;
+  channel: number;
+  /** Whether the examples carry crops; `note` says why not. */
+  crops: boolean;
+  note: string;
+  examples: DatasetExample[];
+}
 
 /** `meta.groups` of a `layer` reply when the widget has groups. */
 export interface GroupsInfo {
@@ -106,6 +210,12 @@ export interface Traits {
   cam_method: string;
   /** Methods this kernel offers, "gradcam" first (more with the grad-cam package installed). */
   cam_methods: string[];
+  /** The widget's dataset scan, or null. */
+  scan_info: ScanInfo | null;
+  /** The class picker's label (one of `scan_info.labels`): layer replies then carry selectivity. */
+  scan_label: string | null;
+  /** Two labels compared across the dataset, or []: layer replies then carry `scan_effect`. */
+  scan_pair: string[];
 }
 
 /** A decoded `layer` reply: what the grid draws plus the group comparison, when the widget has groups. */
@@ -115,6 +225,8 @@ export interface LoadedLayer extends LayerData {
   groups: GroupsInfo | null;
   /** For a request with `channels`: the channels the reply holds, in order (at full resolution). */
   only: number[] | null;
+  /** The dataset scan's view of the layer; null when the layer was not scanned (or there is no scan). */
+  scan: LayerScan | null;
 }
 
 /** A decoded `channel` reply: one map's exact values and, for conv layers, the filter that made it. */
@@ -247,6 +359,8 @@ export interface RequestArgs {
   input: { sample: number };
   gradcam: { layer: string; sample: number; target: number | null; method: string };
   ablate: { layer: string; channels: number[] };
+  examples: { layer: string; channel: number };
+  use_example: { index: number };
 }
 
 export type RequestKind = keyof RequestArgs;
@@ -258,6 +372,8 @@ export interface Decoded {
   input: InputPicture;
   gradcam: GradcamResult;
   ablate: AblateReply;
+  examples: ExamplesResult;
+  use_example: { index: number };
 }
 
 /** A successful reply, decoded. */
@@ -589,13 +705,13 @@ export function toLayerData(reply: Reply, layerMeta?: LayerMeta): LoadedLayer {
   const [C, H, W] = numbers(reply.meta.shape, "shape", 3);
   const [c, h, w] = numbers(reply.meta.stored, "stored", 3);
   const values = array(reply, "values", Uint8Array, c * h * w);
-  const stats = array(reply, "stats", Float32Array, c * 6);
+  const stats = array(reply, "stats", Float32Array, c * STATS_WIDTH);
   const flags = array(reply, "flags", Uint8Array, c);
   let layerMin = Infinity;
   let layerMax = -Infinity;
   for (let i = 0; i < c; i++) {
-    layerMin = Math.min(layerMin, stats[6 * i]);
-    layerMax = Math.max(layerMax, stats[6 * i + 1]);
+    layerMin = Math.min(layerMin, statOf(stats, i, "min"));
+    layerMax = Math.max(layerMax, statOf(stats, i, "max"));
   }
   if (c === 0) [layerMin, layerMax] = [0, 0];
   const data: LoadedLayer = {
@@ -614,6 +730,7 @@ export function toLayerData(reply: Reply, layerMeta?: LayerMeta): LoadedLayer {
     effect: effectOf(reply, C, c),
     groups: groupsInfo(reply.meta.groups),
     only: reply.meta.channels == null ? null : numbers(reply.meta.channels, "channels", c),
+    scan: layerScan(reply, c),
   };
   return layerMeta === undefined ? data : withBatchRange(data, layerMeta);
 }
@@ -651,6 +768,34 @@ function groupsInfo(value: unknown): GroupsInfo | null {
     );
   }
   return { pair: g.pair as [string, string], counts: g.counts, examples: g.examples as Record<string, number[]> };
+}
+
+/** `meta.scan` and the `scan_*` arrays (one value per channel sent), or null for a layer not scanned. */
+function layerScan(reply: Reply, c: number): LayerScan | null {
+  const meta = reply.meta.scan;
+  if (meta === undefined || meta === null) return null;
+  const m = meta as Record<string, unknown>;
+  if (typeof m.images !== "number" || typeof m.dead !== "number") {
+    throw new Error(`meta.scan is ${JSON.stringify(meta)}; expected {images, dead, label, pair}`);
+  }
+  const optional = (name: string): Float32Array | null =>
+    reply.arrays[name] === undefined ? null : array(reply, name, Float32Array, c);
+  const pair = Array.isArray(m.pair) && m.pair.every((x) => typeof x === "string") ? (m.pair as string[]) : [];
+  const record = <T>(v: unknown): Record<string, T> =>
+    typeof v === "object" && v !== null && !Array.isArray(v) ? (v as Record<string, T>) : {};
+  return {
+    images: m.images,
+    dead: m.dead,
+    label: typeof m.label === "string" ? m.label : null,
+    pair,
+    counts: record<number>(m.counts),
+    examples: record<number[]>(m.examples),
+    mean: array(reply, "scan_mean", Float32Array, c),
+    max: array(reply, "scan_max", Float32Array, c),
+    active: array(reply, "scan_active", Float32Array, c),
+    selectivity: optional("scan_selectivity"),
+    effect: optional("scan_effect"),
+  };
 }
 
 function decodeChannel(reply: Reply, args: RequestArgs["channel"]): ChannelData {
@@ -699,6 +844,53 @@ function decodeAblate(reply: Reply, args: RequestArgs["ablate"]): AblateReply {
   };
 }
 
+/**
+ * An `examples` reply: each entry's crop is `pixels[offset : offset + h·w·3]`, a view (no copy) of the
+ * reply's buffer; without crops (`meta.crops` false) the entries come alone and `note` says why.
+ */
+export function decodeExamples(reply: Reply, args: RequestArgs["examples"]): ExamplesResult {
+  const { crops, note, examples } = reply.meta;
+  if (!Array.isArray(examples)) throw new Error(`meta.examples is ${JSON.stringify(examples)}; expected a list`);
+  const withCrops = crops === true;
+  const pixels = withCrops ? reply.arrays.pixels?.data : undefined;
+  if (withCrops && !(pixels instanceof Uint8Array)) throw new Error('the reply carried no uint8 "pixels"');
+  const list = examples.map((value, i): DatasetExample => {
+    const e = value as Record<string, unknown>;
+    if (typeof e.index !== "number" || typeof e.value !== "number") {
+      throw new Error(`meta.examples[${i}] is ${JSON.stringify(value)}; expected {index, value, ...}`);
+    }
+    let crop: InputPicture | null = null;
+    if (pixels instanceof Uint8Array) {
+      const [height, width] = numbers(e.shape, `examples[${i}].shape`, 2);
+      const offset = typeof e.offset === "number" ? e.offset : -1;
+      const size = height * width * 3;
+      if (!(offset >= 0 && offset + size <= pixels.length)) {
+        throw new Error(
+          `crop ${i} (offset ${offset}, ${height} × ${width} × 3) lies outside pixels (${pixels.length})`,
+        );
+      }
+      crop = { height, width, pixels: pixels.subarray(offset, offset + size) };
+    }
+    return {
+      index: e.index,
+      value: e.value,
+      row: typeof e.row === "number" ? e.row : 0,
+      col: typeof e.col === "number" ? e.col : 0,
+      label: typeof e.label === "string" ? e.label : null,
+      box: crop === null ? null : (numbers(e.box, `examples[${i}].box`, 4) as [number, number, number, number]),
+      peak: crop === null ? null : (numbers(e.peak, `examples[${i}].peak`, 2) as [number, number]),
+      crop,
+    };
+  });
+  return {
+    layer: typeof reply.meta.layer === "string" ? reply.meta.layer : args.layer,
+    channel: typeof reply.meta.channel === "number" ? reply.meta.channel : args.channel,
+    crops: withCrops,
+    note: typeof note === "string" ? note : "",
+    examples: list,
+  };
+}
+
 /** One decoder per reply kind, applied by `Requester.ask`. */
 const DECODERS: { [K in RequestKind]: (reply: Reply, args: RequestArgs[K]) => Decoded[K] } = {
   layer: (reply) => toLayerData(reply),
@@ -706,4 +898,6 @@ const DECODERS: { [K in RequestKind]: (reply: Reply, args: RequestArgs[K]) => De
   input: decodeInput,
   gradcam: decodeGradcam,
   ablate: decodeAblate,
+  examples: decodeExamples,
+  use_example: (reply, args) => ({ index: typeof reply.meta.index === "number" ? reply.meta.index : args.index }),
 };

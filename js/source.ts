@@ -13,8 +13,10 @@ import { type LayerKey, LayerLoader, LruCache } from "./cache";
 import {
   type AblateReply,
   type ChannelData,
+  type ExamplesResult,
   type GradcamResult,
   type InputPicture,
+  isDropped,
   type LoadedLayer,
   type MessageModel,
   type RequestArgs,
@@ -47,11 +49,17 @@ export interface DataSource {
   clearGradcam(): void;
   /** Zeroes channels and re-runs the model (the result arrives in the `ablation` trait). */
   ablate(args: RequestArgs["ablate"]): Promise<AblateReply>;
+  /** The top dataset examples of a channel from the widget's scan (cached per layer, channel and scan). */
+  examples(layer: string, channel: number): Promise<ExamplesResult>;
+  /** Makes a dataset image the input; resolves once the kernel has re-run (the new revision is in the traits). */
+  useExample(index: number): Promise<{ index: number }>;
   destroy(): void;
 }
 
 /** Grad-CAM maps kept for revisits: a pytorch-grad-cam map at input resolution is about 200 KB. */
 const GRADCAM_CACHE_BYTES = 16 * 2 ** 20;
+/** Top-example lists kept for revisits: nine 40 × 40 crops are about 43 KB. */
+const EXAMPLES_CACHE_BYTES = 8 * 2 ** 20;
 
 /** The data source of a live widget: every piece of data is a request to the kernel. */
 export class KernelSource implements DataSource {
@@ -61,6 +69,11 @@ export class KernelSource implements DataSource {
     GRADCAM_CACHE_BYTES,
     (r) => r.heatmap.byteLength + r.weights.byteLength,
   );
+  private readonly examplesCache = new LruCache<ExamplesResult>(EXAMPLES_CACHE_BYTES, (r) =>
+    r.examples.reduce((n, e) => n + 64 + (e.crop?.pixels.byteLength ?? 0), 0),
+  );
+  /** The `scan_info` the cached examples belong to: a new scan (a new object from the kernel) empties it. */
+  private examplesScan: unknown = null;
   private readonly store: Store;
 
   constructor(model: MessageModel, store: Store) {
@@ -122,6 +135,30 @@ export class KernelSource implements DataSource {
 
   ablate(args: RequestArgs["ablate"]): Promise<AblateReply> {
     return this.requester.ask("ablate", args, { purpose: "ablate" });
+  }
+
+  examples(layer: string, channel: number): Promise<ExamplesResult> {
+    const scan = this.store.get("scan_info");
+    if (scan !== this.examplesScan) {
+      this.examplesScan = scan;
+      this.examplesCache.clear();
+    }
+    const key = JSON.stringify([layer, channel]);
+    const hit = this.examplesCache.get(key);
+    if (hit !== undefined) return Promise.resolve(hit);
+    return this.requester.ask("examples", { layer, channel }, { purpose: "examples" }).then((result) => {
+      if (this.store.get("scan_info") === scan) this.examplesCache.set(key, result);
+      return result;
+    });
+  }
+
+  useExample(index: number): Promise<{ index: number }> {
+    // The kernel sends the new capture's traits (a new revision) before its reply, so the reply itself
+    // reads as stale: that is the success it announces.
+    return this.requester.ask("use_example", { index }, { purpose: "use_example" }).catch((e: unknown) => {
+      if (isDropped(e) && e.reason === "stale") return { index };
+      throw e;
+    });
   }
 
   destroy(): void {

@@ -86,6 +86,9 @@ const TRAIT_DEFAULTS: Traits = {
   ablation: null,
   cam_method: "gradcam",
   cam_methods: ["gradcam"],
+  scan_info: null,
+  scan_label: null,
+  scan_pair: [],
 };
 
 const TRAITS = Object.keys(TRAIT_DEFAULTS) as (keyof Traits)[];

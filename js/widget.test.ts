@@ -30,6 +30,11 @@ function heatmapOf(layer: string): Float32Array {
 }
 
 const GRADCAM_WEIGHTS = [0.1, 0.4, -0.2, 0.3];
+const SCAN_MEAN = [0.5, 2, 0, 1];
+const SCAN_MAX = [3, 1, 0, 2];
+const SCAN_ACTIVE = [0.2, 0.9, 0, 0.5];
+const SCAN_SELECTIVITY = [-0.1, 0.3, 0, 0.8];
+const SCAN_EFFECT = [0.4, -2.5, 0, 1.1];
 const EFFECT = [0.2, -1.8, 0.9, 0.1];
 
 type Handler = (...args: any[]) => void;
@@ -85,6 +90,7 @@ class FakeWidgetModel {
     this.sent.push(req);
     // The kernel computes with the pair it holds when the request arrives, not when it is answered.
     req.pairAtKernel = [...this.attrs.group_pair];
+    req.scanAtKernel = { label: this.attrs.scan_label, pair: [...this.attrs.scan_pair] };
     if (this.hold) this.held.push(req);
     else setTimeout(() => this.answer(req), 0);
   }
@@ -220,6 +226,7 @@ class FakeWidgetModel {
         ["stats", "float32", [C, 6], stats],
         ["flags", "uint8", [C], Uint8Array.from(this.flags[req.layer] ?? [0, 0, 0, 0])],
       ];
+      if (this.attrs.scan_info?.layers.includes(req.layer)) this.addScan(req, replyMeta, arrays);
       const pair = req.pairAtKernel as string[];
       if (this.attrs.groups.length > 0 && pair.length === 2) {
         const examples: Record<string, number[]> = {};
@@ -254,6 +261,16 @@ class FakeWidgetModel {
           ["filter", "float32", [2, 3, 3], filter],
         ],
       );
+    } else if (req.kind === "examples") {
+      this.answerExamples(req);
+    } else if (req.kind === "use_example") {
+      if (req.index === 13) {
+        this.error(req, "image 13 is out of range: the dataset has 12");
+        return;
+      }
+      // As the kernel: the new capture's traits first, then the reply (computed for the old revision).
+      this.set("revision", this.attrs.revision + 1);
+      this.reply(req, { index: req.index }, []);
     } else if (req.kind === "input") {
       this.reply(req, { sample: req.sample, shape: [16, 16, 3] }, [
         ["image", "uint8", [16, 16, 3], new Uint8Array(16 * 16 * 3).fill(128 + 100 * req.sample)],
@@ -273,6 +290,54 @@ class FakeWidgetModel {
         ],
       );
     }
+  }
+
+  /** The scan part of a layer reply (SCAN_* below); channel 2 is dead across the dataset (flag 8). */
+  private addScan(
+    req: Record<string, any>,
+    meta: Record<string, unknown>,
+    arrays: [string, string, number[], ArrayBufferView][],
+  ): void {
+    const { label, pair } = req.scanAtKernel as { label: string | null; pair: string[] };
+    const flags = arrays.find(([name]) => name === "flags")![3] as Uint8Array;
+    flags[2] |= 8;
+    meta.scan = { images: 1000, dead: 1, label, pair };
+    arrays.push(
+      ["scan_mean", "float32", [C], Float32Array.from(SCAN_MEAN)],
+      ["scan_max", "float32", [C], Float32Array.from(SCAN_MAX)],
+      ["scan_active", "float32", [C], Float32Array.from(SCAN_ACTIVE)],
+    );
+    if (label !== null) arrays.push(["scan_selectivity", "float32", [C], Float32Array.from(SCAN_SELECTIVITY)]);
+    if (pair.length === 2) {
+      meta.scan = { ...(meta.scan as object), counts: { [pair[0]]: 340, [pair[1]]: 330 }, examples: {} };
+      arrays.push(["scan_effect", "float32", [C], Float32Array.from(SCAN_EFFECT)]);
+    }
+  }
+
+  /** Three 2×3 crops of one colour each (index 10 + rank), values 9.12, 7.5, 3; none without `dataset`. */
+  examplesCrops = true;
+  private answerExamples(req: Record<string, any>): void {
+    if (req.channel === 3) {
+      this.error(req, "the scan's examples file is unreadable");
+      return;
+    }
+    const values = [9.12, 7.5, 3];
+    const examples = values.map((value, rank) => ({
+      index: 10 + rank + 10 * req.channel,
+      value,
+      row: rank,
+      col: 1,
+      label: String(rank % 2),
+      ...(this.examplesCrops ? { box: [0, 0, 2, 3], peak: [1, 1], shape: [2, 3], offset: rank * 18 } : {}),
+    }));
+    const meta = { layer: req.layer, channel: req.channel, examples };
+    if (!this.examplesCrops) {
+      this.reply(req, { ...meta, crops: false, note: "no crops: pass dataset= to the widget" }, []);
+      return;
+    }
+    const pixels = new Uint8Array(3 * 18);
+    for (let rank = 0; rank < 3; rank++) pixels.fill(50 + 100 * rank, 18 * rank, 18 * rank + 18);
+    this.reply(req, { ...meta, crops: true }, [["pixels", "uint8", [54], pixels]]);
   }
 
   /** Full resolution: value = channel + row / 16 + col / 256 (all distinct); pooled: 2×2 means of that. */
@@ -344,6 +409,9 @@ function traits(): Traits {
     ablation: null,
     cam_method: "gradcam",
     cam_methods: ["gradcam"],
+    scan_info: null,
+    scan_label: null,
+    scan_pair: [],
   };
 }
 

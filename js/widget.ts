@@ -1,6 +1,6 @@
 /**
  * anywidget entry point: builds the store (traits and view state), the data source (the kernel) and the
- * panels (header, group bar, controls, ablation row, status, grid, colorbar, Grad-CAM panel, channel
+ * panels (header, group bar, dataset bar, controls, ablation row, status, grid, colorbar, Grad-CAM panel, channel
  * view) in page order, subscribes each panel to the store and returns the cleanup. The parts live in
  * their own modules; this file only composes them.
  *
@@ -20,6 +20,7 @@ import { groupsPanel } from "./panels/groups";
 import { headerPanel } from "./panels/header";
 import { layersController } from "./panels/layers";
 import type { Panel, PanelContext } from "./panels/panel";
+import { scanBarPanel } from "./panels/scanbar";
 import { statusPanel } from "./panels/status";
 import type { Traits } from "./protocol";
 import { KernelSource } from "./source";
@@ -43,6 +44,7 @@ function buildPanels(
   keep(layersController(ctx));
   keep(headerPanel(ctx, root));
   keep(groupsPanel(ctx, root));
+  keep(scanBarPanel(ctx, root));
   // The slider sits right under the layer name it changes; the ablation row right above the grid it marks.
   keep(controlsPanel(ctx, root));
   keep(ablationPanel(ctx, root));

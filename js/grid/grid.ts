@@ -10,6 +10,7 @@
  *   grid.setOptions({ colormap: "magma" });               // re-draw, no re-upload
  */
 import { type ColormapName, colormapLUT, NAN_COLOR } from "../colormaps";
+import { STATS_WIDTH, statOf } from "../protocol";
 import { displayRange, type Scope } from "../scale";
 import { type ThemeColors, themeColors } from "../theme";
 import { Camera } from "./camera";
@@ -50,9 +51,9 @@ export interface LayerData {
   downsample: number;
   /** channels × height × width, quantized per protocol.md (q = 255: NaN/±Inf). */
   values: Uint8Array;
-  /** channels × 6: min, max, mean, zeros (fraction), nan (count), inf (count). */
+  /** channels × STATS_WIDTH, columns STATS_FIELDS (min, max, mean, zeros, nan, inf): read with `statOf`. */
   stats: Float32Array;
-  /** Per channel: 1 dead, 2 constant, 4 non-finite. */
+  /** Per channel: 1 dead, 2 constant, 4 non-finite, 8 dead across the dataset (FLAG_* in protocol.ts). */
   flags: Uint8Array;
   /** Batch range of the layer (LayerMeta min/max). */
   layerMin: number;
@@ -73,6 +74,8 @@ export interface GridOptions {
   badges: Float32Array | null;
   /** What the badge number is, in the tooltip ("Grad-CAM weight", "d"). */
   badgeLabel: string;
+  /** Images of the dataset scan covering the layer (the tooltip of a channel dead across them); null: none. */
+  scanImages: number | null;
   /** Largest height of the grid in CSS px at zoom 1 (0 = as tall as a near-square grid needs). */
   maxHeight: number;
 }
@@ -167,6 +170,7 @@ const DEFAULTS: GridOptions = {
   ablated: new Set<number>(),
   badges: null,
   badgeLabel: "weight",
+  scanImages: null,
   maxHeight: 0,
 };
 
@@ -175,8 +179,8 @@ function checkLayer(d: LayerData): void {
   const problems: string[] = [];
   if (!(d.channels >= 1 && d.height >= 1 && d.width >= 1)) problems.push(`shape ${d.channels}×${d.height}×${d.width}`);
   if (d.values.length !== n) problems.push(`values has ${d.values.length} entries, expected ${n}`);
-  if (d.stats.length !== 6 * d.channels)
-    problems.push(`stats has ${d.stats.length} entries, expected ${6 * d.channels}`);
+  if (d.stats.length !== STATS_WIDTH * d.channels)
+    problems.push(`stats has ${d.stats.length} entries, expected ${STATS_WIDTH * d.channels}`);
   if (d.flags.length !== d.channels) problems.push(`flags has ${d.flags.length} entries, expected ${d.channels}`);
   if (problems.length > 0) throw new Error(`grid: layer "${d.layer}" is malformed: ${problems.join("; ")}`);
 }
@@ -188,8 +192,10 @@ function tileRanges(data: LayerData, opts: GridOptions): Float32Array {
   const ranges = new Float32Array(4 * data.channels);
   for (let c = 0; c < data.channels; c++) {
     const { scope, symmetric } = opts;
-    const [lo, hi] = displayRange(scope, symmetric, s[6 * c], s[6 * c + 1], data.layerMin, data.layerMax, gMin, gMax);
-    ranges.set([s[6 * c], s[6 * c + 1], lo, hi], 4 * c);
+    const min = statOf(s, c, "min");
+    const max = statOf(s, c, "max");
+    const [lo, hi] = displayRange(scope, symmetric, min, max, data.layerMin, data.layerMax, gMin, gMax);
+    ranges.set([min, max, lo, hi], 4 * c);
   }
   return ranges;
 }

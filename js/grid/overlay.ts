@@ -6,6 +6,7 @@
  * @example
  *   drawOverlay(ctx, { layout, view, dpr, order, layer, ranges, lut, theme, selected, ablated, focused, badges, full: null });
  */
+import { FLAG_DATASET_DEAD, FLAG_DEAD } from "../protocol";
 import { dequantize, formatValue, toUnit } from "../scale";
 import type { ThemeColors } from "../theme";
 import { type FullResTiles, type Layout, tileOrigin, VALUE_LABEL_MIN_PX, type View, visibleCells } from "./layout";
@@ -121,6 +122,28 @@ function drawValues(
   ctx.textBaseline = "alphabetic";
 }
 
+/** Diagonal stripes over a tile, clipped to it, and a solid border: a channel dead across the dataset. */
+function hatch(ctx: CanvasRenderingContext2D, x0: number, y0: number, w: number, h: number, color: string): void {
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(x0, y0, w, h);
+  ctx.clip();
+  ctx.strokeStyle = color;
+  ctx.globalAlpha = 0.55;
+  ctx.lineWidth = 1;
+  const gap = Math.max(4, Math.min(8, w / 6));
+  ctx.beginPath();
+  for (let d = -h; d < w; d += gap) {
+    ctx.moveTo(x0 + d, y0 + h);
+    ctx.lineTo(x0 + d + h, y0);
+  }
+  ctx.stroke();
+  ctx.globalAlpha = 1;
+  ctx.lineWidth = 2;
+  ctx.strokeRect(x0 + 1, y0 + 1, w - 2, h - 2);
+  ctx.restore();
+}
+
 /** Draws the overlay for one frame into a canvas of `round(viewport × dpr)` device px. */
 export function drawOverlay(ctx: CanvasRenderingContext2D, s: OverlayState): void {
   const { layout, view, dpr, order, theme } = s;
@@ -158,7 +181,11 @@ export function drawOverlay(ctx: CanvasRenderingContext2D, s: OverlayState): voi
         drawValues(ctx, s, channel, map, x0, y0, px, py);
         ctx.font = `11px ${theme.font}`;
       }
-      if ((s.layer.flags[channel] & 1) !== 0) {
+      const flags = s.layer.flags[channel];
+      if ((flags & FLAG_DATASET_DEAD) !== 0) {
+        // Dead across the whole dataset, not just this batch: hatched, with a "never > 0" tag on larger tiles.
+        hatch(ctx, x0, y0, tw, th, theme.error);
+      } else if ((flags & FLAG_DEAD) !== 0) {
         ctx.strokeStyle = theme.error;
         ctx.lineWidth = 1.5;
         ctx.beginPath();
@@ -170,6 +197,8 @@ export function drawOverlay(ctx: CanvasRenderingContext2D, s: OverlayState): voi
       }
       const label =
         tw >= LABEL_MIN_TILE_PX ? tag(ctx, String(channel), Math.max(0, x0) + 1, Math.max(0, y0) + 1, false, theme) : 0;
+      if ((flags & FLAG_DATASET_DEAD) !== 0 && tw >= BADGE_MIN_TILE_PX)
+        tag(ctx, "never > 0", Math.max(0, x0) + 1, Math.min(layout.viewportHeight, y0 + th) - 14, false, theme);
       if (s.badges !== null && tw >= BADGE_MIN_TILE_PX && channel < s.badges.length) {
         const text = formatValue(s.badges[channel]);
         // Top-right beside the channel number when both fit; otherwise the bottom-right corner.

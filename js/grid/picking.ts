@@ -6,6 +6,7 @@
  * @example
  *   const hit = pickAt(scene, 40, 12); // { channel, row, col, value, tileIndex, downsample } or null
  */
+import { statOf } from "../protocol";
 import { dequantize } from "../scale";
 import type { HitInfo, LayerData, ViewState, VisibleTiles } from "./grid";
 import {
@@ -32,7 +33,7 @@ export interface Scene {
 /** The dequantized value of a stored pixel (NaN for non-finite). */
 export function valueAt(d: LayerData, channel: number, row: number, col: number): number {
   const q = d.values[(channel * d.height + row) * d.width + col];
-  return dequantize(q, d.stats[6 * channel], d.stats[6 * channel + 1]);
+  return dequantize(q, statOf(d.stats, channel, "min"), statOf(d.stats, channel, "max"));
 }
 
 /** The tile and pixel at (sx, sy) CSS px of the canvas, or null off the tiles. */
@@ -51,7 +52,7 @@ export function pickAt(s: Scene, sx: number, sy: number): HitInfo | null {
     const row = Math.min(full.height - 1, Math.max(0, Math.floor((ly / layout.tileHeight) * full.height)));
     const col = Math.min(full.width - 1, Math.max(0, Math.floor((lx / layout.tileWidth) * full.width)));
     const q = full.values[(slot * full.height + row) * full.width + col];
-    const value = dequantize(q, data.stats[6 * channel], data.stats[6 * channel + 1]);
+    const value = dequantize(q, statOf(data.stats, channel, "min"), statOf(data.stats, channel, "max"));
     return { channel, row, col, value, tileIndex: hit.tileIndex, downsample: 1 };
   }
   const value = valueAt(data, channel, hit.row, hit.col);

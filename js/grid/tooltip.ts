@@ -6,6 +6,7 @@
  *   const tooltip = createTooltip(element);
  *   tooltip.show(describeTile(data, 3, hit, marks), x, y);
  */
+import { FLAG_CONSTANT, FLAG_DATASET_DEAD, FLAG_DEAD, FLAG_NONFINITE, statOf } from "../protocol";
 import { formatValue } from "../scale";
 import type { HitInfo, LayerData } from "./grid";
 
@@ -14,6 +15,8 @@ export interface TileMarks {
   badges: Float32Array | null;
   badgeLabel: string;
   ablated: ReadonlySet<number>;
+  /** Images of the dataset scan that covers the layer (for the dead-across-the-dataset line); null: no scan. */
+  scanImages: number | null;
 }
 
 /**
@@ -23,17 +26,24 @@ export interface TileMarks {
  *   describeTile(data, 0, null, marks); // ["Channel 0 · dead", "min 0 · max 0 · mean 0", ...]
  */
 export function describeTile(data: LayerData, channel: number, hit: HitInfo | null, marks: TileMarks): string[] {
-  const s = data.stats.subarray(6 * channel, 6 * channel + 6);
+  const stat = (field: Parameters<typeof statOf>[2]): number => statOf(data.stats, channel, field);
   const flags = data.flags[channel];
   const health: string[] = [];
-  if ((flags & 1) !== 0) health.push("dead");
-  if ((flags & 2) !== 0) health.push("constant");
-  if ((flags & 4) !== 0) health.push("has NaN/Inf");
+  if ((flags & FLAG_DATASET_DEAD) !== 0) health.push("dead across the dataset");
+  else if ((flags & FLAG_DEAD) !== 0) health.push("dead");
+  if ((flags & FLAG_CONSTANT) !== 0) health.push("constant");
+  if ((flags & FLAG_NONFINITE) !== 0) health.push("has NaN/Inf");
   const lines = [
     `Channel ${channel}${health.length > 0 ? ` · ${health.join(" · ")}` : ""}`,
-    `min ${formatValue(s[0])} · max ${formatValue(s[1])} · mean ${formatValue(s[2])}`,
-    `zeros ${formatValue(100 * s[3])}% · NaN ${s[4]} · Inf ${s[5]}`,
+    `min ${formatValue(stat("min"))} · max ${formatValue(stat("max"))} · mean ${formatValue(stat("mean"))}`,
+    `zeros ${formatValue(100 * stat("zeros"))}% · NaN ${stat("nan")} · Inf ${stat("inf")}`,
   ];
+  if ((flags & FLAG_DATASET_DEAD) !== 0) {
+    const n = marks.scanImages === null ? "any" : `0 of ${marks.scanImages.toLocaleString("en-US")}`;
+    lines.push(`Dead across the dataset (${n} images > 0)`);
+  } else if ((flags & FLAG_DEAD) !== 0) {
+    lines.push("Dead on this batch: zero for every input of this batch");
+  }
   if (marks.badges !== null && channel < marks.badges.length) {
     lines.push(`${marks.badgeLabel} ${formatValue(marks.badges[channel])}`);
   }

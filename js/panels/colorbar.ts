@@ -2,6 +2,7 @@
  * The colorbar panel: the scale of the tile under the pointer (or of the open channel, or the first
  * one) for "channel" scale, of the layer or of all layers otherwise.
  */
+import { statOf } from "../protocol";
 import { displayRange } from "../scale";
 import { createColorbar } from "../views/colorbar";
 import { type Panel, type PanelContext, touched } from "./panel";
@@ -15,8 +16,8 @@ export function colorbarPanel({ store }: PanelContext, container: HTMLElement): 
     const meta = store.metaOf(store.get("layer"));
     let channel = store.get("hovered") ?? store.get("channel") ?? (shown !== null && shown.channels > 0 ? 0 : null);
     if (shown !== null && channel !== null && channel >= shown.channels) channel = null;
-    const cMin = shown !== null && channel !== null ? shown.stats[6 * channel] : 0;
-    const cMax = shown !== null && channel !== null ? shown.stats[6 * channel + 1] : 0;
+    const cMin = shown !== null && channel !== null ? statOf(shown.stats, channel, "min") : 0;
+    const cMax = shown !== null && channel !== null ? statOf(shown.stats, channel, "max") : 0;
     const [gMin, gMax] = store.globalRange();
     const lMin = shown?.layerMin ?? meta?.min ?? 0;
     const lMax = shown?.layerMax ?? meta?.max ?? 0;

@@ -25,9 +25,11 @@ export function controlsPanel({ store }: PanelContext, container: HTMLElement): 
     onGradcam: (open) => store.set({ gradcam: open }),
   });
   const keys = ["layers", "layer", "colormap", "scale", "symmetric", "sample", "num_samples", "predictions"] as const;
+  const scanKeys = ["scan_info", "scan_label", "scan_pair"] as const;
   return {
     update(changed) {
-      if (!touched(changed, ...keys, "sort", "top_k", "gradcam", "groups")) return;
+      if (!touched(changed, ...keys, ...scanKeys, "sort", "top_k", "gradcam", "groups")) return;
+      const covered = store.get("scan_info")?.layers.includes(store.get("layer")) ?? false;
       controls.update({
         layers: store.get("layers"),
         layer: store.get("layer"),
@@ -41,6 +43,11 @@ export function controlsPanel({ store }: PanelContext, container: HTMLElement): 
         topK: store.get("top_k"),
         gradcam: store.get("gradcam"),
         groups: store.get("groups"),
+        scanSorts: {
+          dataset: covered,
+          selectivity: covered && store.get("scan_label") !== null,
+          effect: covered && store.get("scan_pair").length === 2,
+        },
       });
     },
     destroy() {

@@ -1,7 +1,8 @@
 /**
  * The channel view panel: opens the `channel` trait's channel of the current layer (following layer,
  * sample and capture), redraws it with the current colormap, scale and theme, and steps or closes it.
- * A dataset-scan section (top-k crops per channel) belongs here, fed by the data source.
+ * With a dataset scan of the layer it also lists the channel's top dataset examples (clicking one makes
+ * it the input), fed by the data source.
  */
 import { createDetail } from "../views/detail";
 import { type Panel, type PanelContext, touched } from "./panel";
@@ -19,6 +20,7 @@ export function detailPanel(
   const detail = createDetail(container, {
     source,
     revision: () => store.get("revision"),
+    scan: () => store.get("scan_info"),
     sample: () => store.get("sample"),
     layer: () => store.metaOf(store.get("layer")),
     colormap: () => store.get("colormap"),
@@ -46,7 +48,10 @@ export function detailPanel(
       if (changed.has("channel") && channel !== null) store.update({ cursor: channel });
       // A layer that is not captured leaves the channel as it is (the view says what is wrong).
       const known = store.metaOf(store.get("layer")) !== undefined;
-      if (touched(changed, "channel", "layer", "sample", "revision", "layers") && (known || channel === null)) {
+      if (
+        touched(changed, "channel", "layer", "sample", "revision", "layers", "scan_info") &&
+        (known || channel === null)
+      ) {
         detail.show(channel);
       }
       // Its health row reads the flags of the layer just shown.

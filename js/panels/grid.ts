@@ -110,6 +110,45 @@ export function gridPanel(ctx: PanelContext, stage: HTMLElement, readout: HTMLEl
     }
   }
 
+  /**
+   * The numbers on the tiles: what the sort orders by (Grad-CAM weights, |d|, selectivity), else the
+   * Grad-CAM weights while the panel is open, else the dataset selectivity (a class picked) or the
+   * dataset d (a pair picked).
+   */
+  function tileBadges(): { badges: Float32Array | null; badgeLabel: string } {
+    const shown = store.get("shown");
+    const scan = shown?.scan ?? null;
+    const result = ctx.source.peekGradcam(store.camKey(store.get("shownKey")));
+    const weights = result !== undefined && result.weights.length > 0 ? result.weights : null;
+    const selectivity = { badges: scan?.selectivity ?? null, badgeLabel: `selectivity for ${scan?.label ?? ""}` };
+    const datasetD = { badges: scan?.effect ?? null, badgeLabel: `d (${scan?.pair.join(" vs ") ?? ""}, dataset)` };
+    switch (store.get("sort")) {
+      case "effect":
+        return { badges: shown?.effect ?? null, badgeLabel: "d" };
+      case "selectivity":
+        return selectivity;
+      case "dataset_effect":
+        return datasetD;
+    }
+    if (store.camWanted()) return { badges: weights, badgeLabel: "Grad-CAM weight" };
+    if (selectivity.badges !== null) return selectivity;
+    if (datasetD.badges !== null) return datasetD;
+    return { badges: null, badgeLabel: "" };
+  }
+
+  /** Why a dataset sort leaves the tiles in channel order ("" when it applies). */
+  function scanSortNote(sort: string, layer: string): string {
+    const scan = store.get("shown")?.scan ?? null;
+    const info = store.get("scan_info");
+    if (info === null) return "Dataset order needs a scan: pass scan= (from fmwidget.scan) to the widget.";
+    if (scan === null) return `Dataset order unavailable: layer "${layer}" is not in the scan.`;
+    if (sort === "selectivity" && scan.selectivity === null)
+      return "Selectivity order needs a class: pick one under Dataset.";
+    if (sort === "dataset_effect" && scan.effect === null)
+      return "Dataset effect order needs two groups: pick them under Dataset.";
+    return "";
+  }
+
   /** Tile order, badges and the note on why a sort could not be applied. */
   function applyOrder(): void {
     const shown = store.get("shown");
@@ -119,10 +158,11 @@ export function gridPanel(ctx: PanelContext, stage: HTMLElement, readout: HTMLEl
     const result = ctx.source.peekGradcam(camKey);
     // Only our Grad-CAM has per-channel weights; other methods' maps leave the tiles in their order.
     const weights = result !== undefined && result.weights.length > 0 ? result.weights : null;
+    const scan = shown.scan;
     g.setOptions({
-      order: tileOrder(sort, shown.stats, shown.channels, store.get("top_k"), weights, shown.effect),
-      badges: sort === "effect" ? shown.effect : store.camWanted() ? weights : null,
-      badgeLabel: sort === "effect" ? "d" : "Grad-CAM weight",
+      order: tileOrder(sort, shown.stats, shown.channels, store.get("top_k"), weights, shown.effect, scan),
+      ...tileBadges(),
+      scanImages: scan?.images ?? null,
     });
     const camError = store.get("camError");
     let note = "";
@@ -130,6 +170,7 @@ export function gridPanel(ctx: PanelContext, stage: HTMLElement, readout: HTMLEl
     if (sort === "gradcam" && result !== undefined && weights === null) {
       note = `Tiles stay in channel order: weights only for Grad-CAM (ours); ${camMethodLabel(result.method)} gives no per-channel weights.`;
     }
+    if (sort.startsWith("dataset_") || sort === "selectivity") note = scanSortNote(sort, shown.layer);
     if (sort === "effect" && shown.effect === null) {
       note =
         store.get("groups").length === 0
@@ -159,7 +200,17 @@ export function gridPanel(ctx: PanelContext, stage: HTMLElement, readout: HTMLEl
         const marked = ablation !== null && ablation.layer === store.get("shown")?.layer;
         g.setOptions({ ablated: new Set(marked ? ablation.channels : []) });
       }
-      const orderKeys = ["sort", "top_k", "gradcam", "target", "cam_method", "camReady", "camError", "groups"] as const;
+      const orderKeys = [
+        "sort",
+        "top_k",
+        "gradcam",
+        "target",
+        "cam_method",
+        "camReady",
+        "camError",
+        "groups",
+        "scan_info",
+      ] as const;
       if (drawable && touched(changed, "shown", ...orderKeys)) applyOrder();
     },
     destroy() {

@@ -10,11 +10,12 @@ export function headerPanel({ store }: PanelContext, container: HTMLElement): Pa
   const header = createHeader(container, { onLayer: (name) => store.set({ layer: name }) });
   return {
     update(changed) {
-      if (touched(changed, "preview", "layer", "layers", "shown", "shownKey", "revision", "sample")) {
+      if (touched(changed, "preview", "layer", "layers", "shown", "shownKey", "revision", "sample", "scan_info")) {
         const name = store.get("preview") ?? store.get("layer");
         const meta = store.metaOf(name);
         const shown = store.shownCurrent();
-        header.update(meta, shown !== null && shown.layer === name ? shown.downsample : 1, store.partnerOf(meta));
+        const here = shown !== null && shown.layer === name ? shown : null;
+        header.update(meta, here?.downsample ?? 1, store.partnerOf(meta), here?.scan ?? null);
       }
       // The header names the layer at once (even the one under a dragged thumb); the mark says it is not drawn yet.
       const preview = store.get("preview");

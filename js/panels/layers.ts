@@ -60,8 +60,9 @@ export function layersController({ store, source }: PanelContext): Panel {
 
   return {
     update(changed) {
-      // The effect array of every layer depends on the groups and the pair: cached layers are out of date.
-      const stale = touched(changed, "revision", "groups", "group_pair");
+      // The effect and scan arrays of every layer depend on the groups, the scan, its label and pair:
+      // cached layers are out of date.
+      const stale = touched(changed, "revision", "groups", "group_pair", "scan_info", "scan_label", "scan_pair");
       if (stale) source.clearLayers();
       if (stale || changed.has("layers")) store.update({ shownKey: "" });
       if (stale || touched(changed, "layers", "layer", "sample")) show();

@@ -95,6 +95,7 @@ describe("controls", () => {
     topK: 0,
     gradcam: false,
     groups: [],
+    scanSorts: { dataset: false, selectivity: false, effect: false },
     ...extra,
   });
 

@@ -10,7 +10,7 @@
 import { COLORMAPS, type ColormapName } from "../colormaps";
 import { el, rangeInput } from "../dom";
 import { formatPercent, formatShape, predictionLabel } from "../format";
-import type { LayerMeta, Prediction, SortKey } from "../protocol";
+import { type LayerMeta, type LayerScan, type Prediction, type SortKey, statOf } from "../protocol";
 import type { Scope } from "../scale";
 
 /** Everything the controls display, as read from the model's traits. */
@@ -28,6 +28,15 @@ export interface ControlState {
   gradcam: boolean;
   /** Group label of each sample, or empty. */
   groups: readonly string[];
+  /** Which dataset sorts the scan offers for the shown layer (each listed only when true, or selected). */
+  scanSorts: ScanSorts;
+}
+
+/** The dataset sorts on offer: `dataset` (mean, max, active) when a scan covers the layer, the others with a class or a pair. */
+export interface ScanSorts {
+  dataset: boolean;
+  selectivity: boolean;
+  effect: boolean;
 }
 
 /**
@@ -72,16 +81,32 @@ const SORTS: readonly [SortKey, string][] = [
   ["zeros", "Fraction of zeros"],
   ["gradcam", "Grad-CAM weight"],
   ["effect", "Group effect (|d|)"],
+  ["dataset_mean", "Dataset mean"],
+  ["dataset_max", "Dataset max"],
+  ["dataset_active", "Dataset active"],
+  ["selectivity", "Selectivity"],
+  ["dataset_effect", "Dataset effect (|d|)"],
 ];
+
+/** Which entry of {@link ScanSorts} offers a sort (null: always offered, or offered by groups). */
+const SCAN_SORT: Partial<Record<SortKey, keyof ScanSorts>> = {
+  dataset_mean: "dataset",
+  dataset_max: "dataset",
+  dataset_active: "dataset",
+  selectivity: "selectivity",
+  dataset_effect: "effect",
+};
 
 /**
  * The grid's tile order: channels sorted by a statistic (largest first, ties by index), cut to the
- * first `topK` (0 = all). Null means "every channel in index order", the grid's default. "effect" sorts
- * by |d| (a strong difference either way first).
+ * first `topK` (0 = all). Null means "every channel in index order", the grid's default. "effect" and
+ * "dataset_effect" sort by |d| (a strong difference either way first); the dataset sorts read the
+ * layer's scan arrays (channels without them sort last).
  *
  * @example
  *   tileOrder("mean", data.stats, data.channels, 8, null); // Int32Array of the 8 most active channels
  *   tileOrder("effect", data.stats, data.channels, 0, null, data.effect);
+ *   tileOrder("selectivity", data.stats, data.channels, 0, null, null, data.scan);
  */
 export function tileOrder(
   sort: SortKey,
@@ -90,19 +115,31 @@ export function tileOrder(
   topK: number,
   gradcamWeights: Float32Array | null,
   effect: Float32Array | null = null,
+  scan: LayerScan | null = null,
 ): Int32Array | null {
+  const at = (a: Float32Array | null | undefined, c: number): number => (a != null && c < a.length ? a[c] : Number.NaN);
   const key = (c: number): number => {
     switch (sort) {
       case "mean":
-        return stats[6 * c + 2];
+        return statOf(stats, c, "mean");
       case "max":
-        return stats[6 * c + 1];
+        return statOf(stats, c, "max");
       case "zeros":
-        return stats[6 * c + 3];
+        return statOf(stats, c, "zeros");
       case "gradcam":
         return gradcamWeights !== null && c < gradcamWeights.length ? gradcamWeights[c] : 0;
       case "effect":
         return effect !== null && c < effect.length ? Math.abs(effect[c]) : 0;
+      case "dataset_mean":
+        return at(scan?.mean, c);
+      case "dataset_max":
+        return at(scan?.max, c);
+      case "dataset_active":
+        return at(scan?.active, c);
+      case "selectivity":
+        return at(scan?.selectivity, c);
+      case "dataset_effect":
+        return Math.abs(at(scan?.effect, c));
       case "index":
         return -c;
     }
@@ -203,7 +240,14 @@ export function createControls(container: HTMLElement, handlers: ControlHandlers
   const sampleField = field("Sample", sample);
 
   const sort = select("Sort tiles", SORTS, handlers.onSort);
-  const effectOption = [...sort.options].find((o) => o.value === "effect") as HTMLOptionElement;
+  const optionOf = (key: SortKey): HTMLOptionElement =>
+    [...sort.options].find((o) => o.value === key) as HTMLOptionElement;
+  const effectOption = optionOf("effect");
+  const scanOptions = Object.entries(SCAN_SORT).map(([key, need]) => ({
+    key: key as SortKey,
+    need: need as keyof ScanSorts,
+    option: optionOf(key as SortKey),
+  }));
   const gradcam = el("input", "fm-checkbox");
   gradcam.type = "checkbox";
   gradcam.setAttribute("aria-label", "Grad-CAM");
@@ -258,6 +302,10 @@ export function createControls(container: HTMLElement, handlers: ControlHandlers
       symmetric.checked = state.symmetric;
       // The group sort exists only for widgets with groups (it stays listed while selected, to show the truth).
       effectOption.hidden = effectOption.disabled = state.groups.length === 0 && state.sort !== "effect";
+      // Likewise the dataset sorts: only when the scan covers the layer (with a class / a pair).
+      for (const { key, need, option } of scanOptions) {
+        option.hidden = option.disabled = !state.scanSorts[need] && state.sort !== key;
+      }
       sort.value = state.sort;
       gradcam.checked = state.gradcam;
       if (document.activeElement !== topK) topK.value = String(state.topK);

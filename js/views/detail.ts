@@ -1,6 +1,7 @@
 /**
  * The channel view ("drill-down"): one feature map at full resolution with its exact float32 values, a
- * histogram, statistics, the filter that produced it and the map laid over the input image.
+ * histogram, statistics, the filter that produced it, the map laid over the input image and, with a
+ * dataset scan of the layer, its top dataset examples (views/examples.ts).
  *
  * @example
  *   const detail = createDetail(panel, context);
@@ -9,14 +10,27 @@
  */
 import { type ColormapName, colormapLUT, NAN_COLOR } from "../colormaps";
 import { el, rangeInput } from "../dom";
-import { type ChannelData, type ConvFilter, type InputPicture, isDropped, type LayerMeta } from "../protocol";
+import {
+  type ChannelData,
+  type ConvFilter,
+  FLAG_CONSTANT,
+  FLAG_DATASET_DEAD,
+  FLAG_DEAD,
+  type InputPicture,
+  isDropped,
+  type LayerMeta,
+  type ScanInfo,
+} from "../protocol";
 import { displayRange, formatValue, type Scope, toUnit } from "../scale";
 import type { DataSource } from "../source";
 import { type ThemeColors, themeColors } from "../theme";
+import { createExamples } from "./examples";
 
 /** What the channel view reads from the widget (always the current state). */
 export interface DetailContext {
-  source: Pick<DataSource, "channel" | "input">;
+  source: Pick<DataSource, "channel" | "input" | "examples" | "useExample">;
+  /** The `scan_info` trait (the top-examples section shows for the layers it lists). */
+  scan(): ScanInfo | null;
   revision(): number;
   sample(): number;
   layer(): LayerMeta | undefined;
@@ -24,7 +38,7 @@ export interface DetailContext {
   scope(): Scope;
   symmetric(): boolean;
   globalRange(): [number, number];
-  /** Channel flags of the shown layer (bit 1 dead, 2 constant, 4 non-finite), when loaded. */
+  /** Channel flags of the shown layer (bit 1 dead, 2 constant, 4 non-finite, 8 dead across the dataset), when loaded. */
   flags(channel: number, layer: string): number | undefined;
   /** The user moved to another channel (prev/next) or closed the view (null). */
   onNavigate(channel: number | null): void;
@@ -237,8 +251,9 @@ function drawStats(stats: HTMLElement, loaded: Loaded, flags: number): void {
   ];
   if (s.nan > 0) rows.push(["NaN", String(s.nan)]);
   if (s.inf > 0) rows.push(["±Inf", String(s.inf)]);
-  if (flags & 1) rows.push(["health", "dead: zero for every input"]);
-  else if (flags & 2) rows.push(["health", "constant for every input"]);
+  if (flags & FLAG_DATASET_DEAD) rows.push(["health", "dead across the dataset: never > 0 on any scanned image"]);
+  else if (flags & FLAG_DEAD) rows.push(["health", "dead: zero for every input"]);
+  else if (flags & FLAG_CONSTANT) rows.push(["health", "constant for every input"]);
   stats.replaceChildren();
   for (const [k, v] of rows) stats.append(el("dt", "", k), el("dd", "", v));
 }
@@ -399,6 +414,7 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
   body.append(mapBox, side, overlayBox);
   element.append(head, message, body);
   container.append(element);
+  const examples = createExamples(element, { source: ctx.source, scan: ctx.scan, revision: ctx.revision });
 
   let channel: number | null = null;
   let loaded: Loaded | null = null;
@@ -543,6 +559,7 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
         channel = null;
         wanted = "";
         element.hidden = true;
+        examples.show(null, null);
         if (ch !== null) ctx.onNavigate(null);
         return;
       }
@@ -551,6 +568,7 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
       updateTitle();
       if (loaded?.key !== keyOf(ch) && wanted !== keyOf(ch)) fetchChannel(ch);
       fetchInput();
+      examples.show(ctx.layer()?.name ?? null, ch);
     },
     redraw(): void {
       if (channel !== null) draw();
@@ -575,6 +593,7 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
       map.removeEventListener("pointermove", onPointer);
       map.removeEventListener("pointerleave", onLeave);
       opacity.removeEventListener("input", drawOverlay);
+      examples.destroy();
       element.remove();
     },
   };

@@ -11,16 +11,28 @@ import { el } from "../dom";
 import { formatPercent, formatShape, predictionLabel } from "../format";
 import type { LayerMeta, Prediction } from "../protocol";
 
+/** What the header says about a layer from the dataset scan: its images and the channels dead across them. */
+export interface ScanHealth {
+  images: number;
+  dead: number;
+}
+
 /**
- * The header's health line from a layer's batch-wide counts.
+ * The header's health line from a layer's batch-wide counts and, when the layer was scanned, the
+ * channels dead across the dataset (batch-dead channels are then "zero on this input").
  *
  * @example
  *   healthSummary(meta); // "12 of 64 channels dead · 2 with NaN/Inf"
+ *   healthSummary(meta, { images: 1000, dead: 12 }); // "12 of 64 dead across 1,000 images · 75 zero on this input"
  */
-export function healthSummary(meta: LayerMeta): string {
+export function healthSummary(meta: LayerMeta, scan: ScanHealth | null = null): string {
   const c = meta.shape[1];
+  const n = meta.shape[0];
   const parts: string[] = [];
-  if (meta.dead > 0) parts.push(`${meta.dead} of ${c} channels dead`);
+  if (scan !== null) {
+    parts.push(`${scan.dead} of ${c} dead across ${scan.images.toLocaleString("en-US")} images`);
+    if (meta.dead > 0) parts.push(`${meta.dead} zero on ${n === 1 ? "this input" : `these ${n} inputs`}`);
+  } else if (meta.dead > 0) parts.push(`${meta.dead} of ${c} channels dead`);
   if (meta.constant > 0) parts.push(`${meta.constant} constant`);
   if (meta.nonfinite > 0) parts.push(`${meta.nonfinite} with NaN/Inf`);
   return parts.length > 0 ? parts.join(" · ") : `all ${c} channels alive`;
@@ -32,7 +44,7 @@ export interface Header {
    * Shows a layer's identity and health; `downsample` > 1 adds a badge saying the grid is pooled;
    * `partner` is the layer's activation partner (`post` or `pre`), offered as a toggle.
    */
-  update(meta: LayerMeta | undefined, downsample: number, partner?: LayerMeta): void;
+  update(meta: LayerMeta | undefined, downsample: number, partner?: LayerMeta, scan?: ScanHealth | null): void;
   /** Marks the named layer as not drawn yet (a small spinner, `aria-busy`), or clears the mark. */
   setPending(pending: boolean): void;
   /** The model's top prediction for the shown sample ("Egyptian cat 72%"); null hides it. */
@@ -81,7 +93,7 @@ export function createHeader(container: HTMLElement, handlers: { onLayer(name: s
   container.append(element);
   return {
     element,
-    update(meta: LayerMeta | undefined, downsample: number, partner?: LayerMeta): void {
+    update(meta: LayerMeta | undefined, downsample: number, partner?: LayerMeta, scan: ScanHealth | null = null): void {
       name.textContent = meta?.name ?? "";
       type.textContent = meta?.type ?? "";
       type.hidden = meta === undefined;
@@ -95,8 +107,15 @@ export function createHeader(container: HTMLElement, handlers: { onLayer(name: s
         toggle.textContent = partnerLabel(meta, partner);
         toggle.title = `Show ${partner.name} (${partner.type}) with the same zoom and channel`;
       }
-      health.textContent = meta === undefined ? "" : healthSummary(meta);
-      health.classList.toggle("fm-health-bad", meta !== undefined && meta.dead + meta.constant + meta.nonfinite > 0);
+      health.textContent = meta === undefined ? "" : healthSummary(meta, scan);
+      health.title =
+        scan === null
+          ? ""
+          : "Dead across the dataset: never > 0 on any scanned image. Zero on this input: every value of the map is 0 here.";
+      health.classList.toggle(
+        "fm-health-bad",
+        meta !== undefined && meta.dead + meta.constant + meta.nonfinite + (scan?.dead ?? 0) > 0,
+      );
     },
     setPrediction(top: Prediction | null): void {
       prediction.hidden = top === null;
