@@ -429,7 +429,7 @@ def scan(
     if distributed:
         result = _merge_ranks(result, k)
     return Scan._from_result(
-        result, infos, k, complete, fingerprint(model), time.perf_counter() - started
+        result, infos, k, complete, model_record(model), time.perf_counter() - started
     )
 
 
@@ -569,6 +569,8 @@ class Scan:
         self.label_counts: list[int] = list(meta["label_counts"])
         self.label_examples: list[list[int]] = [list(e) for e in meta["label_examples"]]
         self.fingerprint: str = str(meta["fingerprint"])
+        #: The model's parameter and buffer names and shapes, as recorded at scan time.
+        self.parameters: list[list[Any]] = [list(p) for p in meta.get("parameters", [])]
         self.seconds: float = float(meta.get("seconds", 0.0))
         self.shapes: dict[str, list[int]] = {n: list(s) for n, s in meta["shapes"].items()}
 
@@ -579,7 +581,7 @@ class Scan:
         infos: Mapping[str, Any],
         k: int,
         complete: bool,
-        model_fingerprint: str,
+        model: dict[str, Any],
         seconds: float,
     ) -> Scan:
         names = [n for n in infos if n in result.running]
@@ -614,7 +616,8 @@ class Scan:
             "labels": order,
             "label_counts": [result.labels.counts[c] for c in perm],
             "label_examples": [result.labels.examples[c] for c in perm],
-            "fingerprint": model_fingerprint,
+            "fingerprint": model["fingerprint"],
+            "parameters": model["parameters"],
             "seconds": seconds,
         }
         return cls(tensors, meta)
@@ -744,13 +747,29 @@ class Scan:
 
     def check_model(self, model: nn.Module) -> None:
         """Raise :class:`ScanMismatchError` unless ``model`` is the one this scan was made with."""
-        mine = fingerprint(model)
-        if mine != self.fingerprint:
-            raise ScanMismatchError(
-                f"this scan was made with another model (fingerprint {self.fingerprint[:12]}…, "
-                f"this model's is {mine[:12]}…: its parameter names, shapes or values differ); "
-                "scan this model again, or load the scan with the model it was made with"
+        mine = model_record(model)
+        if mine["fingerprint"] == self.fingerprint:
+            return
+        theirs = {name: shape for name, shape in self.parameters}
+        ours = {name: shape for name, shape in mine["parameters"]}
+        if theirs == ours:
+            why = "its parameter names and shapes match, their values differ (other weights)"
+        else:
+            missing = sorted(set(theirs) - set(ours))
+            extra = sorted(set(ours) - set(theirs))
+            changed = sorted(n for n in set(theirs) & set(ours) if theirs[n] != ours[n])
+            parts = [f"{len(missing)} of the scan's parameters are missing"] if missing else []
+            parts += [f"{len(extra)} are new"] if extra else []
+            parts += (
+                [f"{changed[0]!r} is {ours[changed[0]]}, was {theirs[changed[0]]}"]
+                if changed
+                else []
             )
+            why = "another architecture: " + ", ".join(parts)
+        raise ScanMismatchError(
+            f"this scan was made with another model ({why}); scan this model again, or load "
+            "the scan with the model it was made with"
+        )
 
     # -- internals -------------------------------------------------------------------------
 
@@ -782,16 +801,19 @@ class Scan:
         return self._tensors[f"{self._layer(layer)}.{key}"].numpy()
 
 
-def fingerprint(model: nn.Module) -> str:
-    """A hash of the model's parameter and buffer names, shapes, dtypes and values."""
+def model_record(model: nn.Module) -> dict[str, Any]:
+    """What a scan records of its model: ``parameters`` (the names and shapes of its parameters
+    and buffers) and ``fingerprint``, a hash of those with their dtypes and values."""
     h = hashlib.blake2b(digest_size=20)
+    parameters = []
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        parameters.append([name, list(t.shape)])
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         data = t.detach()
         if data.dtype == torch.bfloat16:
             data = data.float()
         h.update(data.cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return {"fingerprint": h.hexdigest(), "parameters": parameters}
 
 
 def _crops(layer: str, examples: list[Example], dataset: Any, model: nn.Module) -> list[Crop]:

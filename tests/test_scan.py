@@ -142,11 +142,41 @@ def test_save_and_load_round_trip_and_refuse_another_model(tmp_path: Path) -> No
     other = model()
     with torch.no_grad():
         next(other.parameters())[0, 0, 0, 0] += 1
-    with pytest.raises(ScanMismatchError, match="made with another model"):
+    with pytest.raises(ScanMismatchError, match=r"made with another model.*values differ"):
         Scan.load(path, model=other)
+    wider = r"another architecture: .*'conv1\.bias' is \[9\], was \[8\]"
+    with pytest.raises(ScanMismatchError, match=wider):
+        Scan.load(path, model=_Wider())
     (tmp_path / "not-a-scan.safetensors").write_bytes(path.read_bytes()[:20])
     with pytest.raises(Exception):  # noqa: B017 - safetensors' own error for a broken file
         Scan.load(tmp_path / "not-a-scan.safetensors")
+
+
+class _Wider(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 9, 3)
+
+
+class _Keywords(torch.nn.Module):
+    """Takes its image as a keyword, as dict items give it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = model()
+
+    def forward(self, *, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net(pixels)
+
+
+def test_dict_items_are_keyword_inputs_with_an_optional_label() -> None:
+    data = Noise(12)
+    items = [{"pixels": x, "label": y} for x, y in (data[i] for i in range(12))]
+    net = _Keywords().eval()
+    result = scan(net, items, layers=["net.conv1"], k=2, progress=False)
+    direct = scan(net.net, data, layers=["conv1"], k=2, progress=False)
+    assert result.labels == [0, 1, 2]
+    assert result.top("net.conv1", 3) == direct.top("conv1", 3)
 
 
 def test_bad_input_fails_before_the_long_work_with_clear_errors() -> None:
