@@ -2,11 +2,14 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import {
   decodeArray,
   decodeArrays,
+  decodeExamples,
   isDropped,
   type Reply,
   type RequestDropped,
   RequestError,
   Requester,
+  STATS_FIELDS,
+  statOf,
   toLayerData,
 } from "./protocol";
 import { FakeComm } from "./testing/fake-comm";
@@ -284,5 +287,134 @@ describe("toLayerData", () => {
     expect(() => toLayerData(layerReply([2, 2, 2], 7), meta)).toThrow(
       /array "values" is uint8 \[2, 2, 2\]; expected 8 values/,
     );
+  });
+});
+
+describe("layer replies of a scanned layer", () => {
+  const f32 = (name: string, values: number[]) => ({
+    name,
+    dtype: "float32" as const,
+    shape: [values.length],
+    data: Float32Array.from(values),
+  });
+
+  function scanned(meta: Record<string, unknown>, extra: ReturnType<typeof f32>[]): Reply {
+    return {
+      id: 1,
+      kind: "layer",
+      meta: { layer: "relu", shape: [2, 1, 1], stored: [2, 1, 1], downsample: 1, channels: null, scan: meta },
+      arrays: {
+        values: { name: "values", dtype: "uint8", shape: [2, 1, 1], data: new Uint8Array(2) },
+        stats: f32("stats", [0, 1, 0.5, 0, 0, 0, -2, 4, 1, 0.25, 0, 0]),
+        flags: { name: "flags", dtype: "uint8", shape: [2], data: Uint8Array.from([1 | 8, 0]) },
+        scan_mean: f32("scan_mean", [0, 1.5]),
+        scan_max: f32("scan_max", [0, 9.12]),
+        scan_active: f32("scan_active", [0, 0.75]),
+        ...Object.fromEntries(extra.map((a) => [a.name, a])),
+      },
+    };
+  }
+
+  it("carries the dataset statistics per channel, and selectivity and d only when asked", () => {
+    const plain = toLayerData(scanned({ images: 1000, dead: 1, label: null, pair: [] }, [])).scan!;
+    expect(plain).toMatchObject({ images: 1000, dead: 1, label: null, pair: [], selectivity: null, effect: null });
+    expect(Array.from(plain.max)).toEqual([0, Math.fround(9.12)]);
+    expect(Array.from(plain.active)).toEqual([0, 0.75]);
+    const meta = { images: 30, dead: 0, label: "2", pair: ["0", "1"], counts: { 0: 10, 1: 10 }, examples: {} };
+    const full = toLayerData(scanned(meta, [f32("scan_selectivity", [0.5, -1]), f32("scan_effect", [2, 0])])).scan!;
+    expect(Array.from(full.selectivity!)).toEqual([0.5, -1]);
+    expect(Array.from(full.effect!)).toEqual([2, 0]);
+    expect(full.counts).toEqual({ 0: 10, 1: 10 });
+  });
+
+  it("has no scan part for a layer the scan does not cover, and refuses a short array", () => {
+    const reply = scanned({ images: 1, dead: 0, label: null, pair: [] }, []);
+    delete reply.meta.scan;
+    expect(toLayerData(reply).scan).toBeNull();
+    const short = scanned({ images: 1, dead: 0, label: null, pair: [] }, [f32("scan_mean", [1])]);
+    expect(() => toLayerData(short)).toThrow(/array "scan_mean" is float32 \[1\]; expected 2 values/);
+  });
+
+  it("reads stats by name in STATS_FIELDS order (python's wire.STATS_FIELDS)", () => {
+    expect(STATS_FIELDS).toEqual(["min", "max", "mean", "zeros", "nan", "inf"]);
+    const stats = toLayerData(scanned({ images: 1, dead: 0, label: null, pair: [] }, [])).stats;
+    expect([statOf(stats, 1, "min"), statOf(stats, 1, "max"), statOf(stats, 1, "zeros")]).toEqual([-2, 4, 0.25]);
+  });
+});
+
+describe("decodeExamples", () => {
+  const entry = (index: number, offset: number, shape: number[]) => ({
+    index,
+    value: 9.12,
+    row: 1,
+    col: 2,
+    label: "7",
+    box: [0, 0, shape[0], shape[1]],
+    peak: [1, 1],
+    shape,
+    offset,
+  });
+
+  it("splits pixels into one crop per example by offset and shape, without copying", () => {
+    // Two crops: 2×2 then 1×3, after a 3-byte gap the decoder must not read.
+    const pixels = new Uint8Array(3 + 12 + 9).map((_, i) => i);
+    const reply: Reply = {
+      id: 1,
+      kind: "examples",
+      meta: { layer: "conv2", channel: 3, crops: true, examples: [entry(40, 3, [2, 2]), entry(5, 15, [1, 3])] },
+      arrays: { pixels: { name: "pixels", dtype: "uint8", shape: [24], data: pixels } },
+    };
+    const out = decodeExamples(reply, { layer: "conv2", channel: 3 });
+    expect(out).toMatchObject({ layer: "conv2", channel: 3, crops: true, note: "" });
+    const [a, b] = out.examples;
+    expect(a).toMatchObject({ index: 40, value: 9.12, label: "7", box: [0, 0, 2, 2], peak: [1, 1] });
+    expect(a.crop).toMatchObject({ height: 2, width: 2 });
+    expect(Array.from(a.crop!.pixels)).toEqual(Array.from({ length: 12 }, (_, i) => 3 + i));
+    expect(a.crop!.pixels.buffer).toBe(pixels.buffer);
+    expect(b.crop).toMatchObject({ height: 1, width: 3 });
+    expect(Array.from(b.crop!.pixels)).toEqual(Array.from({ length: 9 }, (_, i) => 15 + i));
+  });
+
+  it("lists the examples with the note and no crops when meta.crops is false", () => {
+    const reply: Reply = {
+      id: 1,
+      kind: "examples",
+      meta: {
+        crops: false,
+        note: "no crops: pass dataset= to the widget",
+        examples: [{ index: 2, value: 1, row: 0, col: 0, label: null }],
+      },
+      arrays: {},
+    };
+    const out = decodeExamples(reply, { layer: "conv1", channel: 0 });
+    expect(out).toMatchObject({ layer: "conv1", crops: false, note: "no crops: pass dataset= to the widget" });
+    expect(out.examples[0]).toMatchObject({ index: 2, label: null, crop: null, box: null });
+  });
+
+  it("refuses a crop that lies outside pixels", () => {
+    const reply: Reply = {
+      id: 1,
+      kind: "examples",
+      meta: { crops: true, examples: [entry(1, 10, [2, 2])] },
+      arrays: { pixels: { name: "pixels", dtype: "uint8", shape: [12], data: new Uint8Array(12) } },
+    };
+    expect(() => decodeExamples(reply, { layer: "c", channel: 0 })).toThrow(
+      /crop 0 \(offset 10, 2 × 2 × 3\) lies outside pixels \(12\)/,
+    );
+  });
+
+  it("resolves a use_example whose reply arrives after the new revision (the success it announces)", async () => {
+    const { KernelSource } = await import("./source");
+    const comm = new FakeComm();
+    let revision = 4;
+    const store = { get: (k: string) => (k === "revision" ? revision : null), update: () => {} } as never;
+    const source = new KernelSource(comm as never, store);
+    const done = source.useExample(17);
+    const sent = comm.sent[0];
+    expect(sent).toMatchObject({ kind: "use_example", index: 17, revision: 4 });
+    revision = 5;
+    comm.deliver({ type: "reply", v: 1, id: sent.id, kind: "use_example", ok: true, meta: { index: 17 } });
+    await expect(done).resolves.toEqual({ index: 17 });
+    source.destroy();
   });
 });

@@ -145,6 +145,7 @@ export function createExamples(container: HTMLElement, ctx: ExamplesContext): Ex
         if (e.crop !== null) {
           const canvas = el("canvas", "fm-pixelated fm-example-crop");
           canvas.style.width = canvas.style.height = `${THUMB_PX}px`;
+          canvas.style.imageRendering = "pixelated";
           drawCrop(canvas, e);
           body.append(canvas);
         }
