@@ -1205,3 +1205,165 @@ describe("FeatureMapWidget view: failures and races", () => {
     await expect.poll(asked).toBe(3);
   });
 });
+
+describe("FeatureMapWidget view with a dataset scan", () => {
+  const SCAN = { images: 1000, k: 3, complete: true, labels: ["cat", "dog", "owl"], layers: ["conv1"], crops: true };
+  const cellOf = (root: HTMLElement): number =>
+    Number(root.querySelector<HTMLCanvasElement>('canvas[aria-label="Feature maps"]')!.dataset.cellWidth);
+  const sortSelect = (root: HTMLElement) => root.querySelector<HTMLSelectElement>('select[aria-label="Sort tiles"]')!;
+  const offered = (root: HTMLElement): string[] =>
+    [...sortSelect(root).options].filter((o) => !o.hidden).map((o) => o.value);
+
+  it("marks channels dead across the dataset apart from those dead on this batch, and says so in the header", async () => {
+    // Channel 1 is zero on this batch only; channel 2 (the fake kernel's scan) is dead across the dataset.
+    const layers = traits().layers.map((l) => (l.name === "conv1" ? { ...l, dead: 1 } : l));
+    const { root } = await mount({ scan_info: SCAN, layers }, (m) => {
+      m.flags.conv1 = [0, 1, 0, 0];
+    });
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    const health = root.querySelector(".fm-health")!;
+    await expect.poll(() => health.textContent).toBe("1 of 4 dead across 1,000 images · 1 zero on this input");
+    const cell = cellOf(root);
+    const batchDead = await tooltipAt(root, cell + 5, 5);
+    expect(batchDead).toContain("Channel 1 · dead");
+    expect(batchDead).toContain("zero for every input of this batch");
+    const datasetDead = await tooltipAt(root, 2 * cell + 5, 5);
+    expect(datasetDead).toContain("Channel 2 · dead across the dataset");
+    expect(datasetDead).toContain("Dead across the dataset (0 of 1,000 images > 0)");
+    // The two marks differ on screen: hatching (dataset) against a cross (batch).
+    const overlay = root.querySelector<HTMLCanvasElement>('canvas[aria-label="Feature maps"]')!;
+    const g = overlay.getContext("2d")!;
+    const dpr = overlay.width / overlay.clientWidth;
+    const tileHeight = Number(overlay.dataset.tileHeight);
+    const inked = (x0: number): number => {
+      const data = g.getImageData(
+        Math.round(x0 * dpr),
+        0,
+        Math.round((cell - 2) * dpr),
+        Math.round(tileHeight * dpr),
+      ).data;
+      let n = 0;
+      for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++;
+      return n;
+    };
+    // Stripes and a border over channel 2 cover far more of its tile than channel 1's cross.
+    expect(inked(2 * cell)).toBeGreaterThan(1.5 * inked(cell));
+  });
+
+  it("keeps the old health wording without a scan", async () => {
+    const layers = traits().layers.map((l) => (l.name === "conv1" ? { ...l, dead: 1 } : l));
+    const { root } = await mount({ layers });
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    expect(root.querySelector(".fm-health")!.textContent).toBe("1 of 4 channels dead");
+    expect(offered(root)).not.toContain("dataset_mean");
+    expect(root.querySelector<HTMLElement>(".fm-scanbar")!.hidden).toBe(true);
+  });
+
+  it("offers the dataset sorts only where the scan covers the layer, and orders tiles by the scan arrays", async () => {
+    const { root, model } = await mount({ scan_info: SCAN });
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    expect(offered(root)).toEqual(expect.arrayContaining(["dataset_mean", "dataset_max", "dataset_active"]));
+    expect(offered(root)).not.toContain("selectivity");
+    expect(offered(root)).not.toContain("dataset_effect");
+    const sort = sortSelect(root);
+    sort.value = "dataset_max";
+    sort.dispatchEvent(new Event("change"));
+    expect(model.get("sort")).toBe("dataset_max");
+    // SCAN_MAX [3, 1, 0, 2]: channel 0 first, then 3.
+    expect(await tooltipAt(root, 5, 5)).toContain("Channel 0");
+    expect(await tooltipAt(root, cellOf(root) + 5, 5)).toContain("Channel 3");
+    model.set("sort", "dataset_active");
+    // SCAN_ACTIVE [0.2, 0.9, 0, 0.5]: channel 1 first.
+    await expect.poll(async () => await tooltipAt(root, 5, 5)).toContain("Channel 1");
+
+    // A layer outside the scan: the dataset sorts go (except the one selected, with a note).
+    model.set("layer", "relu1");
+    await expect.poll(() => root.dataset.layer).toBe("relu1");
+    expect(offered(root)).toContain("dataset_active");
+    expect(offered(root)).not.toContain("dataset_mean");
+    await expect
+      .poll(() => root.querySelector(".fm-readout")!.textContent)
+      .toContain('layer "relu1" is not in the scan');
+  });
+
+  it("picks a class (selectivity badges and sort) and a pair of groups (counts, d, effect sort)", async () => {
+    const { root, model } = await mount({ scan_info: SCAN });
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    const bar = root.querySelector<HTMLElement>(".fm-scanbar")!;
+    expect(bar.hidden).toBe(false);
+    expect(bar.textContent).toContain("1,000 images");
+    const cls = bar.querySelector<HTMLSelectElement>('select[aria-label="Dataset class"]')!;
+    expect([...cls.options].map((o) => o.textContent)).toEqual(["(none)", "cat", "dog", "owl"]);
+    cls.value = "dog";
+    cls.dispatchEvent(new Event("change"));
+    expect(model.get("scan_label")).toBe("dog");
+    await expect.poll(() => bar.textContent).toContain("most selective: channel 3 (0.8)");
+    expect(await tooltipAt(root, 5, 5)).toContain("selectivity for dog -0.1");
+    expect(offered(root)).toContain("selectivity");
+    model.set("sort", "selectivity");
+    // SCAN_SELECTIVITY [-0.1, 0.3, 0, 0.8]: channel 3 first, then 1.
+    await expect.poll(async () => await tooltipAt(root, 5, 5)).toContain("Channel 3");
+
+    const groups = bar.querySelector<HTMLElement>('[aria-label="Dataset groups"]')!;
+    const [a, b] = [...groups.querySelectorAll("select")];
+    a.value = "cat";
+    a.dispatchEvent(new Event("change"));
+    // The other side follows, so a whole pair is sent.
+    expect(model.get("scan_pair")).toEqual(["cat", "dog"]);
+    await expect.poll(() => bar.textContent).toContain("n = 340 vs 330");
+    expect(bar.textContent).toContain("strongest: channel 1, d = -2.5");
+    model.set("sort", "dataset_effect");
+    // |SCAN_EFFECT| [0.4, 2.5, 0, 1.1]: channel 1 first, with its d as the badge.
+    await expect.poll(async () => await tooltipAt(root, 5, 5)).toContain("Channel 1");
+    expect(await tooltipAt(root, 5, 5)).toContain("d (cat vs dog, dataset) -2.5");
+    b.value = "";
+    b.dispatchEvent(new Event("change"));
+    expect(model.get("scan_pair")).toEqual([]);
+  });
+
+  it("lists the open channel's top dataset examples; clicking one re-runs the kernel on it", async () => {
+    const { root, model } = await mount({ scan_info: SCAN });
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    model.set("channel", 1);
+    const section = root.querySelector<HTMLElement>('[aria-label="Dataset examples"]')!;
+    await expect.poll(() => section.dataset.state).toBe("ready");
+    expect([...section.querySelectorAll(".fm-example-value")].map((e) => e.textContent)).toEqual(["9.12", "7.5", "3"]);
+    expect(section.querySelectorAll("canvas.fm-example-crop")).toHaveLength(3);
+    expect(section.querySelector(".fm-caption")!.textContent).toBe(
+      "top 3 of 1,000 images; ring = where the channel peaks",
+    );
+    const revision = model.get("revision");
+    section.querySelector<HTMLButtonElement>("button.fm-example-button")!.click();
+    expect(model.sent.at(-1)).toMatchObject({ kind: "use_example", index: 20 });
+    await expect.poll(() => model.get("revision")).toBe(revision + 1);
+    await expect.poll(() => section.dataset.state).toBe("ready");
+    expect(section.querySelector(".fm-examples-message")!.textContent).toBe("");
+    // The channel view follows the new capture; the examples (the same scan) come from the cache.
+    const detail = root.querySelector<HTMLElement>('[aria-label="Channel detail"]')!;
+    await expect.poll(() => detail.dataset.state).toBe("ready");
+    const asked = model.sent.filter((m) => m.kind === "examples").length;
+    model.set("channel", 2);
+    await expect.poll(() => section.querySelector(".fm-example-meta")?.textContent).toBe("#30 · 0");
+    model.set("channel", 1);
+    await expect.poll(() => section.querySelector(".fm-example-meta")?.textContent).toBe("#20 · 0");
+    expect(model.sent.filter((m) => m.kind === "examples").length).toBe(asked + 1);
+
+    // An error reply is shown as text.
+    model.set("channel", 3);
+    await expect.poll(() => section.dataset.state).toBe("error");
+    expect(section.textContent).toContain("the scan's examples file is unreadable");
+  });
+
+  it("lists examples without pictures, with the kernel's note, when the widget has no dataset", async () => {
+    const { root, model } = await mount({ scan_info: { ...SCAN, crops: false } }, (m) => {
+      m.examplesCrops = false;
+    });
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    model.set("channel", 0);
+    const section = root.querySelector<HTMLElement>('[aria-label="Dataset examples"]')!;
+    await expect.poll(() => section.dataset.state).toBe("ready");
+    expect(section.querySelectorAll("canvas")).toHaveLength(0);
+    expect(section.querySelectorAll(".fm-example")).toHaveLength(3);
+    expect(section.textContent).toContain("no crops: pass dataset= to the widget");
+  });
+});

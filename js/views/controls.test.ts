@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from "vitest";
-import type { LayerMeta } from "../protocol";
+import type { LayerMeta, LayerScan } from "../protocol";
 import { layerMeta } from "../testing/fixtures";
 import { type ControlHandlers, type ControlState, createControls, tileOrder } from "./controls";
 
@@ -15,6 +15,44 @@ function stats(rows: [number, number, number][]): Float32Array {
   });
   return s;
 }
+
+describe("tileOrder with a dataset scan", () => {
+  const stats = new Float32Array(4 * 6);
+  const scan = (extra: Partial<LayerScan> = {}): LayerScan => ({
+    images: 100,
+    dead: 1,
+    label: null,
+    pair: [],
+    counts: {},
+    examples: {},
+    mean: Float32Array.from([0.5, 2, 0, 1]),
+    max: Float32Array.from([3, 1, 0, 2]),
+    active: Float32Array.from([0.2, 0.9, 0, 0.5]),
+    selectivity: null,
+    effect: null,
+    ...extra,
+  });
+
+  it("orders by the dataset mean, max and active fraction, largest first", () => {
+    expect(Array.from(tileOrder("dataset_mean", stats, 4, 0, null, null, scan())!)).toEqual([1, 3, 0, 2]);
+    expect(Array.from(tileOrder("dataset_max", stats, 4, 0, null, null, scan())!)).toEqual([0, 3, 1, 2]);
+    expect(Array.from(tileOrder("dataset_active", stats, 4, 2, null, null, scan())!)).toEqual([1, 3]);
+  });
+
+  it("orders by selectivity descending and by the dataset effect's |d|", () => {
+    const s = scan({
+      selectivity: Float32Array.from([-0.9, 0.3, 0, 0.8]),
+      effect: Float32Array.from([0.4, -2.5, 0, 1.1]),
+    });
+    expect(Array.from(tileOrder("selectivity", stats, 4, 0, null, null, s)!)).toEqual([3, 1, 2, 0]);
+    expect(Array.from(tileOrder("dataset_effect", stats, 4, 0, null, null, s)!)).toEqual([1, 3, 0, 2]);
+  });
+
+  it("keeps channel order when the layer has no scan arrays", () => {
+    expect(Array.from(tileOrder("selectivity", stats, 4, 0, null, null, scan())!)).toEqual([0, 1, 2, 3]);
+    expect(Array.from(tileOrder("dataset_mean", stats, 4, 0, null, null, null)!)).toEqual([0, 1, 2, 3]);
+  });
+});
 
 describe("tileOrder", () => {
   const s = stats([
@@ -197,5 +235,52 @@ describe("controls", () => {
       ["topK", 7],
       ["symmetric", true],
     ]);
+  });
+});
+
+describe("the dataset sorts in the picker", () => {
+  it("are listed only when the scan offers them", () => {
+    const root = document.createElement("div");
+    document.body.append(root);
+    const noop = () => {};
+    const controls = createControls(root, {
+      onLayer: noop,
+      onPreview: noop,
+      onColormap: noop,
+      onScale: noop,
+      onSymmetric: noop,
+      onSample: noop,
+      onSort: noop,
+      onTopK: noop,
+      onGradcam: noop,
+    });
+    const base: ControlState = {
+      layers: [layerMeta("conv1")],
+      layer: "conv1",
+      colormap: "gray",
+      scale: "channel",
+      symmetric: false,
+      sample: 0,
+      numSamples: 1,
+      predictions: [],
+      sort: "index",
+      topK: 0,
+      gradcam: false,
+      groups: [],
+      scanSorts: { dataset: false, selectivity: false, effect: false },
+    };
+    const shown = (): string[] =>
+      [...root.querySelectorAll<HTMLOptionElement>('select[aria-label="Sort tiles"] option')]
+        .filter((o) => !o.hidden)
+        .map((o) => o.textContent ?? "");
+    controls.update(base);
+    expect(shown()).not.toContain("Dataset mean");
+    controls.update({ ...base, scanSorts: { dataset: true, selectivity: false, effect: false } });
+    expect(shown()).toEqual(expect.arrayContaining(["Dataset mean", "Dataset max", "Dataset active"]));
+    expect(shown()).not.toContain("Selectivity");
+    controls.update({ ...base, scanSorts: { dataset: true, selectivity: true, effect: true } });
+    expect(shown()).toEqual(expect.arrayContaining(["Selectivity", "Dataset effect (|d|)"]));
+    controls.destroy();
+    root.remove();
   });
 });

@@ -8,6 +8,15 @@ function meta(name: string, extra: Partial<LayerMeta> = {}): LayerMeta {
 }
 
 describe("healthSummary", () => {
+  it("with a scan, tells channels dead across the dataset from those zero on this input", () => {
+    expect(healthSummary(meta("x", { shape: [1, 64, 8, 8], dead: 75 }), { images: 1000, dead: 12 })).toBe(
+      "12 of 64 dead across 1,000 images · 75 zero on this input",
+    );
+    expect(healthSummary(meta("x", { dead: 3 }), { images: 50, dead: 0 })).toBe(
+      "0 of 64 dead across 50 images · 3 zero on these 2 inputs",
+    );
+  });
+
   it("counts dead, constant and non-finite channels of the layer", () => {
     expect(healthSummary(meta("x", { dead: 12, nonfinite: 2 }))).toBe("12 of 64 channels dead · 2 with NaN/Inf");
     expect(healthSummary(meta("x"))).toBe("all 64 channels alive");
