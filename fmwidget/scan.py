@@ -374,44 +374,14 @@ def scan(
             f"labels= has {len(given_labels)} labels for a dataset of {len(data)} items"
         )
     batches, total = _batches(data, batch_size, num_workers, rank, world)
-    running: dict[str, _Running] = {}
-    seen = _Labels()
-    state: dict[str, Any] = {"index": None, "codes": None}
-
-    def reduce(name: str, maps: torch.Tensor) -> None:
-        layer = running.get(name)
-        if layer is None:
-            layer = running[name] = _Running(maps.shape[1], k, maps.device)
-        index = state["index"]
-        if index.device != maps.device:
-            index = index.to(maps.device)
-        codes = state["codes"]
-        if codes is not None and codes.device != maps.device:
-            codes = codes.to(maps.device)
-        layer.add(maps, index, codes, len(seen.codes))
-
+    stream = _Stream(k, device, given_labels)
     bar = _progress_bar(total, progress and rank == 0)
     images, complete, started = 0, True, time.perf_counter()
     try:
-        with LayerTaps(model, layers, reduce) as taps:
+        with LayerTaps(model, layers, stream.reduce) as taps:
             try:
                 for indices, inputs, batch_labels in batches:
-                    if given_labels is not None:
-                        if indices[-1] >= len(given_labels):
-                            raise ValueError(
-                                f"labels= has {len(given_labels)} labels, and the data has more "
-                                "images"
-                            )
-                        batch_labels = [given_labels[i] for i in indices]
-                    state["index"] = torch.tensor(indices, dtype=torch.int64).to(
-                        device, non_blocking=True
-                    )
-                    codes = None
-                    if batch_labels is not None:
-                        codes = torch.tensor(seen.encode(batch_labels, indices), dtype=torch.int64)
-                        codes = codes.to(device, non_blocking=True)
-                    state["codes"] = codes
-                    taps.forward(_to_device(inputs, device))
+                    stream.feed(taps, indices, inputs, batch_labels)
                     images += len(indices)
                     bar.update(len(indices))
             except KeyboardInterrupt:
@@ -421,6 +391,7 @@ def scan(
             infos = dict(taps.infos)
     finally:
         bar.close()
+    running, seen = stream.running, stream.labels
     if images == 0:
         raise ValueError("the data gave no images: there is nothing to scan")
     if given_labels is not None and complete and images != len(given_labels):
@@ -431,6 +402,47 @@ def scan(
     return Scan._from_result(
         result, infos, k, complete, model_record(model), time.perf_counter() - started
     )
+
+
+class _Stream:
+    """The running results of a scan, fed one batch at a time; ``reduce`` is the taps' callback."""
+
+    def __init__(self, k: int, device: torch.device, given_labels: list[Any] | None) -> None:
+        self.k = k
+        self.device = device
+        self.given_labels = given_labels
+        self.running: dict[str, _Running] = {}
+        self.labels = _Labels()
+        self.index = torch.empty(0, dtype=torch.int64)
+        self.codes: torch.Tensor | None = None
+
+    def feed(
+        self, taps: LayerTaps, indices: list[int], inputs: Any, labels: list[Any] | None
+    ) -> None:
+        """Run one batch (images ``indices``) through the tapped model."""
+        given = self.given_labels
+        if given is not None:
+            if indices[-1] >= len(given):
+                raise ValueError(f"labels= has {len(given)} labels, and the data has more images")
+            labels = [given[i] for i in indices]
+        # Host → device copies that do not wait; the reductions never come back per batch.
+        self.index = torch.tensor(indices, dtype=torch.int64).to(self.device, non_blocking=True)
+        self.codes = None
+        if labels is not None:
+            codes = torch.tensor(self.labels.encode(labels, indices), dtype=torch.int64)
+            self.codes = codes.to(self.device, non_blocking=True)
+        taps.forward(_to_device(inputs, self.device))
+
+    def reduce(self, name: str, maps: torch.Tensor) -> None:
+        layer = self.running.get(name)
+        if layer is None:
+            layer = self.running[name] = _Running(maps.shape[1], self.k, maps.device)
+        index, codes = self.index, self.codes
+        if index.device != maps.device:
+            index = index.to(maps.device)
+        if codes is not None and codes.device != maps.device:
+            codes = codes.to(maps.device)
+        layer.add(maps, index, codes, len(self.labels.codes))
 
 
 class _NoBar:
