@@ -24,6 +24,7 @@ from fmwidget.capture import (
 )
 from fmwidget.compare import CompareWidget, compare
 from fmwidget.demo import demo
+from fmwidget.files import load
 from fmwidget.gradcam import gradcam, gradcam_layer, top_classes
 from fmwidget.receptive import receptive_field
 from fmwidget.scan import Example, Scan, scan
@@ -53,6 +54,7 @@ __all__ = [
     "gradcam",
     "gradcam_layer",
     "group_differences",
+    "load",
     "rank_channels",
     "receptive_field",
     "scan",

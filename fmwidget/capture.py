@@ -28,6 +28,7 @@ new dropout masks), and its buffers (BatchNorm running statistics) are restored 
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -218,6 +219,27 @@ class Capture(Mapping[str, torch.Tensor]):
         self.output = output
         self._pool = pool
         self._generation = pool._generation if pool is not None else 0
+        #: Pictures of the inputs (one (H, W, 3) uint8 array per sample) when saved with them.
+        self.images: list[Any] | None = None
+        #: Class names of the output's classes, when saved with them.
+        self.labels: list[str] | None = None
+        self._model: weakref.ref[nn.Module] | None = None
+
+    def save(self, path: str | os.PathLike[str], *, images: Any = None, labels: Any = None) -> None:
+        """Write this capture to one safetensors file (no code runs when it is loaded).
+
+        The layers (in their dtype), the report, the model's output when it is a tensor, and
+        optionally ``images`` (the pictures the view shows, as for the widget's ``image=``) and
+        ``labels`` (class names). The model that made the capture is fingerprinted, so that
+        ``fmwidget.load(path, model=other)`` is refused. A teacher can ship the file and show it
+        without the model: ``FeatureMapWidget.from_activations(fmwidget.load(path))``.
+        """
+        from fmwidget.files import save_capture
+
+        model = None if self._model is None else self._model()
+        images = self.images if images is None else images
+        labels = self.labels if labels is None else list(labels)
+        save_capture(self, path, model=model, images=images, labels=labels)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if self._pool is not None and self._pool._generation != self._generation:
@@ -321,7 +343,9 @@ def capture(
                     run = _run(model, args, kwargs, selection, grad, True, frozenset(), buffers)
         if buffers is not None:
             buffers._keep_only(run.own_buffers)
-        return run.finish(selection, notes, buffers)
+        captured = run.finish(selection, notes, buffers)
+        captured._model = weakref.ref(model)
+        return captured
     except BaseException:
         # The traceback keeps this frame (IPython keeps the last one): let go of the tensors.
         if run is not None:

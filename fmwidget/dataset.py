@@ -126,10 +126,12 @@ class DatasetContext:
         crops = s.crops(layer, channel, self.dataset, model)
         offset = 0
         for entry, crop in zip(entries, crops, strict=True):
-            h, w = crop.picture.shape[:2]
+            h, w = crop.pixels.shape[:2]
             entry.update(box=list(crop.box), peak=list(crop.peak), shape=[h, w], offset=offset)
             offset += h * w * 3
-        pixels = np.concatenate([c.picture.reshape(-1) for c in crops]) if crops else np.zeros(0)
+        # Unmarked: the view rings the peak at its own resolution (a ring drawn into a crop of a
+        # few pixels would cover it).
+        pixels = np.concatenate([c.pixels.reshape(-1) for c in crops]) if crops else np.zeros(0)
         meta["crops"] = True
         return meta, {"pixels": pixels.astype(np.uint8)}
 

@@ -37,14 +37,12 @@ every rank's candidates, sums by all-reduce) and every rank returns the same :cl
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
+import os
 import time
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -54,13 +52,13 @@ from torch import nn
 
 from fmwidget.calling import rebuild, tensors_in
 from fmwidget.capture import LayerSelector, LayerTaps
+from fmwidget.files import ModelMismatchError, check_model, model_record, read, write
 from fmwidget.images import to_rgb8
 from fmwidget.names import UnknownLayerError
 from fmwidget.receptive import receptive_fields
 
 __all__ = ["Crop", "Example", "Scan", "ScanMismatchError", "scan"]
 
-FORMAT_VERSION = 1
 _NO_IMAGE = torch.iinfo(torch.int64).max  # the index of an empty top-k slot: sorts last on ties
 _LABEL_KEYS = ("label", "labels", "target", "targets", "y")
 _EXAMPLES_PER_LABEL = 8
@@ -95,8 +93,8 @@ class Crop:
     picture: np.ndarray
 
 
-class ScanMismatchError(ValueError):
-    """A saved scan was loaded against a model other than the one it was made with."""
+ScanMismatchError = ModelMismatchError
+"""A scan used with a model other than the one it was made with."""
 
 
 # -- the running reduction, per layer ----------------------------------------------------------
@@ -580,9 +578,7 @@ class Scan:
         self.labels: list[Any] = list(meta["labels"])
         self.label_counts: list[int] = list(meta["label_counts"])
         self.label_examples: list[list[int]] = [list(e) for e in meta["label_examples"]]
-        self.fingerprint: str = str(meta["fingerprint"])
-        #: The model's parameter and buffer names and shapes, as recorded at scan time.
-        self.parameters: list[list[Any]] = [list(p) for p in meta.get("parameters", [])]
+        self.fingerprint: str = str(meta["model"]["fingerprint"])
         self.seconds: float = float(meta.get("seconds", 0.0))
         self.shapes: dict[str, list[int]] = {n: list(s) for n, s in meta["shapes"].items()}
 
@@ -619,7 +615,6 @@ class Scan:
             for key, value in cpu.items():
                 tensors[f"{i}.{key}"] = value.detach().cpu().contiguous()
         meta = {
-            "format": FORMAT_VERSION,
             "layers": names,
             "shapes": {n: list(infos[n].shape[1:]) for n in names},
             "num_images": result.images,
@@ -628,8 +623,7 @@ class Scan:
             "labels": order,
             "label_counts": [result.labels.counts[c] for c in perm],
             "label_examples": [result.labels.examples[c] for c in perm],
-            "fingerprint": model["fingerprint"],
-            "parameters": model["parameters"],
+            "model": model,
             "seconds": seconds,
         }
         return cls(tensors, meta)
@@ -727,31 +721,17 @@ class Scan:
 
     # -- files -----------------------------------------------------------------------------
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the scan to one safetensors file (tensors, and the metadata as JSON in it)."""
-        from safetensors.torch import save_file
-
-        save_file(self._tensors, str(path), metadata={"fmwidget.scan": json.dumps(self._meta)})
+        write(path, "scan", self._tensors, self._meta)
 
     @classmethod
-    def load(cls, path: str | Path, model: nn.Module | None = None) -> Scan:
+    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> Scan:
         """Read a scan saved with :meth:`save`; with ``model``, refuse one made with another model.
 
         safetensors holds only tensors and text: loading runs no code.
         """
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("fmwidget.scan")
-            if raw is None:
-                raise ValueError(f"{path} is not an fmwidget scan (no 'fmwidget.scan' metadata)")
-            meta = json.loads(raw)
-            if meta.get("format") != FORMAT_VERSION:
-                raise ValueError(
-                    f"{path} has scan format {meta.get('format')}; this fmwidget reads "
-                    f"{FORMAT_VERSION}"
-                )
-            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+        tensors, meta = read(path, "scan")
         loaded = cls(tensors, meta)
         if model is not None:
             loaded.check_model(model)
@@ -759,29 +739,7 @@ class Scan:
 
     def check_model(self, model: nn.Module) -> None:
         """Raise :class:`ScanMismatchError` unless ``model`` is the one this scan was made with."""
-        mine = model_record(model)
-        if mine["fingerprint"] == self.fingerprint:
-            return
-        theirs = {name: shape for name, shape in self.parameters}
-        ours = {name: shape for name, shape in mine["parameters"]}
-        if theirs == ours:
-            why = "its parameter names and shapes match, their values differ (other weights)"
-        else:
-            missing = sorted(set(theirs) - set(ours))
-            extra = sorted(set(ours) - set(theirs))
-            changed = sorted(n for n in set(theirs) & set(ours) if theirs[n] != ours[n])
-            parts = [f"{len(missing)} of the scan's parameters are missing"] if missing else []
-            parts += [f"{len(extra)} are new"] if extra else []
-            parts += (
-                [f"{changed[0]!r} is {ours[changed[0]]}, was {theirs[changed[0]]}"]
-                if changed
-                else []
-            )
-            why = "another architecture: " + ", ".join(parts)
-        raise ScanMismatchError(
-            f"this scan was made with another model ({why}); scan this model again, or load "
-            "the scan with the model it was made with"
-        )
+        check_model(self._meta["model"], model, "scan")
 
     # -- internals -------------------------------------------------------------------------
 
@@ -811,21 +769,6 @@ class Scan:
         if not self.labels:
             raise ValueError("this scan has no labels: pass labels= (or labelled items) to scan")
         return self._tensors[f"{self._layer(layer)}.{key}"].numpy()
-
-
-def model_record(model: nn.Module) -> dict[str, Any]:
-    """What a scan records of its model: ``parameters`` (the names and shapes of its parameters
-    and buffers) and ``fingerprint``, a hash of those with their dtypes and values."""
-    h = hashlib.blake2b(digest_size=20)
-    parameters = []
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        parameters.append([name, list(t.shape)])
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        data = t.detach()
-        if data.dtype == torch.bfloat16:
-            data = data.float()
-        h.update(data.cpu().contiguous().numpy().tobytes())
-    return {"fingerprint": h.hexdigest(), "parameters": parameters}
 
 
 def _crops(layer: str, examples: list[Example], dataset: Any, model: nn.Module) -> list[Crop]:

@@ -238,8 +238,13 @@ def from_activations(
 ) -> Session:
     """A session over activations computed elsewhere, with no model behind it."""
     captured = precomputed(activations)
+    # A loaded capture (fmwidget.load) brings its output, pictures and class names.
     if output is None:
         output = getattr(activations, "output", None)
+    if image is None:
+        image = getattr(activations, "images", None)
+    if labels is None:
+        labels = getattr(activations, "labels", None)
     store = ActivationStore(captured, filters=False)
     try:
         return Session.adopt(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -33,6 +34,7 @@ from fmwidget.ablation import ablation_target, ablation_trait
 from fmwidget.analysis import AblationResult
 from fmwidget.capture import CaptureReport, LayerSelector
 from fmwidget.dataset import DatasetContext, ScanFeature
+from fmwidget.files import load
 from fmwidget.gradcam import CAM_METHODS
 from fmwidget.groups import check_group_pair
 from fmwidget.scan import Scan
@@ -179,7 +181,7 @@ class FeatureMapWidget(ScanFeature, anywidget.AnyWidget):
     @classmethod
     def from_activations(
         cls,
-        activations: Mapping[str, torch.Tensor],
+        activations: Mapping[str, torch.Tensor] | str | os.PathLike[str],
         *,
         output: Any = None,
         labels: Sequence[str] | None = None,
@@ -198,7 +200,9 @@ class FeatureMapWidget(ScanFeature, anywidget.AnyWidget):
         an evicted layer). A :class:`fmwidget.capture.Capture` or ``widget.capture`` keeps each
         layer's kind and type, so the before/after-activation toggle works; its ``output`` gives
         the predictions unless ``output=`` (e.g. ``(N, classes)`` logits, for ``labels``) is
-        passed. ``image``, ``groups`` and the view options are as for the constructor.
+        passed. ``image``, ``groups`` and the view options are as for the constructor. A path
+        reads a capture saved with ``Capture.save`` (``fmwidget.load``), with its pictures and
+        class names: a teacher can ship activations without the model.
 
         Without a model, ``channel`` replies carry no conv filter, ``gradcam`` requests and
         :meth:`ablate` fail with a clear message, and new inputs cannot be assigned.
@@ -211,6 +215,8 @@ class FeatureMapWidget(ScanFeature, anywidget.AnyWidget):
             ('a - b', 2, None, True)
             >>> w.close()
         """
+        if isinstance(activations, (str, os.PathLike)):
+            activations = load(activations)
         widget = cls.__new__(cls)
         view = widget._checked_options(colormap, scale, height, layer, kwargs)
         widget._source = None

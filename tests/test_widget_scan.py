@@ -81,7 +81,7 @@ def test_examples_reply_holds_the_top_k_crops(widget: FeatureMapWidget) -> None:
     for entry, crop in zip(entries, crops, strict=True):
         h, w = entry["shape"]
         pixels = reply.arrays["pixels"][entry["offset"] : entry["offset"] + h * w * 3]
-        np.testing.assert_array_equal(pixels.reshape(h, w, 3), crop.picture)
+        np.testing.assert_array_equal(pixels.reshape(h, w, 3), crop.pixels)
         assert entry["box"] == list(crop.box) and entry["label"] == str(entry["index"] % 3)
 
 

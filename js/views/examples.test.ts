@@ -78,10 +78,11 @@ describe("the top dataset examples section", () => {
     await flush();
     expect(el.dataset.state).toBe("ready");
     const crops = [...el.querySelectorAll<HTMLCanvasElement>("canvas.fm-example-crop")];
+    // Each 3×2 crop upscaled by a whole factor (aspect kept), so the peak's ring can be thin.
     expect(crops.map((c) => [c.width, c.height])).toEqual([
-      [3, 2],
-      [3, 2],
-      [3, 2],
+      [168, 112],
+      [168, 112],
+      [168, 112],
     ]);
     expect(crops[0].style.width).toBe(`${THUMB_PX}px`);
     expect(getComputedStyle(crops[0]).imageRendering).toBe("pixelated");

@@ -44,12 +44,17 @@ export function examplesCaption(shown: number, scan: Pick<ScanInfo, "images" | "
   return crops ? `${of}; ring = where the channel peaks` : of;
 }
 
-/** Paints a crop (RGB bytes) into a canvas of its own size; CSS scales it up without smoothing. */
+/** Side of a crop thumbnail's canvas in device pixels at the least (CSS scales it to fit). */
+const THUMB_PIXELS = 168;
+
+/**
+ * Paints a crop (RGB bytes), upscaled by a whole factor without smoothing, and rings its peak:
+ * a thin magenta ring over a dark one, drawn at the thumbnail's resolution so that it stays thin
+ * on a crop of a few pixels and visible on any image.
+ */
 function drawCrop(canvas: HTMLCanvasElement, e: DatasetExample): void {
   const crop = e.crop;
   if (crop === null) return;
-  canvas.width = crop.width;
-  canvas.height = crop.height;
   const image = new ImageData(crop.width, crop.height);
   for (let i = 0, n = crop.width * crop.height; i < n; i++) {
     image.data[4 * i] = crop.pixels[3 * i];
@@ -57,7 +62,31 @@ function drawCrop(canvas: HTMLCanvasElement, e: DatasetExample): void {
     image.data[4 * i + 2] = crop.pixels[3 * i + 2];
     image.data[4 * i + 3] = 255;
   }
-  canvas.getContext("2d")?.putImageData(image, 0, 0);
+  const scale = Math.max(1, Math.ceil(THUMB_PIXELS / Math.max(crop.width, crop.height)));
+  canvas.width = crop.width * scale;
+  canvas.height = crop.height * scale;
+  const g = canvas.getContext("2d");
+  if (g === null) return;
+  const source = document.createElement("canvas");
+  source.width = crop.width;
+  source.height = crop.height;
+  source.getContext("2d")?.putImageData(image, 0, 0);
+  g.imageSmoothingEnabled = false;
+  g.drawImage(source, 0, 0, canvas.width, canvas.height);
+  if (e.peak === null) return;
+  const x = (e.peak[1] + 0.5) * scale;
+  const y = (e.peak[0] + 0.5) * scale;
+  const r = Math.max(6, Math.min(canvas.width, canvas.height) / 7);
+  for (const [color, width] of [
+    ["rgba(0, 0, 0, 0.75)", 5],
+    ["#ff2bd6", 2.5],
+  ] as const) {
+    g.beginPath();
+    g.arc(x, y, r, 0, 2 * Math.PI);
+    g.strokeStyle = color;
+    g.lineWidth = width;
+    g.stroke();
+  }
 }
 
 function describe(e: DatasetExample): string {

@@ -1,8 +1,8 @@
 """End to end: a widget with a dataset scan in a real JupyterLab (Playwright, Debian's Chromium).
 
-The shipped MNIST CNN scans 200 held-out digits; the widget shows one. Opening a channel lists its top
-dataset examples with the kernel's values; picking a class sets ``scan_label``; clicking the best
-example makes that digit the kernel's input. Screenshots (light and dark) go to ``artifacts/e2e/``.
+The shipped MNIST CNN scans 200 held-out digits; the widget shows one. Opening a channel lists its
+top dataset examples with the kernel's values; picking a class sets ``scan_label``; clicking the
+best example makes that digit the kernel's input. Screenshots (light and dark) go to ``artifacts/e2e/``.
 """
 
 from __future__ import annotations
