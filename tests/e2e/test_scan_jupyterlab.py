@@ -2,7 +2,8 @@
 
 The shipped MNIST CNN scans 200 held-out digits; the widget shows one. Opening a channel lists its
 top dataset examples with the kernel's values; picking a class sets ``scan_label``; clicking the
-best example makes that digit the kernel's input. Screenshots (light and dark) go to ``artifacts/e2e/``.
+best example makes that digit the kernel's input. Screenshots (light and dark) go to
+``artifacts/e2e/``.
 """
 
 from __future__ import annotations
