@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import logging
 import os
@@ -37,6 +38,7 @@ from fmwidget.dataset import DatasetContext, ScanFeature
 from fmwidget.files import load
 from fmwidget.gradcam import CAM_METHODS
 from fmwidget.groups import check_group_pair
+from fmwidget.picture import view_png, view_title
 from fmwidget.scan import Scan
 from fmwidget.session import CapturedLayers, Session, Source
 from fmwidget.session import from_activations as session_from_activations
@@ -498,6 +500,23 @@ class FeatureMapWidget(ScanFeature, anywidget.AnyWidget):
                 "(FeatureMapWidget.from_activations); build a new one from new activations"
             )
         return self._source
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The live view, plus a picture and a line of text for where widgets do not render."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is None or self._session.closed:  # a failed re-run: no data to draw
+            return bundle
+        data, metadata = bundle
+        try:
+            args = (self.layer, self.sample, self.colormap, self.scale, self.symmetric)
+            png = view_png(self._session, *args)
+            title = view_title(self._session, self.layer, self.sample)
+        except Exception:
+            _log.exception("fmwidget: could not draw the static picture of the view")
+            return bundle
+        data = {**data, "image/png": base64.b64encode(png).decode("ascii")}
+        data["text/plain"] = f"FeatureMapWidget: {title}"
+        return data, metadata
 
     def _on_msg(self, _widget: Any, content: Any, _buffers: Sequence[Any]) -> None:
         reply = router.serve(self, content, self.revision)

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { COLORMAPS, type ColormapName, colormapLUT, isDiverging, NAN_COLOR } from "./colormaps";
+import { COLORMAPS, type ColormapName, colormapLUT, heatmapLUT, isDiverging, NAN_COLOR } from "./colormaps";
 
 /** Relative luminance (WCAG, linear-light sRGB) of LUT entry i. */
 function luminance(lut: Uint8Array, i: number): number {
@@ -75,3 +75,29 @@ describe("colormapLUT", () => {
     expect(() => colormapLUT("jet" as ColormapName)).toThrow(/"jet".*gray, viridis, magma, diverging/);
   });
 });
+
+describe("the generated colour tables (fmwidget/colormaps.json, shared with the kernel)", () => {
+  it("are d3-scale-chromatic's colours, sampled at 256 points (npm run colormaps rewrites them)", async () => {
+    const d3 = await import("d3-scale-chromatic");
+    const css = (f: (t: number) => string, i: number): number[] => {
+      const c = d3color(f(i / 255));
+      return [c[0], c[1], c[2], 255];
+    };
+    const maps: [string, (t: number) => string, Uint8Array][] = [
+      ["viridis", d3.interpolateViridis, colormapLUT("viridis")],
+      ["magma", d3.interpolateMagma, colormapLUT("magma")],
+      ["diverging", (t) => d3.interpolateRdBu(1 - t), colormapLUT("diverging")],
+      ["turbo", d3.interpolateTurbo, heatmapLUT()],
+    ];
+    for (const [name, f, lut] of maps) {
+      for (let i = 0; i < 256; i++) expect(rgba(lut, i), `${name}[${i}]`).toEqual(css(f, i));
+    }
+  });
+});
+
+function d3color(css: string): [number, number, number] {
+  if (css.startsWith("#")) return [1, 3, 5].map((k) => parseInt(css.slice(k, k + 2), 16)) as [number, number, number];
+  const m = /^rgb\((\d+),\s*(\d+),\s*(\d+)\)$/.exec(css);
+  if (m === null) throw new Error(`unparsed colour ${css}`);
+  return [Number(m[1]), Number(m[2]), Number(m[3])];
+}
