@@ -39,8 +39,13 @@ fmwidget/static/widget.js: node_modules/.installed $(JS_SOURCES)
 # As root (containers, CI machines) JupyterLab refuses to start without --allow-root.
 LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
+# A working copy of the notebooks (git-ignored; made once, never overwritten), so that running and
+# editing them leaves the checkout clean.
+LAB_DIR := .lab
+
 lab: setup
-	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/01_quickstart.ipynb
+	mkdir -p $(LAB_DIR) && cp -n notebooks/*.ipynb $(LAB_DIR)/
+	$(BIN)/jupyter lab $(LAB_FLAGS) --ServerApp.root_dir=$(LAB_DIR) $(LAB_DIR)/01_quickstart.ipynb
 
 chromium:
 	@if [ ! -x "$(CHROMIUM)" ]; then \

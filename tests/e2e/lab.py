@@ -43,8 +43,9 @@ def write_notebook(path: Path, cells: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def jupyter_lab(root: Path, settings_dir: Path) -> Iterator[str]:
-    """Start JupyterLab serving ``root``; yield its base URL; stop it afterwards."""
+def jupyter_lab(root: Path, settings_dir: Path, app: str = "jupyterlab") -> Iterator[str]:
+    """Start JupyterLab (or ``app="notebook"``: Notebook 7) serving ``root``; yield its base URL;
+    stop it afterwards."""
     port = _free_port()
     env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings_dir))
     # Silence the "Jupyter news" toast, which can cover the page.
@@ -54,7 +55,7 @@ def jupyter_lab(root: Path, settings_dir: Path) -> Iterator[str]:
     cmd = [
         sys.executable,
         "-m",
-        "jupyterlab",
+        app,
         "--no-browser",
         f"--port={port}",
         "--ServerApp.token=",
@@ -70,15 +71,13 @@ def jupyter_lab(root: Path, settings_dir: Path) -> Iterator[str]:
         deadline = time.monotonic() + 90
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(
-                    f"JupyterLab exited: {(root / 'jupyter.log').read_text()[-2000:]}"
-                )
+                raise RuntimeError(f"{app} exited: {(root / 'jupyter.log').read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{url}/api/status", timeout=2):
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("JupyterLab did not start within 90 s") from None
+                    raise RuntimeError(f"{app} did not start within 90 s") from None
                 time.sleep(0.5)
         yield url
     finally:
@@ -104,11 +103,17 @@ def wait_for_file_json(path: Path, predicate, timeout: float = 60.0) -> dict:
 
 
 def open_notebook(
-    browser: Browser, url: str, name: str, width: int = 1600, height: int = 1500
+    browser: Browser,
+    url: str,
+    name: str,
+    width: int = 1600,
+    height: int = 1500,
+    path: str = "doc/tree",
 ) -> Page:
-    """A page on notebook ``name`` (single-document view), once its kernel is idle."""
+    """A page on notebook ``name`` (JupyterLab's single-document view; ``path="notebooks"`` for
+    Notebook 7), once its kernel is idle."""
     page = browser.new_page(viewport={"width": width, "height": height})
-    page.goto(f"{url}/doc/tree/{name}")
+    page.goto(f"{url}/{path}/{name}")
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
     return page
 
