@@ -28,7 +28,7 @@ from torch import nn
 
 from fmwidget.calling import call_model, rebuild, resolve_layer, tapped, tensors_in
 
-__all__ = ["receptive_field", "receptive_fields"]
+__all__ = ["fields_and_centres", "receptive_field", "receptive_fields"]
 
 _AVG_FOR_MAX: dict[type[nn.Module], Any] = {
     nn.MaxPool1d: nn.AvgPool1d,
@@ -85,6 +85,18 @@ def receptive_fields(
 ) -> list[tuple[int, int, int, int]]:
     """:func:`receptive_field` of several positions of one layer, in one forward and backward
     (a batch with one copy of the probe per position)."""
+    return [box for box, _ in fields_and_centres(model, inputs, layer, positions)]
+
+
+def fields_and_centres(
+    model: nn.Module, inputs: Any, layer: str, positions: list[tuple[int, int]]
+) -> list[tuple[tuple[int, int, int, int], tuple[int, int]]]:
+    """Each position's receptive field and its centre ``(y, x)`` in the input.
+
+    The centre is where the most paths of the pass-through copy meet (the largest gradient; the
+    middle of the pixels that tie): the input pixel the position is centred on, even where the
+    field is clipped by the image's border.
+    """
     if not positions:
         return []
     linear = _linear_copy(model)
@@ -114,15 +126,18 @@ def receptive_fields(
     # Samples of the batch are independent (eval mode): each one's gradient is its own field.
     picked = torch.stack([out[i, :, r, c].sum() for i, (r, c) in enumerate(positions)])
     (grad,) = torch.autograd.grad(picked.sum(), image)
-    boxes = []
-    for support in grad.abs().sum(1) > 0:
+    fields: list[tuple[tuple[int, int, int, int], tuple[int, int]]] = []
+    for weight in grad.abs().sum(1):
+        support = weight > 0
         rows = torch.nonzero(support.any(1)).flatten()
         cols = torch.nonzero(support.any(0)).flatten()
         if rows.numel() == 0:
-            boxes.append((0, 0, 0, 0))
-        else:
-            boxes.append((int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1))
-    return boxes
+            fields.append(((0, 0, 0, 0), (0, 0)))
+            continue
+        box = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+        centre = torch.nonzero(weight >= weight.max() * (1 - 1e-9)).double().mean(0)
+        fields.append((box, (int(centre[0].round()), int(centre[1].round()))))
+    return fields
 
 
 def _linear_copy(model: nn.Module) -> nn.Module:
@@ -134,7 +149,12 @@ def _linear_copy(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for p in linear.parameters():
             # Positive weights of unit fan-in sum: every path counts and nothing overflows.
-            p.fill_(1.0 / max(1, p[0].numel() if p.dim() > 1 else 1))
+            if p.dim() > 2:
+                # Peaked at the kernel's centre, so the largest gradient marks the centre of a
+                # field (every pixel of a one-conv field would tie under flat weights).
+                p.copy_(_tent(p.shape).expand_as(p))
+            else:
+                p.fill_(1.0 / max(1, p[0].numel() if p.dim() > 1 else 1))
             p.requires_grad_(False)
         for name, b in linear.named_buffers():
             if name.endswith("running_var"):
@@ -143,6 +163,17 @@ def _linear_copy(model: nn.Module) -> nn.Module:
                 b.zero_()
     _LINEAR_COPIES[model] = linear
     return linear
+
+
+def _tent(shape: torch.Size) -> torch.Tensor:
+    """A positive kernel over the spatial dims of a weight ``(out, in, *spatial)``, highest in the
+    middle, summing to one over each output's fan-in."""
+    profile = torch.ones(1, dtype=torch.float64)
+    for k in shape[2:]:
+        i = torch.arange(k, dtype=torch.float64)
+        profile = profile[..., None] * (1 + torch.minimum(i, k - 1 - i))
+    profile = profile.expand(shape[1], *shape[2:])
+    return (profile / profile.sum()).expand(shape[0], *profile.shape)
 
 
 def _make_pass_through(module: nn.Module) -> None:

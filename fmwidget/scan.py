@@ -55,7 +55,7 @@ from fmwidget.capture import LayerSelector, LayerTaps
 from fmwidget.files import ModelMismatchError, check_model, model_record, read, write
 from fmwidget.images import to_rgb8
 from fmwidget.names import UnknownLayerError
-from fmwidget.receptive import receptive_fields
+from fmwidget.receptive import fields_and_centres
 
 __all__ = ["Crop", "Example", "Scan", "ScanMismatchError", "scan"]
 
@@ -79,8 +79,9 @@ class Crop:
     """An example's receptive field cut out of its input.
 
     ``pixels`` is the crop, RGB uint8; ``picture`` the same with the peak marked (a ring around
-    the centre of the receptive field); ``box`` is ``(top, left, bottom, right)`` in the input
-    (bottom/right exclusive) and ``peak`` the ``(y, x)`` of the mark inside the crop.
+    the centre of the receptive field, the input pixel the peak's position is centred on, also
+    where the field is clipped by the border); ``box`` is ``(top, left, bottom, right)`` in the
+    input (bottom/right exclusive) and ``peak`` the ``(y, x)`` of the mark inside the crop.
     """
 
     index: int
@@ -781,12 +782,14 @@ def _crops(layer: str, examples: list[Example], dataset: Any, model: nn.Module) 
         if image is None:
             raise ValueError(f"item {ex.index} holds no (C, H, W) image to crop")
         images.append(image)
-    boxes = receptive_fields(model, as_batch(inputs), layer, [(e.row, e.col) for e in examples])
+    fields = fields_and_centres(model, as_batch(inputs), layer, [(e.row, e.col) for e in examples])
     out = []
-    for ex, image, (top, left, bottom, right) in zip(examples, images, boxes, strict=True):
+    for ex, image, ((top, left, bottom, right), centre) in zip(
+        examples, images, fields, strict=True
+    ):
         patch = image[:, top:bottom, left:right].detach().float().cpu().permute(1, 2, 0)
         pixels = to_rgb8(patch.numpy())
-        peak = ((bottom - top - 1) // 2, (right - left - 1) // 2)
+        peak = (centre[0] - top, centre[1] - left)
         box = (top, left, bottom, right)
         out.append(Crop(ex.index, ex.value, ex.row, ex.col, box, peak, pixels, _mark(pixels, peak)))
     return out

@@ -285,6 +285,11 @@ def test_crops_are_the_receptive_field_of_the_peak() -> None:
     # Two 3×3 convolutions (padding 1): 5×5 around the peak, clipped at the border.
     top, left = max(0, ex.row - 2), max(0, ex.col - 2)
     assert crop.box == (top, left, min(16, ex.row + 3), min(16, ex.col + 3))
+    # The ring sits on the input pixel the peak is centred on, also where the field is clipped.
+    assert crop.peak == (ex.row - top, ex.col - left)
+    corner = result.crops("conv1", 0, data, net)
+    for c in corner:
+        assert c.peak == (c.row - c.box[0], c.col - c.box[1])
     assert crop.pixels.shape == (crop.box[2] - top, crop.box[3] - left, 3)
     assert crop.picture.shape == crop.pixels.shape and (crop.picture != crop.pixels).any()
 
@@ -292,9 +297,13 @@ def test_crops_are_the_receptive_field_of_the_peak() -> None:
 def test_receptive_field_of_a_resnet() -> None:
     import torchvision
 
+    from fmwidget.receptive import fields_and_centres
+
     net = torchvision.models.resnet18().eval()
     x = torch.zeros(1, 3, 224, 224)
     assert receptive_field(net, x, "conv1", 50, 50) == (97, 97, 104, 104)  # 7×7, stride 2, pad 3
     assert receptive_field(net, x, "maxpool", 20, 20) == (75, 75, 86, 86)
     assert receptive_field(net, x, "layer4.1.conv2", 3, 3) == (0, 0, 224, 224)
+    (_, centre), (_, corner) = fields_and_centres(net, x, "conv1", [(50, 50), (0, 0)])
+    assert centre == (100, 100) and corner == (0, 0)
     assert_no_hooks(net)
