@@ -7,8 +7,12 @@
  */
 import type { Prediction } from "./protocol";
 
-/** A probability as a short percentage: "72%", "0.4%" below 1%, "<0.1%" below that. */
-export function formatPercent(p: number): string {
+/**
+ * A probability as a short percentage: "72%", "0.4%" below 1%, "<0.1%" below that, and "NaN" for
+ * the null the kernel sends when the model's output is not finite (NaN inputs).
+ */
+export function formatPercent(p: number | null): string {
+  if (p === null || !Number.isFinite(p)) return "NaN";
   const pct = p * 100;
   if (pct >= 1) return `${Math.round(pct)}%`;
   return pct >= 0.1 ? `${pct.toFixed(1)}%` : "<0.1%";

@@ -38,7 +38,8 @@ export interface LayerMeta {
 export interface Prediction {
   index: number;
   label: string | null;
-  prob: number;
+  /** Softmax probability; null when the output was not finite (NaN inputs). */
+  prob: number | null;
 }
 
 export type SortKey =
@@ -652,22 +653,56 @@ export class Requester {
     if (revision !== this.options.revision() || entry.revision !== this.options.revision()) {
       return new RequestDropped("stale");
     }
-    if (m.v !== PROTOCOL_VERSION) {
-      return new RequestError(
-        entry.kind,
-        `the kernel speaks protocol v${String(m.v)}, this view v${PROTOCOL_VERSION}: reinstall fmwidget and restart the kernel`,
-      );
-    }
-    if (m.ok !== true) {
-      const text = typeof m.error === "string" && m.error !== "" ? m.error : "the kernel gave no reason";
-      return new RequestError(entry.kind, text);
-    }
-    try {
-      const specs = Array.isArray(m.arrays) ? (m.arrays as ArraySpec[]) : [];
-      return { id: entry.id, kind: entry.kind, meta, arrays: decodeArrays(specs, buffers) };
-    } catch (e) {
-      return new RequestError(entry.kind, `malformed ${entry.kind} reply: ${(e as Error).message}`);
-    }
+    return checkedReply(entry.kind, entry.id, m, buffers);
+  }
+}
+
+/** A reply's envelope checked (version, ok) and its arrays decoded; an error reply as a RequestError. */
+function checkedReply(
+  kind: RequestKind,
+  id: number,
+  m: Record<string, unknown>,
+  buffers: readonly (DataView | ArrayBufferView)[],
+): Reply | RequestError {
+  const meta = (typeof m.meta === "object" && m.meta !== null ? m.meta : {}) as Record<string, unknown>;
+  if (m.v !== PROTOCOL_VERSION) {
+    return new RequestError(
+      kind,
+      `the kernel speaks protocol v${String(m.v)}, this view v${PROTOCOL_VERSION}: reinstall fmwidget and restart the kernel`,
+    );
+  }
+  if (m.ok !== true) {
+    const text = typeof m.error === "string" && m.error !== "" ? m.error : "the kernel gave no reason";
+    return new RequestError(kind, text);
+  }
+  try {
+    const specs = Array.isArray(m.arrays) ? (m.arrays as ArraySpec[]) : [];
+    return { id, kind, meta, arrays: decodeArrays(specs, buffers) };
+  } catch (e) {
+    return new RequestError(kind, `malformed ${kind} reply: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * A recorded reply (its message content and buffers, as the kernel sent them) decoded as `ask` would:
+ * a saved HTML file keeps the kernel's replies and reads them here, through the same decoders.
+ * Throws {@link RequestError} for an error reply or one that does not hold what its kind promises.
+ *
+ * @example
+ *   const layer = decodeRecorded("layer", content, [values, stats, flags], { layer: "conv1", sample: 0 });
+ */
+export function decodeRecorded<K extends RequestKind>(
+  kind: K,
+  content: Record<string, unknown>,
+  buffers: readonly (DataView | ArrayBufferView)[],
+  args: RequestArgs[K],
+): Decoded[K] {
+  const reply = checkedReply(kind, typeof content.id === "number" ? content.id : 0, content, buffers);
+  if (reply instanceof RequestError) throw reply;
+  try {
+    return DECODERS[kind](reply, args);
+  } catch (e) {
+    throw new RequestError(kind, `malformed ${kind} reply: ${(e as Error).message}`);
   }
 }
 
