@@ -139,3 +139,15 @@ def test_a_closed_session_says_why_it_holds_nothing(view: _View) -> None:
     with pytest.raises(RuntimeError, match="the widget was closed"):
         view.session.require()
     assert view.session.inputs is None and view.session.model is None
+
+
+def test_nan_probabilities_never_reach_json() -> None:
+    import json
+
+    x = torch.randn(2, 3, 8, 8)
+    x[1] = float("nan")
+    session = Source(_model()).run(x)
+    json.dumps(session.trait_state(), allow_nan=False)  # raises on NaN/Inf
+    assert session.predictions[1][0]["prob"] is None
+    assert session.predictions[0][0]["prob"] > 0
+    session.close("test over")
