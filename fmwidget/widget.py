@@ -30,7 +30,7 @@ import torch
 import traitlets
 from torch import nn
 
-from fmwidget import analysis, router
+from fmwidget import analysis, export, router
 from fmwidget.ablation import ablation_target, ablation_trait
 from fmwidget.analysis import AblationResult
 from fmwidget.capture import CaptureReport, LayerSelector
@@ -393,6 +393,19 @@ class FeatureMapWidget(ScanFeature, anywidget.AnyWidget):
         result = analysis.ablate(source.model, session.inputs, layer, chosen)
         self.ablation = ablation_trait(session, layer, chosen, result)
         return result
+
+    def save_html(
+        self, path: str | os.PathLike[str], layers: str | Sequence[str] | None = None
+    ) -> Path:
+        """Write the view to one HTML file that works offline, without a kernel.
+
+        ``layers``: ``None`` (the shown layer and its neighbours, within 8 MB), ``"all"`` (up to
+        64 MB of activations) or layer names; see :mod:`fmwidget.export`.
+
+        Example:
+            >>> w.save_html("view.html", layers="all")  # doctest: +SKIP
+        """
+        return export.save_html(self, path, layers)
 
     def close(self) -> None:
         """Close the view and free every activation; the widget lets go of the model."""

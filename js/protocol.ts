@@ -238,6 +238,11 @@ export interface ChannelData {
   width: number;
   values: Float32Array;
   filter: ConvFilter | null;
+  /**
+   * Null for the kernel's exact float32 values. A saved file's maps are dequantized from the 8-bit layer
+   * data: each value is within `step / 2` of the true one, at 1/`downsample` of the layer's resolution.
+   */
+  quantized: { step: number; downsample: number } | null;
 }
 
 /** A conv kernel (Cin × kh × kw); `rgb` when it reads the input picture (draw it as colours). */
@@ -841,7 +846,7 @@ function decodeChannel(reply: Reply, args: RequestArgs["channel"]): ChannelData 
     f !== undefined && f.data instanceof Float32Array && f.shape.length === 3
       ? { data: f.data, cin: f.shape[0], kh: f.shape[1], kw: f.shape[2], rgb: reply.meta.rgb === true }
       : null;
-  return { layer: args.layer, channel: args.channel, height, width, values, filter };
+  return { layer: args.layer, channel: args.channel, height, width, values, filter, quantized: null };
 }
 
 function decodeInput(reply: Reply): InputPicture {

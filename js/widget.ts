@@ -1,8 +1,8 @@
 /**
- * anywidget entry point: builds the store (traits and view state), the data source (the kernel) and the
- * panels (header, group bar, dataset bar, controls, ablation row, status, grid, colorbar, Grad-CAM panel, channel
- * view) in page order, subscribes each panel to the store and returns the cleanup. The parts live in
- * their own modules; this file only composes them.
+ * anywidget entry point: builds the store (traits and view state), the data source (the kernel; a saved HTML
+ * file's embedded data in js/standalone.ts, through `mount`) and the panels (header, group bar, dataset bar,
+ * controls, ablation row, status, grid, colorbar, Grad-CAM panel, channel view) in page order, subscribes each
+ * panel to the store and returns the cleanup. The parts live in their own modules; this file only composes them.
  *
  * @example
  *   // anywidget loads the bundle and calls:
@@ -23,8 +23,8 @@ import type { Panel, PanelContext } from "./panels/panel";
 import { scanBarPanel } from "./panels/scanbar";
 import { statusPanel } from "./panels/status";
 import type { Traits } from "./protocol";
-import { KernelSource } from "./source";
-import { Store } from "./store";
+import { type DataSource, KernelSource } from "./source";
+import { Store, type StoreModel } from "./store";
 import { watchTheme } from "./theme";
 
 interface Part {
@@ -90,7 +90,19 @@ function routeKeys(root: HTMLElement, ctx: PanelContext, grid: GridPanel, detail
   return { destroy: () => root.removeEventListener("keydown", onKey) };
 }
 
-function render({ model, el: host, signal }: RenderProps<Traits>): () => void {
+/**
+ * Builds the view in `host` over a model (the anywidget model, or a saved file's local one) and the data
+ * source `makeSource` makes for it; returns the cleanup, also run when `signal` aborts.
+ *
+ * @example
+ *   const cleanup = mount(host, model, (store) => new EmbeddedSource(file, store));
+ */
+export function mount(
+  host: HTMLElement,
+  model: StoreModel,
+  makeSource: (store: Store) => DataSource,
+  signal?: AbortSignal,
+): () => void {
   const parts: Part[] = [];
   let disposed = false;
   const root = el("div", "fmwidget");
@@ -108,7 +120,7 @@ function render({ model, el: host, signal }: RenderProps<Traits>): () => void {
   try {
     const store = new Store(model);
     parts.push(store);
-    const source = new KernelSource(model, store);
+    const source = makeSource(store);
     parts.push(source);
     const ctx: PanelContext = { store, source };
     const { grid, detail } = buildPanels(ctx, root, (panel) => {
@@ -134,6 +146,10 @@ function render({ model, el: host, signal }: RenderProps<Traits>): () => void {
     signal?.addEventListener("abort", remove, { once: true });
     return remove;
   }
+}
+
+function render({ model, el: host, signal }: RenderProps<Traits>): () => void {
+  return mount(host, model, (store) => new KernelSource(model, store), signal);
 }
 
 export default { render };

@@ -375,6 +375,9 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
 
   const message = el("div", "fm-detail-message");
   message.setAttribute("role", "status");
+  // A saved file's maps are decoded from its 8-bit data: say so wherever values are read.
+  const approx = el("div", "fm-caption fm-detail-approx");
+  approx.hidden = true;
 
   const mapBox = el("div", "fm-detail-map");
   const map = el("canvas", "fm-pixelated");
@@ -412,7 +415,7 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
   );
   const body = el("div", "fm-detail-body");
   body.append(mapBox, side, overlayBox);
-  element.append(head, message, body);
+  element.append(head, approx, message, body);
   container.append(element);
   const examples = createExamples(element, { source: ctx.source, scan: ctx.scan, revision: ctx.revision });
 
@@ -464,6 +467,7 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
       .then((data) => {
         if (wanted !== key) return;
         loaded = { ...data, key, stats: channelStats(data.values) };
+        showApprox(data);
         setMessage("");
         element.dataset.state = "ready";
         body.classList.remove("fm-stale");
@@ -480,6 +484,16 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
         wanted = "";
         setMessage(`Could not load channel ${ch} of ${layer.name}: ${(e as Error).message}`, true);
       });
+  }
+
+  function showApprox(data: ChannelData): void {
+    const q = data.quantized;
+    approx.hidden = q === null;
+    if (q === null) return;
+    const at = q.downsample > 1 ? `, at 1/${q.downsample} resolution` : "";
+    approx.textContent =
+      `Values from the saved 8-bit data (this channel's range in 254 steps, ±${formatValue(q.step / 2)}${at}); ` +
+      "the exact float32 values need the notebook.";
   }
 
   function fetchInput(): void {
@@ -539,7 +553,11 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
     const row = Math.floor(((ev.clientY - rect.top) / rect.height) * loaded.height);
     if (row < 0 || col < 0 || row >= loaded.height || col >= loaded.width) return;
     const v = loaded.values[row * loaded.width + col];
-    value.textContent = `${exactValue(v)} at (row ${row}, col ${col})`;
+    const q = loaded.quantized;
+    value.textContent =
+      q === null
+        ? `${exactValue(v)} at (row ${row}, col ${col})`
+        : `${exactValue(v)} at (row ${row}, col ${col}) · from 8-bit data, ±${formatValue(q.step / 2)}`;
   };
   const onLeave = (): void => {
     value.textContent = "Point at the map to read a value";
