@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import re
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from .lab import (
     wait_for_file_json,
     write_notebook,
 )
+from .pixels import canvas_picture, drawn_map, tile_on_screen, tile_origin
 
 pytestmark = pytest.mark.e2e
 
@@ -69,53 +69,6 @@ def _ready(page, timeout: float = 90_000) -> None:
         raise AssertionError(f"the widget never became ready; cell outputs: {outputs}") from None
 
 
-def _canvas_picture(page) -> tuple[np.ndarray, dict]:
-    """The grid canvas as on screen (WebGL and overlay composited), and its layout attributes."""
-    canvas = page.locator("canvas[aria-label='Feature maps']")
-    attrs = canvas.evaluate(
-        "c => Object.fromEntries(Object.entries(c.dataset).map(([k, v]) => [k, Number(v)]))"
-    )
-    png = canvas.screenshot()
-    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int32)
-    box = canvas.bounding_box()
-    # The screenshot's crop starts at floor(box), while the canvas is composited at round(box).
-    attrs["dx"] = round(box["x"]) - math.floor(box["x"])
-    attrs["dy"] = round(box["y"]) - math.floor(box["y"])
-    attrs["left"], attrs["top"] = box["x"], box["y"]
-    return img, attrs
-
-
-def _tile_on_screen(
-    img: np.ndarray, attrs: dict, index: int, values: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Gray levels of tile ``index`` on screen, and ``values`` sampled at the same screen pixels."""
-    h, w = values.shape
-    x0, y0 = _tile_origin(attrs, index)
-    step = attrs["tileWidth"] / w
-    # One pixel in from the tile's edges, which may blend with the gap when composited.
-    xs = np.arange(int(np.ceil(x0)) + 1, int(x0 + attrs["tileWidth"]) - 1)
-    ys = np.arange(int(np.ceil(y0)) + 1, int(y0 + attrs["tileHeight"]) - 1)
-    cols = np.clip(np.floor((xs + 0.5 - x0) / step).astype(int), 0, w - 1)
-    rows = np.clip(np.floor((ys + 0.5 - y0) / step).astype(int), 0, h - 1)
-    shown = img[np.ix_(ys + attrs["dy"], xs + attrs["dx"])].mean(axis=2)
-    want = values[np.ix_(rows, cols)]
-    # The channel number sits in the tile's top-left corner: leave that corner out.
-    keep = np.ones(shown.shape, dtype=bool)
-    keep[: len(ys) // 5, : len(xs) // 3] = False
-    return shown[keep], want[keep]
-
-
-def _drawn_map(box_w: float, box_h: float, w: int, h: int) -> tuple[float, float, float, float]:
-    """Where a (h, w) map drawn to fit (aspect kept, centred) lies in a box: x, y, width, height."""
-    k = min(box_w / w, box_h / h)
-    return (box_w - w * k) / 2, (box_h - h * k) / 2, w * k, h * k
-
-
-def _tile_origin(attrs: dict, index: int) -> tuple[float, float]:
-    col, row = index % int(attrs["columns"]), index // int(attrs["columns"])
-    return col * attrs["cellWidth"], row * attrs["cellHeight"]
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("lab")
@@ -154,11 +107,11 @@ def test_widget_in_jupyterlab(lab) -> None:
 
         # The picture: each tile is its channel's map in the per-channel gray scale (bright = high),
         # sampled nearest-neighbour, so on screen it equals the kernel's values sampled alike.
-        img, attrs = _canvas_picture(page)
+        img, attrs = canvas_picture(page)
         c, h, w = first.shape
         assert int(attrs["columns"]) * int(attrs["rows"]) >= c
         for k in range(c):
-            shown, want = _tile_on_screen(img, attrs, k, first[k])
+            shown, want = tile_on_screen(img, attrs, k, first[k])
             corr = np.corrcoef(shown, want)[0, 1]
             assert corr > 0.98, f"tile {k} does not show channel {k} (correlation {corr:.3f})"
             # The brightest pixel on screen is where the kernel's maximum (outside the label) is.
@@ -166,7 +119,7 @@ def test_widget_in_jupyterlab(lab) -> None:
             assert want[np.argmax(shown)] >= hi, f"tile {k}: brightest pixel is not the max"
 
         # Click a tile: the kernel's `channel` follows; the readout shows the kernel's exact value.
-        tx, ty = _tile_origin(attrs, 5)
+        tx, ty = tile_origin(attrs, 5)
         page.mouse.click(
             attrs["left"] + tx + attrs["tileWidth"] / 2, attrs["top"] + ty + attrs["tileHeight"] / 2
         )
@@ -180,12 +133,12 @@ def test_widget_in_jupyterlab(lab) -> None:
         # In the big map, the screen is at its brightest where the kernel says the channel's max is.
         # Measured on the drawn map, wherever the layout puts it inside the element.
         shot = np.asarray(Image.open(io.BytesIO(big.screenshot())).convert("L")).astype(float)
-        left, top, dw, dh = _drawn_map(shot.shape[1], shot.shape[0], w, h)
+        left, top, dw, dh = drawn_map(shot.shape[1], shot.shape[0], w, h)
         drawn = shot[round(top) : round(top + dh), round(left) : round(left + dw)]
         r, cc = np.unravel_index(np.argmax(first[5]), (h, w))
         y, x = int((r + 0.5) * drawn.shape[0] / h), int((cc + 0.5) * drawn.shape[1] / w)
         assert drawn[y, x] == drawn.max() >= 250, (drawn[y, x], drawn.max())
-        left, top, dw, dh = _drawn_map(box["width"], box["height"], w, h)
+        left, top, dw, dh = drawn_map(box["width"], box["height"], w, h)
         page.mouse.move(box["x"] + left + dw * 0.37, box["y"] + top + dh * 0.61)
         text = detail.locator("[aria-label='Value']").inner_text()
         m = re.search(r"(\S+) at \(row (\d+), col (\d+)\)", text)
@@ -259,7 +212,7 @@ def test_widget_in_jupyterlab(lab) -> None:
                 "c => Object.fromEntries(Object.entries(c.dataset).map(([k, v]) => [k, +v]))"
             )
             box = grid.bounding_box()
-            tx, ty = _tile_origin(geo, k)
+            tx, ty = tile_origin(geo, k)
             page.keyboard.down("Shift")
             page.mouse.click(
                 box["x"] + tx + geo["tileWidth"] / 2, box["y"] + ty + geo["tileHeight"] / 2
