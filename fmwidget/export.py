@@ -52,7 +52,9 @@ ALL_LIMIT_BYTES = 64 * 2**20
 _STATIC = Path(__file__).parent / "static"
 _REVISION = 1
 # Content-Security-Policy: inline script and styles, pictures from data: and blob:, nothing else.
-_CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:"
+_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:"
+)
 _PAGE_CSS = """
 html, body { margin: 0; background: #f6f8fa; }
 body { padding: 16px; font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
@@ -147,8 +149,9 @@ def _default_layers(order: list[str], sizes: dict[str, int], shown: str) -> list
     for j in nearby:
         if len(chosen) == DEFAULT_LAYERS:
             break
+        # Stopping at the first layer that does not fit keeps the saved layers contiguous.
         if chosen and total + sizes[order[j]] > DEFAULT_BUDGET_BYTES:
-            continue
+            break
         chosen.append(j)
         total += sizes[order[j]]
     return [order[j] for j in sorted(chosen)]
