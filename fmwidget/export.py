@@ -60,6 +60,8 @@ html, body { margin: 0; background: #f6f8fa; }
 body { padding: 16px; font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
 @media (prefers-color-scheme: dark) { html, body { background: #010409; color-scheme: dark; } }
 #fmwidget-root { max-width: 1400px; margin: 0 auto; }
+.fm-saved-note { margin: 0 0 8px; font-size: 12px; color: #656d76; }
+@media (prefers-color-scheme: dark) { .fm-saved-note { color: #8d96a0; } }
 """
 
 
