@@ -29,6 +29,7 @@ def test_wheel_contains_bundle_and_assets(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "fmwidget/static/widget.js" in names
     assert "fmwidget/static/widget.css" in names
+    assert "fmwidget/static/standalone.js" in names
     assert any(n.startswith("fmwidget/assets/") and n.endswith(".pt") for n in names), names
 
 
