@@ -491,10 +491,22 @@ class FeatureMapWidget(ScanFeature, anywidget.AnyWidget):
             self.selected = []
         self._close_channel_if_out_of_range()
 
+    # True while `symmetric` is on only because the colormap became diverging: leaving diverging
+    # then turns it off again; a symmetric the user set (before or during diverging) stays.
+    _symmetric_by_diverging = False
+
     @traitlets.observe("colormap")
     def _on_colormap(self, change: dict[str, Any]) -> None:
-        if change["new"] == "diverging":
+        if change["new"] == "diverging" and not self.symmetric:
             self.symmetric = True
+            self._symmetric_by_diverging = True
+        elif change["old"] == "diverging" and self._symmetric_by_diverging:
+            self.symmetric = False
+
+    @traitlets.observe("symmetric")
+    def _on_symmetric(self, change: dict[str, Any]) -> None:
+        # Runs before `_on_colormap` sets the flag, so only the user's own changes clear it.
+        self._symmetric_by_diverging = False
 
     def _channel_count(self) -> int:
         store = self._session.store

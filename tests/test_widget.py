@@ -310,6 +310,27 @@ def test_diverging_colormap_turns_symmetric_on(make: Make) -> None:
     assert w.symmetric
 
 
+def test_leaving_diverging_restores_symmetric_as_it_was(make: Make) -> None:
+    w = make(_tiny(), torch.randn(1, 3, 8, 8))
+    w.colormap = "diverging"
+    w.colormap = "magma"
+    assert not w.symmetric  # on only because of diverging: off again
+    w.symmetric = True
+    w.colormap = "diverging"
+    w.colormap = "gray"
+    assert w.symmetric  # the user's own choice stays
+    w.symmetric = False
+    w.colormap = "diverging"
+    w.symmetric = False
+    w.symmetric = True  # switched on by the user while diverging: theirs now
+    w.colormap = "viridis"
+    assert w.symmetric
+    _browser(w).update(symmetric=False)
+    _browser(w).update(colormap="diverging")
+    _browser(w).update(colormap="gray")
+    assert not w.symmetric
+
+
 def test_new_inputs_rerun_bump_revision_and_keep_the_layer(make: Make) -> None:
     model = _tiny()
     w = make(model, torch.randn(3, 3, 16, 16), layer="3", sample=2)
