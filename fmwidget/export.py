@@ -28,7 +28,7 @@ import html
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,10 @@ DEFAULT_LAYERS = 5
 DEFAULT_BUDGET_BYTES = 8 * 2**20
 #: The most activation bytes any file may hold (``layers="all"`` or a list); beyond, ValueError.
 ALL_LIMIT_BYTES = 64 * 2**20
+#: With a scan: the top dataset examples of the shown layer's channels (the open one first) are
+#: saved, up to this many channels and this many bytes of crops.
+EXAMPLE_CHANNELS = 64
+EXAMPLES_BUDGET_BYTES = 4 * 2**20
 
 _STATIC = Path(__file__).parent / "static"
 _REVISION = 1
@@ -102,6 +106,7 @@ def save_html(
             cams += record(
                 "gradcam", {"layer": layer, "sample": sample, "target": target, "method": method}
             )
+    examples = _record_examples(widget, names, record, lambda: sum(len(b) for b in blobs))
     saved = {
         "sample": sample,
         "num_samples": session.num_samples,
@@ -109,9 +114,35 @@ def save_html(
         "of_layers": len(widget.layers),
         "input": has_input,
         "gradcam": cams,
+        "examples": examples,
     }
     data = {"format": FORMAT, "traits": _traits(widget, names), "saved": saved, "replies": replies}
     return _write(Path(path), widget, data, blobs)
+
+
+def _record_examples(
+    widget: FeatureMapWidget,
+    names: list[str],
+    record: Callable[[str, dict[str, Any]], bool],
+    saved_bytes: Callable[[], int],
+) -> int:
+    """Record ``examples`` replies for the shown layer's channels (the open one first) when the
+    widget has a scan of that layer; returns how many channels were saved."""
+    datasets = widget.datasets
+    layer = widget.layer
+    if datasets is None or layer not in names or layer not in datasets.scan.layers:
+        return 0
+    count = widget.session.store.shape(layer)[1]
+    order = list(range(count))
+    if widget.channel is not None:
+        order.remove(widget.channel)
+        order.insert(0, widget.channel)
+    start, saved = saved_bytes(), 0
+    for channel in order[:EXAMPLE_CHANNELS]:
+        if saved_bytes() - start > EXAMPLES_BUDGET_BYTES:
+            break
+        saved += record("examples", {"layer": layer, "channel": channel})
+    return saved
 
 
 def _chosen_layers(widget: FeatureMapWidget, layers: str | Sequence[str] | None) -> list[str]:

@@ -28,7 +28,8 @@ const weights = Float32Array.from([0.5, -0.5]);
 function savedFile(): { file: SavedFile; reads: number[] } {
   const layer = blobOf([values, stats, flags]);
   const cam = blobOf([heatmap, weights]);
-  const blobs = [layer.bytes, cam.bytes];
+  const crop = blobOf([Uint8Array.from({ length: 12 }, (_, i) => 20 * i)]);
+  const blobs = [layer.bytes, cam.bytes, crop.bytes];
   const replies: RecordedReply[] = [
     {
       kind: "layer",
@@ -75,12 +76,44 @@ function savedFile(): { file: SavedFile; reads: number[] } {
       blob: 1,
       offsets: cam.offsets,
     },
+    {
+      kind: "examples",
+      args: { layer: "conv1", channel: 0 },
+      content: {
+        type: "reply",
+        v: 1,
+        id: 3,
+        kind: "examples",
+        ok: true,
+        meta: {
+          layer: "conv1",
+          channel: 0,
+          crops: true,
+          examples: [
+            {
+              index: 41,
+              value: 2.5,
+              row: 1,
+              col: 2,
+              label: "7",
+              box: [0, 1, 2, 3],
+              peak: [1, 1],
+              shape: [2, 2],
+              offset: 0,
+            },
+          ],
+        },
+        arrays: [{ name: "pixels", dtype: "uint8", shape: [12] }],
+      },
+      blob: 2,
+      offsets: crop.offsets,
+    },
   ];
   const reads: number[] = [];
   const data = {
     format: "fmwidget.html/1",
     traits: {},
-    saved: { sample: 3, num_samples: 4, layers: 1, of_layers: 9, input: false, gradcam: 1 },
+    saved: { sample: 3, num_samples: 4, layers: 1, of_layers: 9, input: false, gradcam: 1, examples: 1 },
     replies,
   };
   return {
@@ -147,10 +180,19 @@ describe("EmbeddedSource", () => {
     await expect(other).rejects.toThrow(/class 3 was not computed before saving.*save again/);
   });
 
+  it("serves the top dataset examples saved with the file, and says which were not saved", async () => {
+    const source = new EmbeddedSource(savedFile().file, store);
+    const result = await source.examples("conv1", 0);
+    expect(result.crops).toBe(true);
+    expect(result.examples.map((e) => [e.index, e.value, e.label])).toEqual([[41, 2.5, "7"]]);
+    expect(result.examples[0].crop?.pixels.length).toBe(12);
+    expect(result.examples[0].crop?.pixels[11]).toBe(220);
+    await expect(source.examples("conv1", 1)).rejects.toThrow(/channel 1 were not saved .*1 channels/);
+  });
+
   it("refuses what needs the kernel", async () => {
     const source = new EmbeddedSource(savedFile().file, store);
     await expect(source.ablate()).rejects.toThrow(/no Python kernel/);
-    await expect(source.examples()).rejects.toThrow(/no Python kernel/);
     await expect(source.useExample()).rejects.toThrow(/no Python kernel/);
     await expect(source.input()).rejects.toThrow(/input picture was not saved/);
   });

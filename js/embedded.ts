@@ -50,8 +50,19 @@ export interface RecordedReply {
 export interface SavedData {
   format: string;
   traits: Partial<Traits>;
-  /** What was saved: the sample (its index in the widget's batch), layer counts, the input, CAM maps. */
-  saved: { sample: number; num_samples: number; layers: number; of_layers: number; input: boolean; gradcam: number };
+  /**
+   * What was saved: the sample (its index in the widget's batch), layer counts, the input, CAM maps
+   * and for how many channels the top dataset examples (older files: absent).
+   */
+  saved: {
+    sample: number;
+    num_samples: number;
+    layers: number;
+    of_layers: number;
+    input: boolean;
+    gradcam: number;
+    examples?: number;
+  };
   replies: RecordedReply[];
 }
 
@@ -201,8 +212,20 @@ export class EmbeddedSource implements DataSource {
     return Promise.reject(new RequestError("ablate", `ablation re-runs the model, and ${OFFLINE}`));
   }
 
-  examples(): Promise<ExamplesResult> {
-    return Promise.reject(new RequestError("examples", `top dataset examples come from the kernel, and ${OFFLINE}`));
+  examples(layer: string, channel: number): Promise<ExamplesResult> {
+    const recorded = this.find("examples", (a) => a.layer === layer && a.channel === channel);
+    if (recorded === undefined) {
+      const saved = this.file.data.saved.examples ?? 0;
+      const which = saved > 0 ? `the file holds those of ${saved} channels of the layer shown when saving` : "none were saved";
+      return Promise.reject(
+        new RequestError("examples", `the top dataset examples of channel ${channel} were not saved (${which})`),
+      );
+    }
+    try {
+      return Promise.resolve(this.decode("examples", recorded, { layer, channel }));
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   useExample(): Promise<{ index: number }> {

@@ -109,6 +109,7 @@ def test_the_file_holds_the_kernels_replies(make: Make, tmp_path: Path) -> None:
         "of_layers": 8,
         "input": True,
         "gradcam": 0,
+        "examples": 0,
     }
 
 
@@ -210,3 +211,32 @@ def test_about_one_and_a_third_bytes_per_activation(tmp_path: Path) -> None:
     per_value = (len(page.encode()) - bundle - css) / values
     # base64 is 4/3 bytes per uint8 value; stats, flags, the input and the JSON add a little.
     assert 4 / 3 <= per_value < 1.5, per_value
+
+
+def test_a_scanned_layer_keeps_its_top_examples(tmp_path: Path) -> None:
+    from fmwidget.scan import scan
+    from tests.scan_data import Noise, model
+
+    net, data = model(), Noise(12)
+    with fake_comms():
+        w = FeatureMapWidget(
+            net,
+            data[0][0][None],
+            scan=scan(net, data, k=3, progress=False),
+            dataset=data,
+            layer="conv2",
+        )
+        w.channel = 5
+        path = w.save_html(tmp_path / "scan.html")
+        _, saved, blobs = _read(path)
+        recorded = [r for r in saved["replies"] if r["kind"] == "examples"]
+        # The open channel first, then the layer's others (8 channels, well within the budget).
+        assert [r["args"]["channel"] for r in recorded] == [5, 0, 1, 2, 3, 4, 6, 7]
+        assert saved["saved"]["examples"] == 8
+        reply = _reply(saved, blobs, "examples", layer="conv2", channel=5)
+        crops = w.scan.crops("conv2", 5, data, net)
+        first = reply.meta["examples"][0]
+        h, width = first["shape"]
+        got = reply.arrays["pixels"][: h * width * 3].reshape(h, width, 3)
+        np.testing.assert_array_equal(got, crops[0].pixels)
+        w.close()
