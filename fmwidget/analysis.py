@@ -275,17 +275,51 @@ class AblationChange(NamedTuple):
     prob_change: float  # probability of `top_before` after minus before
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class AblationResult:
     """Model outputs with and without the ablation.
 
     `changes` has one `AblationChange` per sample when the model returns (N, classes) logits,
-    else it is None.
+    else it is None. `layer` and `channels` say what was zeroed.
+
+    Example::
+
+        >>> ablate(model, x, "layer4.1.conv2", [3, 7])  # doctest: +SKIP
+        AblationResult(2 inputs, channels [3, 7] of 'layer4.1.conv2': top class kept on 1 of 2;
+        mean change of the top class −0.21)
     """
 
     output_before: Any
     output_after: Any
     changes: list[AblationChange] | None
+    layer: str = ""
+    channels: tuple[int, ...] = ()
+
+    def __repr__(self) -> str:
+        # The outputs are whole logits tensors: the repr says what they add up to instead.
+        shown = ", ".join(map(str, self.channels[:8]))
+        more = f", … ({len(self.channels)} channels)" if len(self.channels) > 8 else ""
+        what = f"channels [{shown}{more}] of {self.layer!r}"
+        if self.changes is None:
+            out = self.output_before
+            n = (
+                _inputs(out.shape[0]) + ", "
+                if isinstance(out, torch.Tensor) and out.ndim > 0
+                else ""
+            )
+            return f"AblationResult({n}{what}: outputs are not (N, classes) scores)"
+        n = len(self.changes)
+        kept = sum(c.top_after == c.top_before for c in self.changes)
+        mean = sum(c.prob_change for c in self.changes) / max(n, 1)
+        sign = "−" if mean < 0 else "+"
+        return (
+            f"AblationResult({_inputs(n)}, {what}: top class kept on {kept} "
+            f"of {n}; mean change of the top class {sign}{abs(mean):.2f})"
+        )
+
+
+def _inputs(n: int) -> str:
+    return f"{n} input" if n == 1 else f"{n} inputs"
 
 
 def ablate(
@@ -345,7 +379,7 @@ def ablate(
                 strict=True,
             )
         ]
-    return AblationResult(before, after, changes)
+    return AblationResult(before, after, changes, ref.name, tuple(wanted.tolist()))
 
 
 class LayerPair(NamedTuple):

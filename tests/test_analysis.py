@@ -11,6 +11,8 @@ import torchvision
 from torch import nn
 
 from fmwidget.analysis import (
+    AblationChange,
+    AblationResult,
     ablate,
     channel_health,
     compare_layers,
@@ -185,6 +187,31 @@ def test_ablation_matches_zeroed_weights(layer: str, params: list[str]) -> None:
         assert change.top_after == int(p_after[n].argmax())
         assert change.prob_change == pytest.approx(float(p_after[n, top] - p_before[n, top]))
     assert result.changes is not None and len(result.changes) == 2
+    assert (result.layer, result.channels) == (layer, (1, 5, 7))
+    kept = sum(c.top_after == c.top_before for c in result.changes)
+    mean = sum(c.prob_change for c in result.changes) / 2
+    assert repr(result) == (
+        f"AblationResult(2 inputs, channels [1, 5, 7] of {layer!r}: top class kept on {kept} of 2; "
+        f"mean change of the top class {'−' if mean < 0 else '+'}{abs(mean):.2f})"
+    )
+
+
+def test_ablation_result_repr_is_one_short_line() -> None:
+    change = AblationChange(3, 0.9, 5, 0.5, -0.4)
+    big = AblationResult(
+        torch.zeros(2, 1000), torch.zeros(2, 1000), [change, change._replace(top_after=3)], "fc"
+    )
+    assert repr(big) == (
+        "AblationResult(2 inputs, channels [] of 'fc': top class kept on 1 of 2; "
+        "mean change of the top class −0.40)"
+    )
+    many = AblationResult(
+        torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2), None, "layer4", tuple(range(512))
+    )
+    assert repr(many) == (
+        "AblationResult(1 input, channels [0, 1, 2, 3, 4, 5, 6, 7, … (512 channels)] of 'layer4': "
+        "outputs are not (N, classes) scores)"
+    )
 
 
 def test_ablating_every_channel_of_layer4_leaves_the_fc_bias() -> None:
