@@ -302,12 +302,12 @@ class AblationResult:
         what = f"channels [{shown}{more}] of {self.layer!r}"
         if self.changes is None:
             out = self.output_before
-            n = (
+            count = (
                 _inputs(out.shape[0]) + ", "
                 if isinstance(out, torch.Tensor) and out.ndim > 0
                 else ""
             )
-            return f"AblationResult({n}{what}: outputs are not (N, classes) scores)"
+            return f"AblationResult({count}{what}: outputs are not (N, classes) scores)"
         n = len(self.changes)
         kept = sum(c.top_after == c.top_before for c in self.changes)
         mean = sum(c.prob_change for c in self.changes) / max(n, 1)
