@@ -138,6 +138,10 @@ class CompareWidget(ipywidgets.VBox):
             ipywidgets.HBox([a, b]),
             ipywidgets.HBox([self._toggle, self._diff_note]),
         )
+        # A − B sits under A at A's width: the linked `view` trait is in fractions of the grid,
+        # so only views of one pixel width show the same tiles at the same zoom.
+        self._diff_spacer = ipywidgets.Box(layout=ipywidgets.Layout(flex="1 1 0%", min_width="0"))
+        self._diff_row = ipywidgets.HBox([])
         super().__init__(list(self._rows))
         self._toggle.observe(self._on_toggle, names="value")
         for view in (a, b):
@@ -191,9 +195,13 @@ class CompareWidget(ipywidgets.VBox):
             self._diff = self._difference()
             self._listen(self._diff, ("layer", "channel", "sample", *_DIFF_STYLE))
             self._diff_link = ipywidgets.jslink((self._a, "view"), (self._diff, "view"))
-            self.children = [*self._rows, self._diff]
+            self._diff.layout.flex = "1 1 0%"
+            self._diff.layout.min_width = "0"
+            self._diff_row.children = [self._diff, self._diff_spacer]
+            self.children = [*self._rows, self._diff_row]
         elif not show and self._diff is not None:
             self.children = list(self._rows)
+            self._diff_row.children = []
             self._drop_difference()
         self._toggle.value = self._diff is not None
         self._refresh_diff_note()
@@ -225,7 +233,15 @@ class CompareWidget(ipywidgets.VBox):
             for view in (self._a, self._b):
                 self._forget(view)
             self._toggle.unobserve_all()
-            controls = (self._view_link, *self._rows, *self._titles, self._toggle, self._diff_note)
+            controls = (
+                self._view_link,
+                *self._rows,
+                self._diff_row,
+                self._diff_spacer,
+                *self._titles,
+                self._toggle,
+                self._diff_note,
+            )
             for control in controls:
                 _close_with_parts(control)
             self._a.close()

@@ -151,7 +151,11 @@ def test_difference_view_shows_a_minus_b_and_follows(make: Compare) -> None:
     cmp = make(model_a, model_b, X, layer="layer1.0.conv2")
     cmp.a.channel = 4
     diff = cmp.show_difference(True)
-    assert diff is cmp.diff and diff in cmp.children
+    assert diff is cmp.diff and diff not in cmp.children
+    # Under A, as wide as A and B (half the row), so the linked zoom shows the same tiles.
+    row = cmp.children[-1]
+    assert row.children[0] is diff and len(row.children) == 2
+    assert diff.layout.flex == row.children[1].layout.flex == cmp.a.layout.flex == "1 1 0%"
     assert (diff.layer, diff.channel, diff.colormap, diff.symmetric) == (
         "layer1.0.conv2",
         4,
@@ -183,7 +187,7 @@ def test_difference_view_shows_a_minus_b_and_follows(make: Compare) -> None:
     link = cmp._diff_link
     assert (link.source, link.target) == ((cmp.a, "view"), (diff, "view"))
     cmp.show_difference(False)
-    assert cmp.diff is None and diff.comm is None and diff not in cmp.children
+    assert cmp.diff is None and diff.comm is None and row not in cmp.children
     assert link.comm is None and diff.layout.comm is None
     cmp.a.layer = "layer1.0.conv1"
     assert diff.layer == "layer4.0.bn2", "a hidden difference no longer follows"

@@ -1,5 +1,7 @@
+/// <reference types="vite/client" />
 import { afterEach, describe, expect, it } from "vitest";
 import type { LayerMeta } from "../protocol";
+import css from "../style.css?raw";
 import { layerMeta } from "../testing/fixtures";
 import { createHeader, healthSummary, partnerLabel } from "./header";
 
@@ -68,5 +70,29 @@ describe("header", () => {
     header.update(act, 1, conv);
     button.click();
     expect(picked).toEqual(["features.0.2", "features.0.0"]);
+  });
+
+  it("stays on one line at half a compare row's width, cutting the health line with an ellipsis and a title", () => {
+    const style = document.createElement("style");
+    style.textContent = css;
+    const root = document.createElement("div");
+    root.className = "fmwidget";
+    root.style.width = "520px";
+    root.append(style);
+    document.body.append(root);
+    containers.push(root);
+    const header = createHeader(root, { onLayer: () => {} });
+    const long = meta("features.16.conv.1.0", { shape: [1, 960, 7, 7], dead: 12, constant: 3, nonfinite: 2 });
+    header.update(long, 2, meta("features.16.conv.1.2", { type: "ReLU6" }));
+    header.setPrediction({ index: 285, label: "Egyptian cat", prob: 0.72 });
+    const parts = [...header.element.children].filter((c) => !(c as HTMLElement).hidden) as HTMLElement[];
+    const tops = new Set(parts.map((p) => Math.round(p.getBoundingClientRect().top / 8)));
+    expect(tops.size).toBe(1);
+    expect(header.element.getBoundingClientRect().right).toBeLessThanOrEqual(root.getBoundingClientRect().right + 0.5);
+    const health = header.element.querySelector<HTMLElement>(".fm-health")!;
+    expect(health.scrollWidth).toBeGreaterThan(health.clientWidth);
+    expect(health.title).toBe("12 of 960 channels dead · 3 constant · 2 with NaN/Inf");
+    expect(header.element.querySelector<HTMLElement>(".fm-title")!.title).toBe("features.16.conv.1.0");
+    expect(header.element.querySelector<HTMLElement>(".fm-prediction")!.title).toMatch(/^Egyptian cat 72%: /);
   });
 });

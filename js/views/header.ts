@@ -95,6 +95,8 @@ export function createHeader(container: HTMLElement, handlers: { onLayer(name: s
     element,
     update(meta: LayerMeta | undefined, downsample: number, partner?: LayerMeta, scan: ScanHealth | null = null): void {
       name.textContent = meta?.name ?? "";
+      // The header stays on one line: a cut name, health line or prediction shows whole on hover.
+      name.title = meta?.name ?? "";
       type.textContent = meta?.type ?? "";
       type.hidden = meta === undefined;
       shape.textContent = meta === undefined ? "" : formatShape(meta.shape);
@@ -110,8 +112,8 @@ export function createHeader(container: HTMLElement, handlers: { onLayer(name: s
       health.textContent = meta === undefined ? "" : healthSummary(meta, scan);
       health.title =
         scan === null
-          ? ""
-          : "Dead across the dataset: never > 0 on any scanned image. Zero on this input: every value of the map is 0 here.";
+          ? health.textContent
+          : `${health.textContent}. Dead across the dataset: never > 0 on any scanned image. Zero on this input: every value of the map is 0 here.`;
       health.classList.toggle(
         "fm-health-bad",
         meta !== undefined && meta.dead + meta.constant + meta.nonfinite + (scan?.dead ?? 0) > 0,
@@ -120,7 +122,7 @@ export function createHeader(container: HTMLElement, handlers: { onLayer(name: s
     setPrediction(top: Prediction | null): void {
       prediction.hidden = top === null;
       prediction.textContent = top === null ? "" : `${predictionLabel(top)} ${formatPercent(top.prob)}`;
-      prediction.title = top === null ? "" : "The model's top prediction for this input";
+      prediction.title = top === null ? "" : `${prediction.textContent}: the model's top prediction for this input`;
     },
     setPending(on: boolean): void {
       pending.hidden = !on;
