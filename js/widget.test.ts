@@ -593,6 +593,28 @@ describe("FeatureMapWidget view", () => {
     expect(detail.hidden).toBe(true);
   });
 
+  it("a double-click on a tile (to reset the zoom) leaves the channel and selection as they were", async () => {
+    const { root, model } = await mount();
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    const canvas = root.querySelector<HTMLCanvasElement>('canvas[aria-label="Feature maps"]')!;
+    const cell = Number(canvas.dataset.cellWidth);
+    await userEvent.click(canvas, { position: { x: 4, y: 4 } });
+    await expect.poll(() => model.get("channel")).toBe(0);
+    await userEvent.dblClick(canvas, { position: { x: cell + 4, y: 4 } });
+    await nextFrame();
+    expect(model.get("channel")).toBe(0);
+    // Shift+double-click as the browser sends it (vitest's dblClick drops the second click with a modifier).
+    const r = canvas.getBoundingClientRect();
+    const at = { clientX: r.left + cell + 4, clientY: r.top + 4, shiftKey: true, bubbles: true };
+    canvas.dispatchEvent(new MouseEvent("click", { ...at, detail: 1 }));
+    expect(model.get("selected")).toEqual([1]);
+    canvas.dispatchEvent(new MouseEvent("click", { ...at, detail: 2 }));
+    canvas.dispatchEvent(new MouseEvent("dblclick", { ...at, detail: 2 }));
+    await nextFrame();
+    expect(model.get("selected")).toEqual([]);
+    expect(model.get("channel")).toBe(0);
+  });
+
   it("opens the channel view when Python sets the channel", async () => {
     const { root, model } = await mount();
     await expect.poll(() => root.dataset.state).toBe("ready");

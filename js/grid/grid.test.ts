@@ -210,6 +210,30 @@ describe("createGrid", () => {
     expect(g.tileClientRect(3)).toEqual(before);
   });
 
+  it("a double-click resets the zoom and undoes its first click; single clicks act at once", async () => {
+    const g = make(400);
+    const events: string[] = [];
+    g.onClick((h) => {
+      events.push(`click ${h.channel}`);
+      return () => events.push(`undo ${h.channel}`);
+    });
+    g.setLayer(peakLayer(4, 8, 8));
+    await nextFrame();
+    const r = g.tileClientRect(2)!;
+    const cr = g.canvas.getBoundingClientRect();
+    const position = { x: r.left - cr.left + r.width / 2, y: r.top - cr.top + r.height / 2 };
+    await userEvent.click(g.canvas, { position } as object);
+    expect(events).toEqual(["click 2"]);
+    g.zoomBy(2);
+    await nextFrame();
+    events.length = 0;
+    await userEvent.dblClick(g.canvas, { position } as object);
+    await nextFrame();
+    // The second click of the pair is not a click; the first is undone; the zoom is back to 1.
+    expect(events).toEqual(["click 2", "undo 2"]);
+    expect(g.getView().zoom).toBe(1);
+  });
+
   it("prints pixel values once pixels are large", async () => {
     const g = make(400);
     const layer = peakLayer(1, 4, 4);
@@ -273,7 +297,10 @@ describe("createGrid", () => {
   it("clicks report the channel and pixel; Enter on a focused tile clicks it", async () => {
     const g = make(400);
     const clicks: [number, number, number, boolean][] = [];
-    g.onClick((h, ev) => clicks.push([h.channel, h.row, h.col, ev.shiftKey]));
+    g.onClick((h, ev) => {
+      clicks.push([h.channel, h.row, h.col, ev.shiftKey]);
+      return undefined;
+    });
     g.setLayer(peakLayer(4, 8, 8));
     await nextFrame();
     const [x, y] = pixelCentre(g, 2, 2, 4, 8, 8);

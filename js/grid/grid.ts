@@ -148,7 +148,11 @@ export interface Grid {
   hitTest(clientX: number, clientY: number): HitInfo | null;
   /** Client rectangle of a channel's tile under the current view, or null when it is not shown. */
   tileClientRect(channel: number): DOMRect | null;
-  onClick(cb: (hit: HitInfo, ev: MouseEvent) => void): void;
+  /**
+   * Called on a click (or Enter/Space) on a tile. The callback may return a function that undoes what
+   * it did: a double-click resets the zoom and calls it for the double-click's first click.
+   */
+  onClick(cb: (hit: HitInfo, ev: MouseEvent) => (() => void) | undefined): void;
   onHover(cb: (hit: HitInfo | null) => void): void;
   /** Called once per setLayer, after the first frame showing that layer has been drawn. */
   onDrawn(cb: (layer: string) => void): void;
@@ -247,7 +251,9 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
   let destroyed = false;
   /** The last interaction was a key press: the focused tile's tooltip is shown while no pointer hovers. */
   let keyboardMode = false;
-  const clickCbs: ((hit: HitInfo, ev: MouseEvent) => void)[] = [];
+  const clickCbs: ((hit: HitInfo, ev: MouseEvent) => (() => void) | undefined)[] = [];
+  /** Undoes the last pointer click (the first click of a double-click), until the next click. */
+  let undoLast: (() => void)[] = [];
   const hoverCbs: ((hit: HitInfo | null) => void)[] = [];
   const drawnCbs: ((layer: string) => void)[] = [];
   const viewCbs: ((view: ViewState, byUser: boolean) => void)[] = [];
@@ -395,9 +401,25 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
   }
 
   function click(hit: HitInfo, ev: MouseEvent): void {
+    const before = focused;
     focused = hit.channel;
     requestDraw();
-    for (const cb of clickCbs) cb(hit, ev);
+    undoLast = [
+      () => {
+        focused = before;
+      },
+    ];
+    for (const cb of clickCbs) {
+      const undo = cb(hit, ev);
+      if (undo !== undefined) undoLast.push(undo);
+    }
+  }
+
+  function undoClick(): void {
+    const undo = undoLast;
+    undoLast = [];
+    for (const fn of undo.reverse()) fn();
+    requestDraw();
   }
 
   attachPointer(
@@ -409,6 +431,7 @@ export function createGrid(container: HTMLElement, options: Partial<GridOptions>
       zoomBy,
       hitTest,
       click,
+      undoClick,
       setPointer: (p) => {
         pointer = p;
       },

@@ -1,6 +1,6 @@
 /**
  * Pointer, wheel and keyboard gestures on the grid's canvas: wheel zoom, drag to pan (a press that moves
- * less than a few pixels is a click), double-click to reset, and the keys (+ − 0 zoom, arrows move the
+ * less than a few pixels is a click), double-click to reset (it undoes what its first click did), and the keys (+ − 0 zoom, arrows move the
  * focus, Shift+arrows pan, Enter/Space act on the focused tile). Handlers only change the grid's state
  * through `target` and ask for a frame; drawing happens once per frame.
  *
@@ -19,6 +19,8 @@ export interface PointerTarget {
   zoomBy(factor: number, clientX?: number, clientY?: number): void;
   hitTest(clientX: number, clientY: number): HitInfo | null;
   click(hit: HitInfo, ev: MouseEvent): void;
+  /** Undoes what the last pointer click did (the first click of a double-click). */
+  undoClick(): void;
   /** Where the pointer is over the canvas (CSS px), or null once it left. */
   setPointer(point: { x: number; y: number } | null): void;
   /** The last interaction was a key press (the focused tile's tooltip shows) or not. */
@@ -107,10 +109,17 @@ export function attachPointer(canvas: HTMLCanvasElement, t: PointerTarget, signa
       suppressClick = false;
       return;
     }
+    // The second click of a double-click (detail 2) is part of the reset, not a click on a tile.
+    if (ev.detail > 1) return;
     const hit = t.hitTest(ev.clientX, ev.clientY);
     if (hit !== null) t.click(hit, ev);
   });
-  on("dblclick", () => t.moveView(IDENTITY_VIEW));
+  // A single click opens its tile at once and a double-click undoes what its first click did: waiting
+  // out the double-click interval (up to 500 ms) before every open would make each click feel slow.
+  on("dblclick", () => {
+    t.undoClick();
+    t.moveView(IDENTITY_VIEW);
+  });
   on("keydown", (ev) => {
     if (!onKey(t, ev)) return;
     t.setKeyboardMode(true);

@@ -69,7 +69,10 @@ export function gridPanel(ctx: PanelContext, stage: HTMLElement, readout: HTMLEl
     }
     fullRes.request();
   });
-  g.onClick((hit, ev) =>
+  // A click opens (or, with Shift, toggles) a channel; what it returns puts that back when the click was
+  // the first of a double-click (which resets the zoom).
+  g.onClick((hit, ev) => {
+    const before = { channel: store.get("channel"), selected: store.get("selected") };
     store.batch(() => {
       store.update({ cursor: hit.channel });
       if (!ev.shiftKey) {
@@ -80,8 +83,9 @@ export function gridPanel(ctx: PanelContext, stage: HTMLElement, readout: HTMLEl
       if (selected.has(hit.channel)) selected.delete(hit.channel);
       else selected.add(hit.channel);
       store.set({ selected: [...selected].sort((a, b) => a - b) });
-    }),
-  );
+    });
+    return () => store.set(ev.shiftKey ? { selected: before.selected } : { channel: before.channel });
+  });
   g.onHover((hit) => store.update(hit === null ? { hovered: null } : { hovered: hit.channel, cursor: hit.channel }));
 
   // Only a width change re-lays the grid out: resizing a canvas clears it, and the root's height changes
