@@ -1,7 +1,11 @@
+/// <reference types="vite/client" />
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { userEvent } from "vitest/browser";
 import { colormapLUT, NAN_COLOR } from "../colormaps";
+import pageCss from "../style.css?raw";
 import { createGrid, type Grid, type LayerData } from "./grid";
+import gridCss from "./grid.css?raw";
+import { LABEL_MIN_FONT_PX } from "./overlay";
 
 const grids: Grid[] = [];
 afterEach(() => {
@@ -292,6 +296,86 @@ describe("createGrid", () => {
     g.setOptions({ ablated: new Set() });
     await nextFrame();
     expect(text.mock.calls.filter((c) => c[0] === "zeroed")).toHaveLength(0);
+  });
+
+  it("marks constant channels on their tiles, unlike dead ones, and says so in the tooltip", async () => {
+    const g = make(400);
+    const layer = peakLayer(4, 8, 8);
+    layer.flags[2] = 2;
+    g.setLayer(layer);
+    await nextFrame();
+    const ctx = g.canvas.getContext("2d")!;
+    const text = vi.spyOn(ctx, "fillText");
+    const lines: [number, number][] = [];
+    vi.spyOn(ctx, "moveTo").mockImplementation(function (this: CanvasRenderingContext2D, x, y) {
+      lines.push([x, y]);
+      CanvasRenderingContext2D.prototype.moveTo.call(this, x, y);
+    });
+    g.setOptions({});
+    await nextFrame();
+    expect(text.mock.calls.filter((c) => c[0] === "constant")).toHaveLength(1);
+    // A flat line through the middle of tile 2 (the dead tile 1 gets a cross from its corners instead).
+    const r = g.tileClientRect(2)!;
+    const cr = g.canvas.getBoundingClientRect();
+    const mid = r.top - cr.top + r.height / 2;
+    expect(lines.some(([x, y]) => Math.abs(y - mid) < 0.5 && x > r.left - cr.left && x < r.right - cr.left)).toBe(true);
+    await userEvent.hover(g.canvas, { position: { x: r.left - cr.left + 5, y: r.top - cr.top + 5 } } as object);
+    await nextFrame();
+    const tip = g.element.querySelector<HTMLElement>(".fm-grid-tooltip")!;
+    expect(tip.textContent).toContain("Channel 2 · constant");
+    expect(tip.textContent).toContain("Constant: one value everywhere");
+  });
+
+  it("fits tile labels to the tile's size on screen and drops them when too small to read", async () => {
+    const g = make(900);
+    g.setLayer(peakLayer(576, 4, 4));
+    await nextFrame();
+    const ctx = g.canvas.getContext("2d")!;
+    const labels: { text: string; font: number }[] = [];
+    const numbers = new Set(Array.from({ length: 576 }, (_, c) => String(c)));
+    vi.spyOn(ctx, "fillText").mockImplementation(function (this: CanvasRenderingContext2D, t: string) {
+      if (numbers.has(t)) labels.push({ text: t, font: Number.parseFloat(this.font) });
+    });
+    g.setOptions({ badges: new Float32Array(576).fill(0.125) });
+    await nextFrame();
+    // 24 columns across 900 px: 36 px tiles, too small for a readable number that leaves the map visible.
+    expect(g.canvas.dataset.columns).toBe("24");
+    expect(labels).toEqual([]);
+    g.setView({ zoom: 1.4, x: 0, y: 0 });
+    await nextFrame();
+    // Zoomed in to ~50 px tiles: the numbers come back, in a font that fits the tile.
+    const tw = g.tileClientRect(0)!.width;
+    expect(labels.length).toBeGreaterThan(0);
+    for (const l of labels) {
+      expect(l.font).toBeGreaterThanOrEqual(LABEL_MIN_FONT_PX);
+      expect(l.font).toBeLessThanOrEqual(tw / 5);
+    }
+  });
+
+  it("shows a visible gap between tiles in a dark theme, even at 1280 tiles", async () => {
+    const style = document.createElement("style");
+    style.textContent = pageCss + gridCss;
+    document.head.append(style);
+    try {
+      const box = container(700);
+      box.className = "fmwidget";
+      // JupyterLab's dark theme variables.
+      box.style.setProperty("--jp-layout-color0", "#111111");
+      box.style.setProperty("--jp-ui-font-color0", "rgba(255, 255, 255, 1)");
+      const g = createGrid(box, {});
+      grids.push(g);
+      g.setLayer(peakLayer(1280, 7, 7));
+      await nextFrame();
+      expect(Number(g.canvas.dataset.cellWidth) - Number(g.canvas.dataset.tileWidth)).toBeGreaterThanOrEqual(1);
+      const probe = document.createElement("canvas").getContext("2d")!;
+      probe.fillStyle = getComputedStyle(g.element).backgroundColor;
+      probe.fillRect(0, 0, 1, 1);
+      const [red, green, blue] = probe.getImageData(0, 0, 1, 1).data;
+      // Against black maps on a #111 page the gap is a clearly lighter grey.
+      expect(0.299 * red + 0.587 * green + 0.114 * blue).toBeGreaterThan(60);
+    } finally {
+      style.remove();
+    }
   });
 
   it("clicks report the channel and pixel; Enter on a focused tile clicks it", async () => {

@@ -1,12 +1,12 @@
 /**
- * The 2D layer drawn over the picture: channel numbers, badges, dead-channel marks, selection, ablation
+ * The 2D layer drawn over the picture: channel numbers, badges, dead- and constant-channel marks, selection, ablation
  * and focus outlines, and the value of each pixel once pixels are large enough to hold it. Only visible tiles are
  * visited, so 2048 tiles cost nothing while their labels are too small to draw.
  *
  * @example
  *   drawOverlay(ctx, { layout, view, dpr, order, layer, ranges, lut, theme, selected, ablated, focused, badges, full: null });
  */
-import { FLAG_DATASET_DEAD, FLAG_DEAD } from "../protocol";
+import { FLAG_CONSTANT, FLAG_DATASET_DEAD, FLAG_DEAD } from "../protocol";
 import { dequantize, formatValue, toUnit } from "../scale";
 import type { ThemeColors } from "../theme";
 import { type FullResTiles, type Layout, tileOrigin, VALUE_LABEL_MIN_PX, type View, visibleCells } from "./layout";
@@ -46,9 +46,22 @@ interface MapSource {
   base: number;
 }
 
-/** Tiles narrower than this (CSS px on screen) get no channel number: it would cover the picture. */
-const LABEL_MIN_TILE_PX = 26;
-const BADGE_MIN_TILE_PX = 64;
+/**
+ * Tile labels (channel number, badges, tags) scale with the tile on screen: their font is this fraction of
+ * the tile's width, at most LABEL_MAX_FONT_PX, and below LABEL_MIN_FONT_PX they are not drawn at all (an
+ * unreadable label only covers the map; zooming in brings them back). A label is also dropped when it would
+ * take more than LABEL_MAX_SHARE of the tile's width.
+ */
+const LABEL_FONT_SHARE = 1 / 5;
+const LABEL_MAX_FONT_PX = 11;
+export const LABEL_MIN_FONT_PX = 8;
+const LABEL_MAX_SHARE = 0.5;
+
+/** The label font size (CSS px) for a tile `tw` CSS px wide on screen; 0: no labels. */
+export function labelFontPx(tw: number): number {
+  const size = Math.min(LABEL_MAX_FONT_PX, Math.floor(tw * LABEL_FONT_SHARE));
+  return size >= LABEL_MIN_FONT_PX ? size : 0;
+}
 
 function roundRect(ctx: CanvasRenderingContext2D, x: number, y: number, w: number, h: number): void {
   ctx.beginPath();
@@ -56,28 +69,54 @@ function roundRect(ctx: CanvasRenderingContext2D, x: number, y: number, w: numbe
   ctx.fill();
 }
 
-function tagWidth(ctx: CanvasRenderingContext2D, text: string): number {
-  return ctx.measureText(text).width + 6;
+/** A tag's box for the current font of `size` px: width and height. */
+function tagSize(ctx: CanvasRenderingContext2D, text: string, size: number): [number, number] {
+  return [ctx.measureText(text).width + Math.ceil(size / 2), size + 2];
 }
 
-/** Draws a small text tag; returns its width. */
+/** Draws a small text tag in the current font of `size` px; returns its width. */
 function tag(
   ctx: CanvasRenderingContext2D,
   text: string,
   x: number,
   y: number,
   alignRight: boolean,
+  size: number,
   theme: ThemeColors,
 ): number {
-  const w = tagWidth(ctx, text);
+  const [w, h] = tagSize(ctx, text, size);
   const left = alignRight ? x - w : x;
   ctx.globalAlpha = 0.75;
   ctx.fillStyle = theme.bg;
-  roundRect(ctx, left, y, w, 13);
+  roundRect(ctx, left, y, w, h);
   ctx.globalAlpha = 1;
   ctx.fillStyle = theme.label;
-  ctx.fillText(text, left + 3, y + 10);
+  ctx.fillText(text, left + Math.ceil(size / 4), y + size - 1);
   return w;
+}
+
+/** A flat line across the middle of a tile, over a halo so it shows on any map: a constant channel. */
+function flatMark(
+  ctx: CanvasRenderingContext2D,
+  x0: number,
+  y0: number,
+  w: number,
+  h: number,
+  theme: ThemeColors,
+): void {
+  const y = y0 + h / 2;
+  const inset = w * 0.15;
+  for (const [color, width] of [
+    [theme.bg, 4],
+    [theme.warn, 2],
+  ] as const) {
+    ctx.strokeStyle = color;
+    ctx.lineWidth = width;
+    ctx.beginPath();
+    ctx.moveTo(x0 + inset, y);
+    ctx.lineTo(x0 + w - inset, y);
+    ctx.stroke();
+  }
 }
 
 function drawValues(
@@ -159,7 +198,20 @@ export function drawOverlay(ctx: CanvasRenderingContext2D, s: OverlayState): voi
     fullSlot.set(c, slot);
   });
   const full = s.full;
-  ctx.font = `11px ${theme.font}`;
+  // The grid's background is the gap colour: the empty cells after the last tile get the page's instead.
+  if (n % layout.columns !== 0) {
+    const [wx, wy] = tileOrigin(layout, n);
+    ctx.fillStyle = theme.bg;
+    // From the gap before the first empty cell to the canvas's edge (the canvas clips the rest).
+    const x = (wx - layout.gap) * view.k + view.x;
+    const y = (wy - layout.gap) * view.k + view.y;
+    ctx.fillRect(
+      x,
+      y,
+      layout.viewportWidth * view.k + Math.abs(view.x),
+      layout.viewportHeight * view.k + Math.abs(view.y),
+    );
+  }
   for (let r = r0; r <= r1; r++) {
     for (let col = c0; col <= c1; col++) {
       const i = r * layout.columns + col;
@@ -177,10 +229,7 @@ export function drawOverlay(ctx: CanvasRenderingContext2D, s: OverlayState): voi
       // A full-resolution map may not be an exact multiple of the pooled one: each axis has its own pitch.
       const px = tw / map.width;
       const py = th / map.height;
-      if (Math.min(px, py) >= VALUE_LABEL_MIN_PX) {
-        drawValues(ctx, s, channel, map, x0, y0, px, py);
-        ctx.font = `11px ${theme.font}`;
-      }
+      if (Math.min(px, py) >= VALUE_LABEL_MIN_PX) drawValues(ctx, s, channel, map, x0, y0, px, py);
       const flags = s.layer.flags[channel];
       if ((flags & FLAG_DATASET_DEAD) !== 0) {
         // Dead across the whole dataset, not just this batch: hatched, with a "never > 0" tag on larger tiles.
@@ -195,16 +244,35 @@ export function drawOverlay(ctx: CanvasRenderingContext2D, s: OverlayState): voi
         ctx.lineTo(x0, y0 + th);
         ctx.stroke();
       }
-      const label =
-        tw >= LABEL_MIN_TILE_PX ? tag(ctx, String(channel), Math.max(0, x0) + 1, Math.max(0, y0) + 1, false, theme) : 0;
-      if ((flags & FLAG_DATASET_DEAD) !== 0 && tw >= BADGE_MIN_TILE_PX)
-        tag(ctx, "never > 0", Math.max(0, x0) + 1, Math.min(layout.viewportHeight, y0 + th) - 14, false, theme);
-      if (s.badges !== null && tw >= BADGE_MIN_TILE_PX && channel < s.badges.length) {
+      if ((flags & FLAG_CONSTANT) !== 0 && (flags & (FLAG_DEAD | FLAG_DATASET_DEAD)) === 0)
+        flatMark(ctx, x0, y0, tw, th, theme);
+      // Labels: top-left the channel number, top-right (or bottom-right) the badge, bottom-left a tag.
+      const size = labelFontPx(Math.min(tw, th * 1.5));
+      const fitsTile = (text: string): boolean => size > 0 && tagSize(ctx, text, size)[0] <= tw * LABEL_MAX_SHARE;
+      if (size > 0) ctx.font = `${size}px ${theme.font}`;
+      const top = Math.max(0, y0) + 1;
+      const bottom = Math.min(layout.viewportHeight, y0 + th) - size - 3;
+      const label = fitsTile(String(channel))
+        ? tag(ctx, String(channel), Math.max(0, x0) + 1, top, false, size, theme)
+        : 0;
+      const bottomTag =
+        (flags & FLAG_DATASET_DEAD) !== 0
+          ? "never > 0"
+          : s.ablated.has(channel)
+            ? "zeroed"
+            : (flags & FLAG_CONSTANT) !== 0 && (flags & FLAG_DEAD) === 0
+              ? "constant"
+              : "";
+      if (bottomTag !== "" && fitsTile(bottomTag) && th >= 3 * (size + 2))
+        tag(ctx, bottomTag, Math.max(0, x0) + 1, bottom, false, size, theme);
+      if (s.badges !== null && channel < s.badges.length) {
         const text = formatValue(s.badges[channel]);
         // Top-right beside the channel number when both fit; otherwise the bottom-right corner.
-        const fits = label + tagWidth(ctx, text) + 4 <= tw;
-        const y = fits ? Math.max(0, y0) + 1 : Math.min(layout.viewportHeight, y0 + th) - 14;
-        tag(ctx, text, Math.min(layout.viewportWidth, x0 + tw) - 1, y, true, theme);
+        const [w] = size > 0 ? tagSize(ctx, text, size) : [Infinity];
+        const fits = label + w + 4 <= tw;
+        const y = fits ? top : bottom;
+        if (w <= tw * 0.6 && (fits || th >= 2 * (size + 2)))
+          tag(ctx, text, Math.min(layout.viewportWidth, x0 + tw) - 1, y, true, size, theme);
       }
       if (s.selected.has(channel)) {
         ctx.strokeStyle = theme.accent;
@@ -217,8 +285,6 @@ export function drawOverlay(ctx: CanvasRenderingContext2D, s: OverlayState): voi
         ctx.setLineDash([5, 3]);
         ctx.strokeRect(x0 + 3, y0 + 3, tw - 6, th - 6);
         ctx.setLineDash([]);
-        if (tw >= BADGE_MIN_TILE_PX)
-          tag(ctx, "zeroed", Math.max(0, x0) + 1, Math.min(layout.viewportHeight, y0 + th) - 14, false, theme);
       }
       if (s.focused === channel) {
         ctx.strokeStyle = theme.label;

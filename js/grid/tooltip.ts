@@ -44,6 +44,7 @@ export function describeTile(data: LayerData, channel: number, hit: HitInfo | nu
   } else if ((flags & FLAG_DEAD) !== 0) {
     lines.push("Dead on this batch: zero for every input of this batch");
   }
+  if ((flags & FLAG_CONSTANT) !== 0) lines.push("Constant: one value everywhere, on every input of this batch");
   if (marks.badges !== null && channel < marks.badges.length) {
     lines.push(`${marks.badgeLabel} ${formatValue(marks.badges[channel])}`);
   }
