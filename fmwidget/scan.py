@@ -20,7 +20,8 @@ Definitions (what the results mean; the tests check them against a brute-force r
 - Over the dataset: ``mean`` = the mean of the per-image spatial means; ``max`` = the max of the
   spatial maxes; ``active`` = the fraction of images whose spatial max is > 0; ``dead`` = never
   > 0 on any image. Images whose map holds NaN or Inf for a channel are left out of that
-  channel's ``mean`` and ``max`` and counted in ``nonfinite``.
+  channel's ``mean`` and ``max`` and counted in ``nonfinite``; in its top-k they rank after every
+  finite score, with the value NaN.
 - With labels: ``class_means(layer)`` is the (labels × channels) mean of spatial means per
   label, labels in sorted order; ``selectivity`` of a channel for label ``a`` is
   ``(μ_a − μ_rest) / (|μ_a| + |μ_rest|)`` with ``μ_rest`` the mean of the other labels' means
@@ -108,7 +109,8 @@ class _Running:
         self.k = k
         self.top_values = torch.full((channels, k), -math.inf, device=device)
         self.top_index = torch.full((channels, k), _NO_IMAGE, dtype=torch.int64, device=device)
-        self.top_pos = torch.full((channels, k), -1, dtype=torch.int64, device=device)
+        # Flat position of each example's maximum (empty slots: 0; their index marks them empty).
+        self.top_pos = torch.zeros((channels, k), dtype=torch.int64, device=device)
         self.sum_mean = torch.zeros(channels, dtype=torch.float64, device=device)
         self.finite = torch.zeros(channels, dtype=torch.int64, device=device)
         self.max = torch.full((channels,), -math.inf, device=device)
@@ -124,12 +126,21 @@ class _Running:
         flat = maps.detach().flatten(2)
         if flat.dtype != torch.float32:
             flat = flat.float()
-        score, pos = flat.max(-1)  # (B, C): the first row-major argmax
+        b, c = flat.shape[:2]
+        # Where the maximum is, is needed only for the images that enter the top-k: with a batch
+        # well over k, find it for those alone (below), since along a dim the CPU's max with
+        # indices is ~8× slower than amax.
+        if b >= 2 * self.k:
+            score, pos = flat.amax(-1), None
+        else:
+            score, pos = flat.max(-1)  # (B, C): the first row-major argmax
         mean = flat.mean(-1)
         ok = torch.isfinite(score) & torch.isfinite(mean)
-        ranked = torch.where(ok, score, -math.inf)
+        finite_max = torch.where(ok, score, -math.inf)
+        # Images with NaN/Inf rank last, yet above empty slots (-inf), which sort after them.
+        ranked = torch.where(ok, score, torch.finfo(torch.float32).min)
         mean_ok = torch.where(ok, mean, 0.0).double()
-        self.max = torch.maximum(self.max, ranked.amax(0))
+        self.max = torch.maximum(self.max, finite_max.amax(0))
         self.active += (score > 0).sum(0)
         self.sum_mean += mean_ok.sum(0)
         self.finite += ok.sum(0)
@@ -137,16 +148,33 @@ class _Running:
             self._grow(n_labels)
             self.class_sum.index_add_(0, codes, mean_ok)
             self.class_sumsq.index_add_(0, codes, mean_ok * mean_ok)
-        b = index.numel()
-        self.merge(ranked.T, index.expand(ranked.shape[1], b), pos.T)
+        if pos is not None:
+            self.merge(ranked.T, index.expand(c, b), pos.T)
+            return
+        # This batch's candidates carry their batch row as a negative position (-1 - row); those
+        # that made the top-k get their argmax after the merge, on the device, with no sync.
+        rows = torch.arange(b, device=flat.device)
+        self.merge(ranked.T, index.expand(c, b), (-1 - rows).expand(c, b))
+        new = self.top_pos < 0
+        channel = torch.arange(c, device=flat.device)[:, None]
+        picked = flat[(-1 - self.top_pos).clamp(0, b - 1), channel]  # (C, k, H·W)
+        self.top_pos = torch.where(new, picked.argmax(-1), self.top_pos)
 
-    def merge(self, values: torch.Tensor, index: torch.Tensor, pos: torch.Tensor) -> None:
-        """Fold candidates (C, m) into the top-k: highest value first, ties to the lower index."""
+    def merge(
+        self, values: torch.Tensor, index: torch.Tensor, pos: torch.Tensor, ordered: bool = True
+    ) -> None:
+        """Fold candidates (C, m) into the top-k: highest value first, ties to the lower index.
+
+        ``ordered``: every candidate's index is above those already kept, ascending along a row
+        (a scan's batches come in index order), so one stable sort by value breaks ties right;
+        otherwise (candidates gathered from ranks) they are sorted by index first.
+        """
         values = torch.cat([self.top_values, values], 1)
         index = torch.cat([self.top_index, index], 1)
         pos = torch.cat([self.top_pos, pos], 1)
-        by_index = torch.argsort(index, dim=1, stable=True)
-        values, index, pos = (t.gather(1, by_index) for t in (values, index, pos))
+        if not ordered:
+            by_index = torch.argsort(index, dim=1, stable=True)
+            values, index, pos = (t.gather(1, by_index) for t in (values, index, pos))
         by_value = torch.argsort(values, dim=1, descending=True, stable=True)[:, : self.k]
         self.top_values, self.top_index, self.top_pos = (
             t.gather(1, by_value) for t in (values, index, pos)
@@ -507,8 +535,8 @@ def _merge_ranks(result: _Result, k: int) -> _Result:
         )
         layer.top_values = torch.full_like(layer.top_values, -math.inf)
         layer.top_index = torch.full_like(layer.top_index, _NO_IMAGE)
-        layer.top_pos = torch.full_like(layer.top_pos, -1)
-        layer.merge(values, index, pos)
+        layer.top_pos = torch.zeros_like(layer.top_pos)
+        layer.merge(values, index, pos, ordered=False)
         layer.sum_mean = reduced(layer.sum_mean)
         layer.finite = reduced(layer.finite)
         layer.active = reduced(layer.active)
@@ -602,7 +630,9 @@ class Scan:
             width = max(1, layer.width)
             present = layer.top_index != _NO_IMAGE
             cpu = {
-                "top_values": layer.top_values,
+                "top_values": torch.where(
+                    layer.top_values == torch.finfo(torch.float32).min, math.nan, layer.top_values
+                ),
                 "top_index": torch.where(present, layer.top_index, -1),
                 "top_row": torch.where(present, layer.top_pos // width, -1),
                 "top_col": torch.where(present, layer.top_pos % width, -1),

@@ -307,3 +307,17 @@ def test_receptive_field_of_a_resnet() -> None:
     (_, centre), (_, corner) = fields_and_centres(net, x, "conv1", [(50, 50), (0, 0)])
     assert centre == (100, 100) and corner == (0, 0)
     assert_no_hooks(net)
+
+
+def test_images_with_nan_rank_last_and_are_counted() -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1)).eval()
+    x = torch.randn(5, 3, 4, 4)
+    x[2, :, 1, 1] = float("nan")
+    result = scan(net, iter([x]), k=5, progress=False)
+    top = result.top("0", 0)
+    assert [e.index for e in top][-1] == 2 and np.isnan(top[-1].value)
+    assert all(np.isfinite(e.value) for e in top[:-1])
+    stats = result.stats("0")
+    assert list(stats["nonfinite"]) == [1, 1]
+    finite = capture(net, x[[0, 1, 3, 4]])["0"].flatten(2)
+    np.testing.assert_allclose(stats["mean"], finite.mean(-1).double().mean(0).numpy(), rtol=1e-6)
