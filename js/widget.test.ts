@@ -583,6 +583,21 @@ describe("FeatureMapWidget view", () => {
     await expect
       .poll(() => readout.textContent)
       .toBe(`${exactValue(activation(0, 0, row, col))} at (row ${row}, col ${col})`);
+    // The pointed pixel is ringed on the map (and on the input picture, once it is there).
+    const marker = detail.querySelector<HTMLElement>(".fm-detail-map .fm-pixel-marker")!;
+    expect(marker.hidden).toBe(false);
+    // Centred on the pixel, in the map's offset coordinates (the stylesheet positions it absolutely).
+    const centre = (start: string, size: string): number => Number.parseFloat(start) + Number.parseFloat(size) / 2;
+    expect(centre(marker.style.left, marker.style.width)).toBeCloseTo(
+      map.offsetLeft + ((col + 0.5) / W) * map.clientWidth,
+      3,
+    );
+    expect(centre(marker.style.top, marker.style.height)).toBeCloseTo(
+      map.offsetTop + ((row + 0.5) / H) * map.clientHeight,
+      3,
+    );
+    await userEvent.unhover(map);
+    expect(marker.hidden).toBe(true);
 
     root.querySelector<HTMLButtonElement>('[aria-label="Next channel"]')!.click();
     await expect.poll(() => model.get("channel")).toBe(1);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { channelStats, exactValue, histogram } from "./detail";
+import { channelStats, countTicks, exactValue, histogram } from "./detail";
 
 describe("channelStats", () => {
   it("summarizes finite values and counts NaN and Inf apart", () => {
@@ -30,5 +30,16 @@ describe("histogram", () => {
 
   it("puts a constant map in one bin", () => {
     expect(Array.from(histogram(new Float32Array([2, 2]), 3, 2, 2))).toEqual([2, 0, 0]);
+  });
+});
+
+describe("countTicks", () => {
+  it("labels the histogram's log count axis with the tallest bin and 1", () => {
+    expect(countTicks(3136)).toEqual([
+      { count: 3136, label: "3.1k" },
+      { count: 1, label: "1" },
+    ]);
+    expect(countTicks(42).map((t) => t.label)).toEqual(["42", "1"]);
+    expect(countTicks(1)).toEqual([{ count: 1, label: "1" }]);
   });
 });

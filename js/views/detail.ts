@@ -205,23 +205,44 @@ function drawHistogram(
   const { min, max } = loaded.stats;
   const counts = histogram(loaded.values, HIST_BINS, min, max);
   // Log heights: a ReLU map's spike at zero would otherwise flatten every other bin.
-  const top = Math.log1p(Math.max(1, ...counts));
+  const most = Math.max(1, ...counts);
+  const top = Math.log1p(most);
   const plotH = cssH - 14;
-  const barW = cssW / HIST_BINS;
+  g.font = "10px system-ui, sans-serif";
+  // The count axis on the left: the tallest bin's count at the top and 1 where a single value reaches.
+  const ticks = countTicks(most);
+  const axisW = Math.ceil(Math.max(...ticks.map((t) => g.measureText(t.label).width))) + 6;
+  const plotW = cssW - axisW;
+  const barW = plotW / HIST_BINS;
   g.fillStyle = colors.accent;
   counts.forEach((c, i) => {
     const h = (Math.log1p(c) / top) * plotH;
-    g.fillRect(i * barW, plotH - h, Math.max(1, barW - 0.5), h);
+    g.fillRect(axisW + i * barW, plotH - h, Math.max(1, barW - 0.5), h);
   });
   g.fillStyle = colors.muted;
-  g.font = "10px system-ui, sans-serif";
+  g.strokeStyle = colors.muted;
+  g.lineWidth = 1;
+  g.textAlign = "right";
+  g.textBaseline = "middle";
+  for (const t of ticks) {
+    const y = Math.min(plotH - 4, Math.max(5, plotH - (Math.log1p(t.count) / top) * plotH));
+    g.fillText(t.label, axisW - 4, y);
+    g.beginPath();
+    g.moveTo(axisW - 3, Math.round(plotH - (Math.log1p(t.count) / top) * plotH) + 0.5);
+    g.lineTo(axisW, Math.round(plotH - (Math.log1p(t.count) / top) * plotH) + 0.5);
+    g.stroke();
+  }
+  g.beginPath();
+  g.moveTo(axisW + 0.5, 0);
+  g.lineTo(axisW + 0.5, plotH);
+  g.stroke();
   g.textBaseline = "bottom";
   g.textAlign = "left";
-  g.fillText(formatValue(min), 0, cssH);
+  g.fillText(formatValue(min), axisW, cssH);
   g.textAlign = "right";
   g.fillText(formatValue(max), cssW, cssH);
   if (min < 0 && max > 0) {
-    const x = ((0 - min) / (max - min)) * cssW;
+    const x = axisW + ((0 - min) / (max - min)) * plotW;
     g.strokeStyle = colors.fg;
     g.setLineDash([3, 2]);
     g.beginPath();
@@ -230,12 +251,57 @@ function drawHistogram(
     g.stroke();
     g.setLineDash([]);
     // The zero label only where it does not collide with the min/max labels at the ends.
-    if (x > 36 && x < cssW - 36) {
+    if (x > axisW + 36 && x < cssW - 36) {
       g.textAlign = "center";
       g.fillText("0", x, cssH);
     }
   }
-  histCaption.textContent = `${loaded.values.length} values in ${HIST_BINS} bins (log counts)`;
+  histCaption.textContent = `${loaded.values.length} values in ${HIST_BINS} bins (values per bin, log scale)`;
+}
+
+/**
+ * The labelled counts of the histogram's log axis: the tallest bin's count and 1 (just the one when the
+ * tallest bin holds one value).
+ *
+ * @example
+ *   countTicks(3136); // [{ count: 3136, label: "3.1k" }, { count: 1, label: "1" }]
+ */
+export function countTicks(most: number): { count: number; label: string }[] {
+  const label = (n: number): string =>
+    n >= 1e6
+      ? `${(n / 1e6).toPrecision(2)}M`
+      : n >= 1e4
+        ? `${Math.round(n / 1e3)}k`
+        : n >= 1e3
+          ? `${(n / 1e3).toPrecision(2)}k`
+          : String(n);
+  return most > 1
+    ? [
+        { count: most, label: label(most) },
+        { count: 1, label: "1" },
+      ]
+    : [{ count: 1, label: "1" }];
+}
+
+/** Puts `marker` over data pixel (row, col) of a `rows × cols` picture drawn by `canvas` (same offset parent). */
+function placeMarker(
+  marker: HTMLElement,
+  canvas: HTMLElement,
+  row: number,
+  col: number,
+  rows: number,
+  cols: number,
+): void {
+  const pw = canvas.clientWidth / cols;
+  const ph = canvas.clientHeight / rows;
+  // At least 7 px across, centred on the pixel, so a marker on a pixel of a large map stays visible.
+  const w = Math.max(7, pw);
+  const h = Math.max(7, ph);
+  marker.style.left = `${canvas.offsetLeft + (col + 0.5) * pw - w / 2}px`;
+  marker.style.top = `${canvas.offsetTop + (row + 0.5) * ph - h / 2}px`;
+  marker.style.width = `${w}px`;
+  marker.style.height = `${h}px`;
+  marker.hidden = false;
 }
 
 /** The statistics list: exact min/max, mean, std, zeros, size, non-finite counts and batch health. */
@@ -385,7 +451,10 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
   const value = el("output", "fm-value");
   value.setAttribute("aria-label", "Value");
   value.textContent = "Point at the map to read a value";
-  mapBox.append(map, value);
+  // The pointed pixel, ringed on the map and on the input (a DOM box: the canvases stay pure pictures).
+  const mapMarker = el("div", "fm-pixel-marker");
+  mapMarker.hidden = true;
+  mapBox.append(map, mapMarker, value);
 
   const side = el("div", "fm-detail-side");
   const histCanvas = el("canvas", "fm-hist");
@@ -404,7 +473,9 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
   const overlayCaption = el("div", "fm-caption");
   const opacityField = el("label", "fm-field");
   opacityField.append(el("span", "fm-field-label", "Opacity"), opacity);
-  overlayBox.append(el("div", "fm-section-title", "On the input"), overlay, opacityField, overlayCaption);
+  const inputMarker = el("div", "fm-pixel-marker");
+  inputMarker.hidden = true;
+  overlayBox.append(el("div", "fm-section-title", "On the input"), overlay, inputMarker, opacityField, overlayCaption);
   side.append(
     el("div", "fm-section-title", "Histogram"),
     histCanvas,
@@ -552,6 +623,8 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
     const col = Math.floor(((ev.clientX - rect.left) / rect.width) * loaded.width);
     const row = Math.floor(((ev.clientY - rect.top) / rect.height) * loaded.height);
     if (row < 0 || col < 0 || row >= loaded.height || col >= loaded.width) return;
+    placeMarker(mapMarker, map, row, col, loaded.height, loaded.width);
+    if (input !== null) placeMarker(inputMarker, overlay, row, col, loaded.height, loaded.width);
     const v = loaded.values[row * loaded.width + col];
     const q = loaded.quantized;
     value.textContent =
@@ -560,6 +633,8 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
         : `${exactValue(v)} at (row ${row}, col ${col}) · from 8-bit data, ±${formatValue(q.step / 2)}`;
   };
   const onLeave = (): void => {
+    mapMarker.hidden = true;
+    inputMarker.hidden = true;
     value.textContent = "Point at the map to read a value";
   };
   map.addEventListener("pointermove", onPointer);
