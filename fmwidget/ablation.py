@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import traitlets
+
+from fmwidget import analysis
 from fmwidget.analysis import AblationResult
 from fmwidget.names import UnknownLayerError
 from fmwidget.session import Session
 from fmwidget.validation import channel_list
 
-__all__ = ["ablation_target", "ablation_trait"]
+__all__ = ["AblationFeature", "ablation_target", "ablation_trait"]
 
 
 def ablation_target(
@@ -68,3 +71,51 @@ def ablation_trait(
             for c in result.changes
         ]
     return {"layer": layer, "channels": channels, "changes": changes}
+
+
+class AblationFeature(traitlets.HasTraits):
+    """The widget's ablation API (mixed into ``FeatureMapWidget``): :attr:`selection` and
+    :meth:`ablate`, which sets the ``ablation`` trait the view shows."""
+
+    @property
+    def selection(self) -> dict[str, Any]:
+        """The channels picked in the view: ``{"layer": shown layer, "channels": [...]}``.
+
+        The channels are the shift-click selection (``selected``), else the channel open in the
+        drill-down, else none: what :meth:`ablate` acts on by default.
+
+        Example:
+            >>> w.selected = [3, 7]  # doctest: +SKIP
+            >>> w.selection  # doctest: +SKIP
+            {'layer': 'layer1.0.conv1', 'channels': [3, 7]}
+        """
+        widget: Any = self
+        if widget.selected:
+            channels = list(widget.selected)
+        else:
+            channels = [] if widget.channel is None else [widget.channel]
+        return {"layer": widget.layer, "channels": channels}
+
+    def ablate(self, layer: str | None = None, channels: Any = None) -> AblationResult:
+        """Re-run the model with ``channels`` of ``layer`` set to zero; show how predictions move.
+
+        Defaults: the shown layer and :attr:`selection` (the selected channels, else the open
+        one). Returns :func:`fmwidget.analysis.ablate`'s result and sets the ``ablation`` trait
+        (``docs/protocol.md``) so the view can show, per sample, the top class before and after
+        and how the probability of the class predicted before changed. The model, its hooks and
+        its buffers are left as they were; the shown activations stay those without ablation.
+        The view's "Ablate selected" button calls this with the shown layer and the selection.
+
+        Example:
+            >>> w.selected = [3, 7]  # doctest: +SKIP
+            >>> w.ablate().changes[0].prob_change  # doctest: +SKIP
+            -0.21
+            >>> w.ablate("layer4.1.conv2", [12])  # doctest: +SKIP
+        """
+        source = self._require_model("ablation re-runs the model")  # type: ignore[attr-defined]
+        session = self._session.require()  # type: ignore[attr-defined]
+        shown = self.selection["layer"]
+        layer, chosen = ablation_target(session, shown, self.selection["channels"], layer, channels)
+        result = analysis.ablate(source.model, session.inputs, layer, chosen)
+        self.set_trait("ablation", ablation_trait(session, layer, chosen, result))
+        return result

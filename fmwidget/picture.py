@@ -12,11 +12,14 @@ picture. Colours come from ``fmwidget/colormaps.json``, the same tables the fron
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import logging
 import math
 from functools import cache
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +27,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from fmwidget.session import Session
 
-__all__ = ["colormap_table", "grid_png", "view_png", "view_title"]
+__all__ = ["colormap_table", "grid_png", "view_png", "view_title", "with_picture"]
+
+_log = logging.getLogger("fmwidget.widget")
 
 #: Width the picture aims for, in pixels (a notebook cell's width).
 WIDTH = 800
@@ -162,3 +167,28 @@ def view_title(session: Session, layer: str, sample: int) -> str:
         prob = "NaN" if best["prob"] is None else f"{best['prob']:.0%}"
         parts.append(f"{name} {prob}")
     return " · ".join(parts)
+
+
+def with_picture(
+    bundle: tuple[dict[str, Any], dict[str, Any]] | None,
+    session: Session,
+    layer: str,
+    sample: int,
+    colormap: str,
+    scale: str,
+    symmetric: bool,
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A widget's mimebundle with ``image/png`` (:func:`view_png`) and a one-line ``text/plain``
+    added; as it was when there is nothing to draw (a failed re-run) or drawing fails."""
+    if bundle is None or session.closed:
+        return bundle
+    data, metadata = bundle
+    try:
+        png = view_png(session, layer, sample, colormap, scale, symmetric)
+        title = view_title(session, layer, sample)
+    except Exception:
+        _log.exception("fmwidget: could not draw the static picture of the view")
+        return bundle
+    data = {**data, "image/png": base64.b64encode(png).decode("ascii")}
+    data["text/plain"] = f"FeatureMapWidget: {title}"
+    return data, metadata

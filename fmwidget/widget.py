@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import importlib.util
 import logging
 import os
@@ -30,15 +29,14 @@ import torch
 import traitlets
 from torch import nn
 
-from fmwidget import analysis, export, router
-from fmwidget.ablation import ablation_target, ablation_trait
-from fmwidget.analysis import AblationResult
+from fmwidget import export, router
+from fmwidget.ablation import AblationFeature
 from fmwidget.capture import CaptureReport, LayerSelector
 from fmwidget.dataset import DatasetContext, ScanFeature
 from fmwidget.files import load
 from fmwidget.gradcam import CAM_METHODS
 from fmwidget.groups import check_group_pair
-from fmwidget.picture import view_png, view_title
+from fmwidget.picture import with_picture
 from fmwidget.scan import Scan
 from fmwidget.session import CapturedLayers, Session, Source
 from fmwidget.session import from_activations as session_from_activations
@@ -86,7 +84,7 @@ _KERNEL_TRAITS = (
 )
 
 
-class FeatureMapWidget(ScanFeature, anywidget.AnyWidget):
+class FeatureMapWidget(ScanFeature, AblationFeature, anywidget.AnyWidget):
     """Every feature map of a CNN layer as a zoomable grid, with a layer slider and drill-down.
 
     ``model`` runs on ``inputs`` (a tensor, a tuple of positional inputs or a dict of keyword
@@ -351,49 +349,6 @@ class FeatureMapWidget(ScanFeature, anywidget.AnyWidget):
         """
         return self._session.require().input_image(self.sample if sample is None else sample)
 
-    @property
-    def selection(self) -> dict[str, Any]:
-        """The channels picked in the view: ``{"layer": shown layer, "channels": [...]}``.
-
-        The channels are the shift-click selection (``selected``), else the channel open in the
-        drill-down, else none: what :meth:`ablate` acts on by default.
-
-        Example:
-            >>> w.selected = [3, 7]  # doctest: +SKIP
-            >>> w.selection  # doctest: +SKIP
-            {'layer': 'layer1.0.conv1', 'channels': [3, 7]}
-        """
-        if self.selected:
-            channels = list(self.selected)
-        else:
-            channels = [] if self.channel is None else [self.channel]
-        return {"layer": self.layer, "channels": channels}
-
-    def ablate(self, layer: str | None = None, channels: Any = None) -> AblationResult:
-        """Re-run the model with ``channels`` of ``layer`` set to zero; show how predictions move.
-
-        Defaults: the shown layer and :attr:`selection` (the selected channels, else the open
-        one). Returns :func:`fmwidget.analysis.ablate`'s result and sets the ``ablation`` trait
-        (``docs/protocol.md``) so the view can show, per sample, the top class before and after
-        and how the probability of the class predicted before changed. The model, its hooks and
-        its buffers are left as they were; the shown activations stay those without ablation.
-        The view's "Ablate selected" button calls this with the shown layer and the selection.
-
-        Example:
-            >>> w.selected = [3, 7]  # doctest: +SKIP
-            >>> w.ablate().changes[0].prob_change  # doctest: +SKIP
-            -0.21
-            >>> w.ablate("layer4.1.conv2", [12])  # doctest: +SKIP
-        """
-        source = self._require_model("ablation re-runs the model")
-        session = self._session.require()
-        layer, chosen = ablation_target(
-            session, self.layer, self.selection["channels"], layer, channels
-        )
-        result = analysis.ablate(source.model, session.inputs, layer, chosen)
-        self.ablation = ablation_trait(session, layer, chosen, result)
-        return result
-
     def save_html(
         self, path: str | os.PathLike[str], layers: str | Sequence[str] | None = None
     ) -> Path:
@@ -528,20 +483,8 @@ class FeatureMapWidget(ScanFeature, anywidget.AnyWidget):
 
     def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """The live view, plus a picture and a line of text for where widgets do not render."""
-        bundle = super()._repr_mimebundle_(**kwargs)
-        if bundle is None or self._session.closed:  # a failed re-run: no data to draw
-            return bundle
-        data, metadata = bundle
-        try:
-            args = (self.layer, self.sample, self.colormap, self.scale, self.symmetric)
-            png = view_png(self._session, *args)
-            title = view_title(self._session, self.layer, self.sample)
-        except Exception:
-            _log.exception("fmwidget: could not draw the static picture of the view")
-            return bundle
-        data = {**data, "image/png": base64.b64encode(png).decode("ascii")}
-        data["text/plain"] = f"FeatureMapWidget: {title}"
-        return data, metadata
+        view = (self.layer, self.sample, self.colormap, self.scale, self.symmetric)
+        return with_picture(super()._repr_mimebundle_(**kwargs), self._session, *view)
 
     def _on_msg(self, _widget: Any, content: Any, _buffers: Sequence[Any]) -> None:
         reply = router.serve(self, content, self.revision)
