@@ -198,19 +198,18 @@ export function drawOverlay(ctx: CanvasRenderingContext2D, s: OverlayState): voi
     fullSlot.set(c, slot);
   });
   const full = s.full;
-  // The grid's background is the gap colour: the empty cells after the last tile get the page's instead.
+  // The grid's background is the gap colour: the empty cells after the last tile, and the canvas beyond
+  // the tiles (a grid narrower than the canvas under a height limit), get the page's instead.
+  ctx.fillStyle = theme.bg;
+  const far = 2 * (layout.viewportWidth + layout.viewportHeight) * view.k;
+  const right = (layout.columns * layout.cellWidth - layout.gap) * view.k + view.x;
+  const below = (layout.rows * layout.cellHeight - layout.gap) * view.k + view.y;
+  ctx.fillRect(right, 0, far, far);
+  ctx.fillRect(0, below, far, far);
   if (n % layout.columns !== 0) {
+    // From the gap before the first empty cell on.
     const [wx, wy] = tileOrigin(layout, n);
-    ctx.fillStyle = theme.bg;
-    // From the gap before the first empty cell to the canvas's edge (the canvas clips the rest).
-    const x = (wx - layout.gap) * view.k + view.x;
-    const y = (wy - layout.gap) * view.k + view.y;
-    ctx.fillRect(
-      x,
-      y,
-      layout.viewportWidth * view.k + Math.abs(view.x),
-      layout.viewportHeight * view.k + Math.abs(view.y),
-    );
+    ctx.fillRect((wx - layout.gap) * view.k + view.x, (wy - layout.gap) * view.k + view.y, far, far);
   }
   for (let r = r0; r <= r1; r++) {
     for (let col = c0; col <= c1; col++) {
