@@ -216,7 +216,8 @@ export class EmbeddedSource implements DataSource {
     const recorded = this.find("examples", (a) => a.layer === layer && a.channel === channel);
     if (recorded === undefined) {
       const saved = this.file.data.saved.examples ?? 0;
-      const which = saved > 0 ? `the file holds those of ${saved} channels of the layer shown when saving` : "none were saved";
+      const which =
+        saved > 0 ? `the file holds those of ${saved} channels of the layer shown when saving` : "none were saved";
       return Promise.reject(
         new RequestError("examples", `the top dataset examples of channel ${channel} were not saved (${which})`),
       );
