@@ -18,6 +18,8 @@ from playwright.sync_api import Browser, Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+#: Where the end-to-end tests put their screenshots (looked at by people, kept by CI).
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "e2e"
 # Flags for Debian's Chromium, headless, as root, on a closed network; shared with vitest.config.ts.
 CHROMIUM_ARGS: list[str] = json.loads(
     (Path(__file__).resolve().parents[1] / "chromium-args.json").read_text()

@@ -10,7 +10,6 @@ Screenshots (light and dark) go to ``artifacts/e2e/``.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,12 +18,10 @@ from playwright import sync_api as playwright
 
 from fmwidget import export, wire
 
-from .lab import CHROMIUM, CHROMIUM_ARGS
+from .lab import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from .pixels import canvas_picture, drawn_map, tile_on_screen, tile_origin
 
 pytestmark = pytest.mark.e2e
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "e2e"
 
 
 @pytest.fixture(scope="module")

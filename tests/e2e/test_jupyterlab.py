@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from PIL import Image
 from playwright import sync_api as playwright
 
 from .lab import (
+    ARTIFACTS,
     CHROMIUM,
     CHROMIUM_ARGS,
     jupyter_lab,
@@ -30,7 +30,6 @@ from .pixels import canvas_picture, drawn_map, tile_on_screen, tile_origin
 
 pytestmark = pytest.mark.e2e
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "e2e"
 
 SETUP = """\
 import json

@@ -11,6 +11,7 @@ import pytest
 from playwright import sync_api as playwright
 
 from .lab import (
+    ARTIFACTS,
     CHROMIUM,
     CHROMIUM_ARGS,
     jupyter_lab,
@@ -22,7 +23,6 @@ from .lab import (
 
 pytestmark = pytest.mark.e2e
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "e2e"
 
 SETUP = """\
 import json

@@ -9,12 +9,12 @@ best example makes that digit the kernel's input. Screenshots (light and dark) g
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from playwright import sync_api as playwright
 
 from .lab import (
+    ARTIFACTS,
     CHROMIUM,
     CHROMIUM_ARGS,
     jupyter_lab,
@@ -26,7 +26,6 @@ from .lab import (
 
 pytestmark = pytest.mark.e2e
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "e2e"
 LAYER = "features.relu2"
 CHANNEL = 2
 
