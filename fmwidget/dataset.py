@@ -17,6 +17,7 @@ import traitlets
 from torch import nn
 
 from fmwidget.calling import tensors_in
+from fmwidget.images import to_rgb8
 from fmwidget.scan import Scan, as_batch, plain_label, split_item
 from fmwidget.wire import FLAG_DATASET_DEAD, Payload
 
@@ -134,6 +135,28 @@ class DatasetContext:
         pixels = np.concatenate([c.pixels.reshape(-1) for c in crops]) if crops else np.zeros(0)
         meta["crops"] = True
         return meta, {"pixels": pixels.astype(np.uint8)}
+
+    def pictures(self, indices: list[int], max_side: int) -> Payload:
+        """The ``pictures`` reply: dataset images as RGB uint8, each at most ``max_side`` pixels
+        on its longer side (nearest-neighbour), one after another in ``pixels``."""
+        entries: list[dict[str, Any]] = []
+        parts = []
+        offset = 0
+        labels = self._labels_of(indices)
+        for index, label in zip(indices, labels, strict=True):
+            _, image = self.item(index)
+            if image is None:
+                raise ValueError(f"item {index} holds no (C, H, W) image to show")
+            picture = to_rgb8(image.detach().float().cpu().permute(1, 2, 0).numpy())
+            h, w = picture.shape[:2]
+            step = max(1, -(-max(h, w) // max_side))
+            picture = np.ascontiguousarray(picture[::step, ::step])
+            entries.append(
+                {"index": index, "label": label, "shape": list(picture.shape[:2]), "offset": offset}
+            )
+            parts.append(picture.reshape(-1))
+            offset += picture.size
+        return {"pictures": entries}, {"pixels": np.concatenate(parts).astype(np.uint8)}
 
     def item(self, index: int) -> tuple[Any, torch.Tensor | None]:
         """Dataset item ``index`` as a batch of one for the model, and its image (C, H, W)."""

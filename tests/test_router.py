@@ -67,7 +67,16 @@ def _ask(view: _View | None, **request: Any) -> wire.Reply:
 
 
 def test_every_protocol_kind_has_a_handler_module_with_parse_and_handle() -> None:
-    kinds = {"layer", "channel", "input", "gradcam", "ablate", "examples", "use_example"}
+    kinds = {
+        "layer",
+        "channel",
+        "input",
+        "gradcam",
+        "ablate",
+        "examples",
+        "use_example",
+        "pictures",
+    }
     assert set(HANDLERS) == kinds
     for module in HANDLERS.values():
         assert callable(module.parse) and callable(module.handle)

@@ -123,3 +123,22 @@ def test_without_a_dataset_examples_come_without_crops() -> None:
         w.scan = None
         assert w.scan_info is None
         w.close()
+
+
+def test_pictures_of_dataset_images_for_a_group_audit(widget: FeatureMapWidget) -> None:
+    widget.scan_pair = ["0", "1"]
+    reply = _ask(widget, kind="layer", layer="relu", sample=0)
+    examples = reply.meta["scan"]["examples"]
+    assert examples == {"0": [0, 3, 6, 9, 12, 15, 18, 21], "1": [1, 4, 7, 10, 13, 16, 19, 22]}
+    reply = _ask(widget, kind="pictures", indices=examples["0"][:3])
+    assert reply.ok and [p["index"] for p in reply.meta["pictures"]] == [0, 3, 6]
+    first = reply.meta["pictures"][1]
+    h, w = first["shape"]
+    got = reply.arrays["pixels"][first["offset"] : first["offset"] + h * w * 3].reshape(h, w, 3)
+    image = Noise(30, size=12)[3][0]
+    lo, hi = float(image.min()), float(image.max())
+    want = np.round((image.permute(1, 2, 0).numpy() - lo) / (hi - lo) * 255).astype(np.uint8)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert first["label"] == "0"
+    bad = _ask(widget, kind="pictures", indices=[99])
+    assert not bad.ok and "out of range: the scan covers 30 images" in bad.error

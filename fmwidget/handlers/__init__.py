@@ -7,7 +7,16 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from fmwidget.handlers import ablate, channel, examples, gradcam, input, layer, use_example
+from fmwidget.handlers import (
+    ablate,
+    channel,
+    examples,
+    gradcam,
+    input,
+    layer,
+    pictures,
+    use_example,
+)
 
 #: Request kind → the module that parses and serves it.
 HANDLERS: dict[str, ModuleType] = {
@@ -18,4 +27,5 @@ HANDLERS: dict[str, ModuleType] = {
     "ablate": ablate,
     "examples": examples,
     "use_example": use_example,
+    "pictures": pictures,
 }

@@ -18,7 +18,7 @@ class ExamplesRequest:
 
 
 def parse(content: dict[str, Any], view: View) -> ExamplesRequest:
-    datasets = _datasets(view)
+    datasets = datasets_of(view)
     name = layer_field(content, view.session)
     if name not in datasets.scan.layers:
         raise BadRequest(
@@ -28,10 +28,11 @@ def parse(content: dict[str, Any], view: View) -> ExamplesRequest:
 
 
 def handle(request: ExamplesRequest, view: View) -> wire.Payload:
-    return _datasets(view).examples(request.layer, request.channel, view.session.model)
+    return datasets_of(view).examples(request.layer, request.channel, view.session.model)
 
 
-def _datasets(view: View) -> DatasetContext:
+def datasets_of(view: View) -> DatasetContext:
+    """The widget's scan and dataset, or a bad request saying how to give the widget a scan."""
     if view.datasets is None:
         raise BadRequest("the widget has no scan: pass scan= (from fmwidget.scan) to the widget")
     return view.datasets
