@@ -194,6 +194,7 @@ describe("EmbeddedSource", () => {
     const source = new EmbeddedSource(savedFile().file, store);
     await expect(source.ablate()).rejects.toThrow(/no Python kernel/);
     await expect(source.useExample()).rejects.toThrow(/no Python kernel/);
+    await expect(source.pictures()).rejects.toThrow(/pictures of dataset images .*no Python kernel/);
     await expect(source.input()).rejects.toThrow(/input picture was not saved/);
   });
 });

@@ -3,7 +3,7 @@
  * to the view: `EmbeddedSource` answers the data source's calls from the kernel's recorded replies (decoded
  * by the same decoders as live ones), `LocalModel` stands in for the anywidget model with the saved traits.
  * Channel maps come from the 8-bit layer data, dequantized on each channel's range, and say so. What needs
- * the kernel (ablation, dataset examples, full resolution, Grad-CAM not computed before saving) is refused
+ * the kernel (ablation, dataset examples and pictures, full resolution, Grad-CAM not computed before saving) is refused
  * with a sentence that says why.
  *
  * @example
@@ -15,6 +15,7 @@ import type { LayerKey } from "./cache";
 import {
   type AblateReply,
   type ChannelData,
+  type DatasetPicture,
   type Decoded,
   decodeRecorded,
   type ExamplesResult,
@@ -231,6 +232,12 @@ export class EmbeddedSource implements DataSource {
 
   useExample(): Promise<{ index: number }> {
     return Promise.reject(new RequestError("use_example", `a new input re-runs the model, and ${OFFLINE}`));
+  }
+
+  pictures(): Promise<DatasetPicture[]> {
+    return Promise.reject(
+      new RequestError("pictures", `pictures of dataset images come from the dataset, and ${OFFLINE}`),
+    );
   }
 
   destroy(): void {

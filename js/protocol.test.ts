@@ -3,6 +3,7 @@ import {
   decodeArray,
   decodeArrays,
   decodeExamples,
+  decodePictures,
   isDropped,
   type Reply,
   type RequestDropped,
@@ -415,6 +416,85 @@ describe("decodeExamples", () => {
     revision = 5;
     comm.deliver({ type: "reply", v: 1, id: sent.id, kind: "use_example", ok: true, meta: { index: 17 } });
     await expect(done).resolves.toEqual({ index: 17 });
+    source.destroy();
+  });
+});
+
+describe("decodePictures", () => {
+  const entry = (index: number, offset: number, shape: number[], label: unknown = "cat") => ({
+    index,
+    label,
+    shape,
+    offset,
+  });
+  const reply = (pictures: unknown, pixels: Uint8Array | null): Reply => ({
+    id: 1,
+    kind: "pictures",
+    meta: { pictures },
+    arrays: pixels === null ? {} : { pixels: { name: "pixels", dtype: "uint8", shape: [pixels.length], data: pixels } },
+  });
+
+  it("splits pixels into one picture per entry by offset and shape, in order, without copying", () => {
+    const pixels = new Uint8Array(12 + 6).map((_, i) => i);
+    const out = decodePictures(reply([entry(40, 0, [2, 2]), entry(5, 12, [1, 2], null)], pixels), {
+      indices: [40, 5],
+    });
+    expect(out.map((p) => [p.index, p.label, p.picture.height, p.picture.width])).toEqual([
+      [40, "cat", 2, 2],
+      [5, null, 1, 2],
+    ]);
+    expect(Array.from(out[1].picture.pixels)).toEqual([12, 13, 14, 15, 16, 17]);
+    expect(out[0].picture.pixels.buffer).toBe(pixels.buffer);
+  });
+
+  it("refuses a picture outside pixels, a missing pixels array and a malformed list", () => {
+    expect(() => decodePictures(reply([entry(1, 6, [2, 2])], new Uint8Array(12)), { indices: [1] })).toThrow(
+      /picture 0 \(offset 6, 2 × 2 × 3\) lies outside pixels \(12\)/,
+    );
+    expect(() => decodePictures(reply([entry(1, 0, [1, 1])], null), { indices: [1] })).toThrow(/no uint8 "pixels"/);
+    expect(() => decodePictures(reply(null, new Uint8Array(3)), { indices: [1] })).toThrow(/meta.pictures is null/);
+    expect(() => decodePictures(reply([{ label: "x" }], new Uint8Array(3)), { indices: [1] })).toThrow(
+      /meta.pictures\[0\]/,
+    );
+  });
+
+  it("is asked once per indices and scan by the kernel source (latest wins), and re-asked for a new scan", async () => {
+    const { KernelSource } = await import("./source");
+    const comm = new FakeComm();
+    let scan = { images: 10 };
+    const store = {
+      get: (k: string) => (k === "revision" ? 3 : k === "scan_info" ? scan : null),
+      update: () => {},
+    } as never;
+    const source = new KernelSource(comm as never, store);
+    const deliver = (id: number) =>
+      comm.deliver(
+        {
+          type: "reply",
+          v: 1,
+          id,
+          kind: "pictures",
+          ok: true,
+          meta: { pictures: [{ index: 2, label: "a", shape: [1, 1], offset: 0 }] },
+          arrays: [{ name: "pixels", dtype: "uint8", shape: [3] }],
+        },
+        [new DataView(new Uint8Array([1, 2, 3]).buffer)],
+      );
+    const old = source.pictures([7]);
+    const first = source.pictures([2]);
+    expect(comm.sent.map((m) => [m.kind, m.indices])).toEqual([["pictures", [7]]]);
+    await expect(old).rejects.toMatchObject({ reason: "superseded" });
+    deliver(comm.sent[0].id as number);
+    expect(comm.sent.map((m) => m.indices)).toEqual([[7], [2]]);
+    deliver(comm.sent[1].id as number);
+    expect((await first)[0]).toMatchObject({ index: 2, label: "a" });
+    await source.pictures([2]);
+    expect(comm.sent.length).toBe(2);
+    scan = { images: 10 };
+    const again = source.pictures([2]);
+    expect(comm.sent.length).toBe(3);
+    deliver(comm.sent[2].id as number);
+    await again;
     source.destroy();
   });
 });

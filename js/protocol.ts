@@ -148,6 +148,15 @@ export interface ExamplesResult {
   examples: DatasetExample[];
 }
 
+/** A small picture of one dataset image (an entry of a `pictures` reply). */
+export interface DatasetPicture {
+  /** The image's index in the dataset. */
+  index: number;
+  label: string | null;
+  /** Height × width × 3 RGB bytes, at most 64 pixels on the longer side (a view into the reply's buffer). */
+  picture: InputPicture;
+}
+
 /** `meta.groups` of a `layer` reply when the widget has groups. */
 export interface GroupsInfo {
   /** The compared pair: `effect` is positive where the first group's mean activation is higher. */
@@ -367,6 +376,7 @@ export interface RequestArgs {
   ablate: { layer: string; channels: number[] };
   examples: { layer: string; channel: number };
   use_example: { index: number };
+  pictures: { indices: number[] };
 }
 
 export type RequestKind = keyof RequestArgs;
@@ -380,6 +390,7 @@ export interface Decoded {
   ablate: AblateReply;
   examples: ExamplesResult;
   use_example: { index: number };
+  pictures: DatasetPicture[];
 }
 
 /** A successful reply, decoded. */
@@ -931,6 +942,40 @@ export function decodeExamples(reply: Reply, args: RequestArgs["examples"]): Exa
   };
 }
 
+/**
+ * A `pictures` reply: each picture is `pixels[offset : offset + h·w·3]`, a view (no copy) of the reply's
+ * buffer, in the order of `meta.pictures`.
+ *
+ * @example
+ *   const pictures = decodePictures(reply, { indices: [3, 17] });
+ *   pictures[0].picture.pixels; // Uint8Array, h × w × 3
+ */
+export function decodePictures(reply: Reply, _args: RequestArgs["pictures"]): DatasetPicture[] {
+  const { pictures } = reply.meta;
+  if (!Array.isArray(pictures)) throw new Error(`meta.pictures is ${JSON.stringify(pictures)}; expected a list`);
+  const pixels = reply.arrays.pixels?.data;
+  if (!(pixels instanceof Uint8Array)) throw new Error('the reply carried no uint8 "pixels"');
+  return pictures.map((value, i): DatasetPicture => {
+    const p = value as Record<string, unknown>;
+    if (p === null || typeof p !== "object" || typeof p.index !== "number") {
+      throw new Error(`meta.pictures[${i}] is ${JSON.stringify(value)}; expected {index, label, shape, offset}`);
+    }
+    const [height, width] = numbers(p.shape, `pictures[${i}].shape`, 2);
+    const offset = typeof p.offset === "number" ? p.offset : -1;
+    const size = height * width * 3;
+    if (!(offset >= 0 && offset + size <= pixels.length)) {
+      throw new Error(
+        `picture ${i} (offset ${offset}, ${height} × ${width} × 3) lies outside pixels (${pixels.length})`,
+      );
+    }
+    return {
+      index: p.index,
+      label: typeof p.label === "string" ? p.label : p.label == null ? null : String(p.label),
+      picture: { height, width, pixels: pixels.subarray(offset, offset + size) },
+    };
+  });
+}
+
 /** One decoder per reply kind, applied by `Requester.ask`. */
 const DECODERS: { [K in RequestKind]: (reply: Reply, args: RequestArgs[K]) => Decoded[K] } = {
   layer: (reply) => toLayerData(reply),
@@ -940,4 +985,5 @@ const DECODERS: { [K in RequestKind]: (reply: Reply, args: RequestArgs[K]) => De
   ablate: decodeAblate,
   examples: decodeExamples,
   use_example: (reply, args) => ({ index: typeof reply.meta.index === "number" ? reply.meta.index : args.index }),
+  pictures: decodePictures,
 };

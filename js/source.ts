@@ -13,6 +13,7 @@ import { type LayerKey, LayerLoader, LruCache } from "./cache";
 import {
   type AblateReply,
   type ChannelData,
+  type DatasetPicture,
   type ExamplesResult,
   type GradcamResult,
   type InputPicture,
@@ -53,6 +54,11 @@ export interface DataSource {
   examples(layer: string, channel: number): Promise<ExamplesResult>;
   /** Makes a dataset image the input; resolves once the kernel has re-run (the new revision is in the traits). */
   useExample(index: number): Promise<{ index: number }>;
+  /**
+   * Small pictures of dataset images (1 to 16 indices; a group audit's examples), in the order asked,
+   * cached per indices and scan; a newer call replaces an older one that has not arrived.
+   */
+  pictures(indices: readonly number[]): Promise<DatasetPicture[]>;
   destroy(): void;
 }
 
@@ -60,6 +66,8 @@ export interface DataSource {
 const GRADCAM_CACHE_BYTES = 16 * 2 ** 20;
 /** Top-example lists kept for revisits: nine 40 × 40 crops are about 43 KB. */
 const EXAMPLES_CACHE_BYTES = 8 * 2 ** 20;
+/** Dataset pictures kept for revisits: 16 pictures of 64 × 64 are about 200 KB. */
+const PICTURES_CACHE_BYTES = 4 * 2 ** 20;
 
 /** The data source of a live widget: every piece of data is a request to the kernel. */
 export class KernelSource implements DataSource {
@@ -74,6 +82,11 @@ export class KernelSource implements DataSource {
   );
   /** The `scan_info` the cached examples belong to: a new scan (a new object from the kernel) empties it. */
   private examplesScan: unknown = null;
+  private readonly picturesCache = new LruCache<DatasetPicture[]>(PICTURES_CACHE_BYTES, (r) =>
+    r.reduce((n, p) => n + 64 + p.picture.pixels.byteLength, 0),
+  );
+  /** The `scan_info` the cached pictures belong to. */
+  private picturesScan: unknown = null;
   private readonly store: Store;
 
   constructor(model: MessageModel, store: Store) {
@@ -158,6 +171,21 @@ export class KernelSource implements DataSource {
     return this.requester.ask("use_example", { index }, { purpose: "use_example" }).catch((e: unknown) => {
       if (isDropped(e) && e.reason === "stale") return { index };
       throw e;
+    });
+  }
+
+  pictures(indices: readonly number[]): Promise<DatasetPicture[]> {
+    const scan = this.store.get("scan_info");
+    if (scan !== this.picturesScan) {
+      this.picturesScan = scan;
+      this.picturesCache.clear();
+    }
+    const key = JSON.stringify(indices);
+    const hit = this.picturesCache.get(key);
+    if (hit !== undefined) return Promise.resolve(hit);
+    return this.requester.ask("pictures", { indices: [...indices] }, { purpose: "pictures" }).then((result) => {
+      if (this.store.get("scan_info") === scan) this.picturesCache.set(key, result);
+      return result;
     });
   }
 

@@ -2,7 +2,9 @@
  * The dataset bar, shown when the widget has a dataset scan: how many images it covers, the class
  * picker (`scan_label`: tiles then show each channel's selectivity for it) and the group-audit pair
  * picker (`scan_pair`: two labels compared across the dataset, with their counts and the channel whose
- * Cohen's d is largest). Labels are text: only `textContent` touches them.
+ * Cohen's d is largest), and under it, with a data source, one row per label of the pair with its image
+ * count and small pictures of its example images (clicking one makes it the input). Labels are text:
+ * only `textContent` touches them.
  *
  * @example
  *   const bar = createScanBar(root, { onLabel: (l) => store.set({ scan_label: l }), onPair: (p) => store.set({ scan_pair: p }) });
@@ -11,6 +13,7 @@
 import { el } from "../dom";
 import type { LayerScan, ScanInfo } from "../protocol";
 import { formatValue } from "../scale";
+import { createGroupPictures, type GroupPictures, type GroupPicturesContext } from "./grouppictures";
 import { strongestChannel } from "./groups";
 
 export interface ScanBarState {
@@ -77,9 +80,13 @@ function fillOptions(s: HTMLSelectElement, labels: readonly string[]): void {
  * Builds the dataset bar inside `container` (hidden while the widget has no scan).
  *
  * @example
- *   const bar = createScanBar(root, handlers);
+ *   const bar = createScanBar(root, handlers, { source, revision: () => store.get("revision") });
  */
-export function createScanBar(container: HTMLElement, handlers: ScanBarHandlers): ScanBar {
+export function createScanBar(
+  container: HTMLElement,
+  handlers: ScanBarHandlers,
+  pictures?: GroupPicturesContext,
+): ScanBar {
   const element = el("div", "fm-groups fm-scanbar");
   element.setAttribute("aria-label", "Dataset scan");
   element.hidden = true;
@@ -103,6 +110,7 @@ export function createScanBar(container: HTMLElement, handlers: ScanBarHandlers)
   const top = el("span", "fm-groups-top");
   element.append(title, summary, classField, classTop, pairBox, counts, top);
   container.append(element);
+  const groupRows: GroupPictures | null = pictures === undefined ? null : createGroupPictures(element, pictures);
 
   let labels: readonly string[] = [];
   classSelect.addEventListener("change", () => handlers.onLabel(classSelect.value === NONE ? null : classSelect.value));
@@ -126,7 +134,10 @@ export function createScanBar(container: HTMLElement, handlers: ScanBarHandlers)
     update(state: ScanBarState): void {
       const info = state.info;
       element.hidden = info === null;
-      if (info === null) return;
+      if (info === null) {
+        groupRows?.show(null);
+        return;
+      }
       labels = info.labels;
       const covered = info.layers.includes(state.layer);
       summary.textContent =
@@ -165,8 +176,10 @@ export function createScanBar(container: HTMLElement, handlers: ScanBarHandlers)
             : `strongest: channel ${d.channel}, d = ${d.d > 0 ? "+" : ""}${formatValue(d.d)}`;
         top.title = "Cohen's d of the channel's per-image mean activation between the two labels, over the dataset";
       }
+      groupRows?.show(pairShown ? { info, pair: scan.pair, counts: scan.counts, examples: scan.examples ?? {} } : null);
     },
     destroy(): void {
+      groupRows?.destroy();
       element.remove();
     },
   };

@@ -49,7 +49,7 @@ Path("expected.json").write_text(json.dumps({{
     "indices": [t.index for t in top],
     "sums": [float(ds[t.index][0].sum()) for t in top],
 }}))
-WATCHED = ["channel", "revision", "scan_label"]
+WATCHED = ["channel", "revision", "scan_label", "scan_pair"]
 
 def dump(change=None):
     state = {{name: getattr(w, name) for name in WATCHED}}
@@ -124,6 +124,21 @@ def test_dataset_examples_in_jupyterlab(lab) -> None:
             "() => document.querySelector('.fm-scanbar').innerText.includes('most selective')"
         )
         page.wait_for_selector(".fmwidget[data-state='ready']")
+
+        # A group audit: picking the first group pairs it with another label; each group's row shows
+        # its count and pictures of its example images (one `pictures` request).
+        page.locator("select[aria-label='First dataset group']").select_option("3")
+        after_pair = wait_for_file_json(root / "state.json", lambda s: len(s["scan_pair"]) == 2)
+        assert after_pair["scan_pair"][0] == "3"
+        groups = page.locator("[aria-label='Dataset group examples']")
+        page.wait_for_selector("[aria-label='Dataset group examples'][data-state='ready']")
+        rows = groups.locator(".fm-scan-group-row")
+        assert rows.count() == 2
+        assert rows.first.locator(".fm-scan-group-label").inner_text() == "3"
+        thumbs = groups.locator("canvas[aria-label^='Dataset image #']")
+        assert 2 <= thumbs.count() <= 16
+        assert rows.first.locator("canvas").first.get_attribute("title").endswith(" · 3")
+        assert groups.locator(".fm-error-text").count() == 0
         section.scroll_into_view_if_needed()
         page.wait_for_timeout(300)
         _shot(root_el, "scan-light.png")
