@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,21 +36,6 @@ def _net() -> nn.Module:
         nn.Flatten(),
         nn.Linear(6, 5),
     ).eval()
-
-
-@pytest.fixture
-def make() -> Iterator[Make]:
-    widgets: list[FeatureMapWidget] = []
-
-    def create(*args: Any, **kwargs: Any) -> FeatureMapWidget:
-        widget = FeatureMapWidget(*args, **kwargs)
-        widgets.append(widget)
-        return widget
-
-    with fake_comms():
-        yield create
-    for widget in widgets:
-        widget.close()
 
 
 def _read(path: Path) -> tuple[str, dict[str, Any], list[bytes]]:

@@ -6,7 +6,7 @@ import copy
 import gc
 import importlib.util
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,21 +40,6 @@ def _tiny() -> nn.Module:
         nn.Flatten(),
         nn.Linear(6, 5),
     ).eval()
-
-
-@pytest.fixture
-def make() -> Iterator[Make]:
-    widgets: list[FeatureMapWidget] = []
-
-    def create(*args: Any, **kwargs: Any) -> FeatureMapWidget:
-        widget = FeatureMapWidget(*args, **kwargs)
-        widgets.append(widget)
-        return widget
-
-    with fake_comms():
-        yield create
-    for widget in widgets:
-        widget.close()
 
 
 def _browser(widget: FeatureMapWidget) -> FakeComm:
