@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import nn
-from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
 from fmwidget.models import DigitsCNN, load_digits_split
 
 if TYPE_CHECKING:
+    from torchvision.models import MobileNet_V2_Weights
+
     from fmwidget.widget import FeatureMapWidget
 
 __all__ = [
@@ -138,6 +138,8 @@ def load_mobilenet_v2() -> tuple[nn.Module, MobileNet_V2_Weights]:
         >>> len(weights.meta["categories"])
         1000
     """
+    from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
+
     weights = MobileNet_V2_Weights.IMAGENET1K_V1
     model = mobilenet_v2()
     model.load_state_dict(_mobilenet_v2_state_dict(weights))
@@ -200,7 +202,7 @@ def _photo_from_array(array: np.ndarray) -> Image.Image:
 
 def preprocess(
     image: str | PathLike | Image.Image | np.ndarray,
-    weights: MobileNet_V2_Weights = MobileNet_V2_Weights.IMAGENET1K_V1,
+    weights: MobileNet_V2_Weights | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """The model input (1, 3, 224, 224) and the picture it shows (224, 224, 3) uint8.
 
@@ -212,6 +214,12 @@ def preprocess(
         >>> tuple(x.shape), picture.shape
         ((1, 3, 224, 224), (224, 224, 3))
     """
+    # torchvision loads in ~2 s: imported when a demo needs it, not with fmwidget.
+    import torchvision.transforms.functional as TF
+    from torchvision.models import MobileNet_V2_Weights
+
+    if weights is None:
+        weights = MobileNet_V2_Weights.IMAGENET1K_V1
     pixels = TF.pil_to_tensor(load_photo(image))
     transform = weights.transforms()
     x = transform(pixels).unsqueeze(0)
