@@ -109,6 +109,7 @@ export function base64Bytes(text: string): Uint8Array {
 
 /** The data source of a saved file: every answer is a recorded reply, or made from one. */
 export class EmbeddedSource implements DataSource {
+  readonly live = false;
   private readonly file: SavedFile;
   private readonly metaOf: (name: string) => LayerMeta | undefined;
   private readonly layers = new Map<string, LoadedLayer>();

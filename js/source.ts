@@ -28,6 +28,11 @@ import type { Store } from "./store";
 
 /** What the views need, whoever provides it. Rejections with `RequestDropped` mean "no longer wanted". */
 export interface DataSource {
+  /**
+   * Whether a kernel answers: false for a saved HTML file, where what re-runs the model (ablation, making a
+   * dataset image the input) is not offered.
+   */
+  readonly live: boolean;
   /** A cached layer, at once (a cached layer shows without waiting a frame). */
   peekLayer(key: LayerKey): LoadedLayer | undefined;
   /** The layer to show; a newer call replaces an older one that has not arrived. */
@@ -71,6 +76,7 @@ const PICTURES_CACHE_BYTES = 4 * 2 ** 20;
 
 /** The data source of a live widget: every piece of data is a request to the kernel. */
 export class KernelSource implements DataSource {
+  readonly live = true;
   private readonly requester: Requester;
   private readonly loader: LayerLoader;
   private readonly cams = new LruCache<GradcamResult>(

@@ -29,6 +29,7 @@ export function ablationPanel({ store, source }: PanelContext, container: HTMLEl
       selected: store.get("selected"),
       pending,
       error,
+      live: source.live,
     });
   }
 

@@ -103,4 +103,15 @@ describe("ablation row", () => {
     expect(button.disabled).toBe(true);
     expect(button.textContent).toBe("Ablating…");
   });
+
+  it("offers no ablation in a saved file (no kernel), yet shows one made before saving", () => {
+    const { bar } = mount();
+    const button = bar.element.querySelector<HTMLButtonElement>('[aria-label="Ablate selected channels"]')!;
+    bar.update(state({ selected: [4], live: false }));
+    expect(bar.element.hidden).toBe(true);
+    expect(button.hidden).toBe(true);
+    bar.update(state({ selected: [4], live: false, ablation: { layer: "conv1", channels: [2], changes: null } }));
+    expect(bar.element.hidden).toBe(false);
+    expect(button.hidden).toBe(true);
+  });
 });

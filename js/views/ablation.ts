@@ -25,6 +25,8 @@ export interface AblationBarState {
   pending: boolean;
   /** The last ablate request's error, or "". */
   error: string;
+  /** Whether a kernel can ablate (false in a saved HTML file); absent means it can. */
+  live?: boolean;
 }
 
 export interface AblationHandlers {
@@ -198,7 +200,8 @@ export function createAblationBar(container: HTMLElement, handlers: AblationHand
       if (s.error === "") error.removeAttribute("role");
       else error.setAttribute("role", "alert");
 
-      const n = s.selected.length;
+      // A saved file (no kernel) shows an ablation made before saving, but offers none.
+      const n = s.live === false ? 0 : s.selected.length;
       selection.hidden = ablate.hidden = n === 0;
       selection.textContent = n === 0 ? "" : `${n} ${n === 1 ? "channel" : "channels"} selected`;
       ablate.disabled = s.pending;

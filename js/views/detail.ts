@@ -28,7 +28,7 @@ import { createExamples } from "./examples";
 
 /** What the channel view reads from the widget (always the current state). */
 export interface DetailContext {
-  source: Pick<DataSource, "channel" | "input" | "examples" | "useExample">;
+  source: Pick<DataSource, "channel" | "input" | "examples" | "useExample" | "live">;
   /** The `scan_info` trait (the top-examples section shows for the layers it lists). */
   scan(): ScanInfo | null;
   revision(): number;

@@ -35,6 +35,7 @@ function fakeSource() {
   return {
     calls,
     source: {
+      live: true,
       examples: (layer: string, channel: number) => pending("examples", [layer, channel]),
       useExample: (index: number) => pending("use_example", [index]),
     },
@@ -46,11 +47,12 @@ afterEach(() => {
   for (const b of boxes.splice(0)) b.remove();
 });
 
-function mount(scan: ScanInfo | null = SCAN) {
+function mount(scan: ScanInfo | null = SCAN, live = true) {
   const box = document.createElement("div");
   document.body.append(box);
   boxes.push(box);
-  const { calls, source } = fakeSource();
+  const { calls, source: kernel } = fakeSource();
+  const source = { ...kernel, live };
   let revision = 1;
   const view = createExamples(box, { source, scan: () => scan, revision: () => revision });
   const flush = () => new Promise((r) => setTimeout(r, 0));
@@ -175,5 +177,14 @@ describe("the top dataset examples section", () => {
     const none = mount(null);
     none.view.show("conv2", 0);
     expect(none.el.hidden).toBe(true);
+  });
+
+  it("in a saved file (no kernel) shows the crops but offers no click", async () => {
+    const { view, calls, flush, el } = mount(SCAN, false);
+    view.show("conv2", 1);
+    calls[0].resolve(result(1));
+    await flush();
+    expect(el.querySelectorAll("canvas.fm-example-crop").length).toBe(3);
+    expect(el.querySelectorAll("button.fm-example-button").length).toBe(0);
   });
 });

@@ -19,7 +19,7 @@ import type { DataSource } from "../source";
 export const THUMB_PX = 84;
 
 export interface ExamplesContext {
-  source: Pick<DataSource, "examples" | "useExample">;
+  source: Pick<DataSource, "examples" | "useExample" | "live">;
   /** The `scan_info` trait. */
   scan(): ScanInfo | null;
   /** The revision the view knows (a new one ends the "making it the input" state). */
@@ -163,7 +163,8 @@ export function createExamples(container: HTMLElement, ctx: ExamplesContext): Ex
     list.replaceChildren(
       ...result.examples.map((e, rank) => {
         const item = el("li", "fm-example");
-        const canUse = scan.crops;
+        // A saved file has no kernel to re-run the model on the example.
+        const canUse = scan.crops && ctx.source.live;
         const body = canUse ? el("button", "fm-example-button") : el("div", "fm-example-button");
         if (body instanceof HTMLButtonElement) {
           body.type = "button";

@@ -34,6 +34,7 @@ function fakeSource() {
   return {
     calls,
     source: {
+      live: true,
       pictures: (indices: readonly number[]) => pending("pictures", [[...indices]]),
       useExample: (index: number) => pending("use_example", [index]),
     },

@@ -20,7 +20,7 @@ export const GROUP_THUMB_PX = 44;
 export const PICTURES_PER_GROUP = 8;
 
 export interface GroupPicturesContext {
-  source: Pick<DataSource, "pictures" | "useExample">;
+  source: Pick<DataSource, "pictures" | "useExample" | "live">;
   /** The revision the view knows (a new one ends the "making it the input" state). */
   revision(): number;
 }
@@ -170,7 +170,8 @@ export function createGroupPictures(container: HTMLElement, ctx: GroupPicturesCo
     canvas.title = `#${p.index} · ${p.label ?? label}`;
     drawPicture(canvas, p.picture);
     button.append(canvas);
-    button.addEventListener("click", () => use(p.index));
+    if (ctx.source.live) button.addEventListener("click", () => use(p.index));
+    else button.disabled = true;
     return button;
   }
 
