@@ -28,6 +28,7 @@ new dropout masks), and its buffers (BatchNorm running statistics) are restored 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -57,6 +58,7 @@ __all__ = [
     "LayerSelector",
     "LayerTaps",
     "capture",
+    "capture_layer",
 ]
 
 _NOTE_EXAMPLES = 5
@@ -925,3 +927,33 @@ class LayerTaps:
                 self._run.on_output(module, module_name, args, output)
 
         return hook
+
+
+class _Produced(BaseException):
+    """Raised from a hook to end a forward once the wanted layer exists (not an Exception, so no
+    user ``except Exception`` in the model's code catches it)."""
+
+
+def capture_layer(model: nn.Module, inputs: Any, name: str) -> torch.Tensor:
+    """One layer's activation, from a forward that stops as soon as the layer is produced.
+
+    What a layer dropped by the widget's memory budget costs to recompute: the modules before it
+    and no others. The value is read when its module returns, so no later in-place op can reach
+    it (no copy needed); the model's buffers are restored as by :func:`capture`.
+
+    Example::
+
+        capture_layer(model, x, "layer1.0.conv1").shape    # torch.Size([N, 64, 56, 56])
+    """
+    found: list[torch.Tensor] = []
+
+    def keep(layer: str, t: torch.Tensor) -> None:
+        if layer == name:
+            found.append(t)
+            raise _Produced
+
+    with LayerTaps(model, [name], keep) as taps, contextlib.suppress(_Produced):
+        taps.forward(inputs)
+    if not found:
+        raise CaptureError(f"layer {name!r} was not produced by this forward")
+    return found[0]

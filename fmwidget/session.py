@@ -28,7 +28,14 @@ import torch
 from torch import nn
 
 from fmwidget.calling import training_flags, versions
-from fmwidget.capture import CaptureBuffers, CaptureReport, LayerInfo, LayerSelector, capture
+from fmwidget.capture import (
+    CaptureBuffers,
+    CaptureReport,
+    LayerInfo,
+    LayerSelector,
+    capture,
+    capture_layer,
+)
 from fmwidget.gradcam import top_classes
 from fmwidget.groups import default_pair, group_labels
 from fmwidget.images import input_picture, pictures_per_sample
@@ -366,7 +373,7 @@ class Recompute:
             )
             fix = again
         else:
-            maps = capture(self._model, self._inputs, [name])[name]
+            maps = capture_layer(self._model, self._inputs, name)
             # A model may change its own inputs in place; that is not a change by the user.
             self._inputs_seen, self._weights_seen = versions(self._model, self._inputs)
             return maps

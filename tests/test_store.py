@@ -249,3 +249,24 @@ def test_budget_must_be_positive() -> None:
     model, x = _four_convs()
     with pytest.raises(ValueError, match="budget_bytes must be positive, got 0"):
         ActivationStore(capture(model, x), budget_bytes=0)
+
+
+def test_a_dropped_layer_is_recomputed_by_a_forward_that_stops_at_it() -> None:
+    """Recompute runs the modules up to the layer, not the rest of the model."""
+    from fmwidget.capture import capture_layer
+    from fmwidget.session import Recompute
+    from tests.models import InplaceNet, assert_no_hooks
+
+    torch.manual_seed(0)
+    net = InplaceNet().eval()
+    calls: list[str] = []
+    spy = net.conv2.register_forward_pre_hook(lambda m, a: calls.append("conv2"))
+    x = torch.randn(2, 3, 8, 8)
+    reference = capture(net, x)["bn1"]  # bn1 is overwritten in place by the ReLU after it
+    calls.clear()
+    got = Recompute(net, x)("bn1")
+    torch.testing.assert_close(got, reference)
+    assert calls == []  # the forward stopped before conv2
+    torch.testing.assert_close(capture_layer(net, x, "relu:2"), capture(net, x)["relu:2"])
+    spy.remove()
+    assert_no_hooks(net)
