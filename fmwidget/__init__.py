@@ -14,6 +14,7 @@ from fmwidget.analysis import (
     group_differences,
     rank_channels,
 )
+from fmwidget.breakdown import conv_breakdown
 from fmwidget.capture import (
     Capture,
     CaptureBuffers,
@@ -48,6 +49,7 @@ __all__ = [
     "channel_health",
     "compare",
     "compare_layers",
+    "conv_breakdown",
     "decode",
     "demo",
     "dequantize",
