@@ -10,6 +10,7 @@
  */
 import { type ColormapName, colormapLUT, NAN_COLOR } from "../colormaps";
 import { el, rangeInput } from "../dom";
+import { rgbaImage } from "../pictures";
 import {
   type ChannelData,
   type ConvFilter,
@@ -404,14 +405,7 @@ function drawOnInput(
   overlayBox.classList.remove("fm-empty");
   overlay.width = input.width;
   overlay.height = input.height;
-  const image = new ImageData(input.width, input.height);
-  for (let i = 0, n = input.width * input.height; i < n; i++) {
-    image.data[4 * i] = input.pixels[3 * i];
-    image.data[4 * i + 1] = input.pixels[3 * i + 1];
-    image.data[4 * i + 2] = input.pixels[3 * i + 2];
-    image.data[4 * i + 3] = 255;
-  }
-  g.putImageData(image, 0, 0);
+  g.putImageData(rgbaImage(input), 0, 0);
   g.globalAlpha = opacity;
   // Nearest-neighbour like the map itself: each activation covers the input patch it stands for.
   g.imageSmoothingEnabled = false;

@@ -11,6 +11,7 @@
  *   examples.show(null, null); // hides
  */
 import { el } from "../dom";
+import { drawUpscaled } from "../pictures";
 import { type DatasetExample, type ExamplesResult, isDropped, type ScanInfo } from "../protocol";
 import { formatValue } from "../scale";
 import type { DataSource } from "../source";
@@ -55,25 +56,9 @@ const THUMB_PIXELS = 168;
 function drawCrop(canvas: HTMLCanvasElement, e: DatasetExample): void {
   const crop = e.crop;
   if (crop === null) return;
-  const image = new ImageData(crop.width, crop.height);
-  for (let i = 0, n = crop.width * crop.height; i < n; i++) {
-    image.data[4 * i] = crop.pixels[3 * i];
-    image.data[4 * i + 1] = crop.pixels[3 * i + 1];
-    image.data[4 * i + 2] = crop.pixels[3 * i + 2];
-    image.data[4 * i + 3] = 255;
-  }
-  const scale = Math.max(1, Math.ceil(THUMB_PIXELS / Math.max(crop.width, crop.height)));
-  canvas.width = crop.width * scale;
-  canvas.height = crop.height * scale;
+  const scale = drawUpscaled(canvas, crop, THUMB_PIXELS);
   const g = canvas.getContext("2d");
-  if (g === null) return;
-  const source = document.createElement("canvas");
-  source.width = crop.width;
-  source.height = crop.height;
-  source.getContext("2d")?.putImageData(image, 0, 0);
-  g.imageSmoothingEnabled = false;
-  g.drawImage(source, 0, 0, canvas.width, canvas.height);
-  if (e.peak === null) return;
+  if (scale === 0 || g === null || e.peak === null) return;
   const x = (e.peak[1] + 0.5) * scale;
   const y = (e.peak[0] + 0.5) * scale;
   const r = Math.max(6, Math.min(canvas.width, canvas.height) / 7);

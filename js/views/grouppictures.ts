@@ -11,7 +11,8 @@
  *   rows.show(null); // hides
  */
 import { el } from "../dom";
-import { type DatasetPicture, type InputPicture, isDropped, type ScanInfo } from "../protocol";
+import { drawUpscaled } from "../pictures";
+import { type DatasetPicture, isDropped, type ScanInfo } from "../protocol";
 import type { DataSource } from "../source";
 
 /** A thumbnail's size on screen (CSS px): pictures are upscaled, pixelated, to this box. */
@@ -55,30 +56,6 @@ export function pictureIndices(pair: readonly string[], examples: Record<string,
 
 /** Side of a thumbnail's canvas in device pixels at the least (CSS scales it to fit). */
 const THUMB_PIXELS = 96;
-
-/** Paints an RGB picture, upscaled by a whole factor without smoothing. */
-function drawPicture(canvas: HTMLCanvasElement, picture: InputPicture): void {
-  const { width, height, pixels } = picture;
-  if (width === 0 || height === 0) return;
-  const image = new ImageData(width, height);
-  for (let i = 0, n = width * height; i < n; i++) {
-    image.data[4 * i] = pixels[3 * i];
-    image.data[4 * i + 1] = pixels[3 * i + 1];
-    image.data[4 * i + 2] = pixels[3 * i + 2];
-    image.data[4 * i + 3] = 255;
-  }
-  const scale = Math.max(1, Math.ceil(THUMB_PIXELS / Math.max(width, height)));
-  canvas.width = width * scale;
-  canvas.height = height * scale;
-  const g = canvas.getContext("2d");
-  if (g === null) return;
-  const small = document.createElement("canvas");
-  small.width = width;
-  small.height = height;
-  small.getContext("2d")?.putImageData(image, 0, 0);
-  g.imageSmoothingEnabled = false;
-  g.drawImage(small, 0, 0, canvas.width, canvas.height);
-}
 
 /**
  * Builds the rows inside `container` (hidden until a pair is shown).
@@ -168,7 +145,7 @@ export function createGroupPictures(container: HTMLElement, ctx: GroupPicturesCo
     canvas.style.imageRendering = "pixelated";
     canvas.setAttribute("aria-label", `Dataset image #${p.index}`);
     canvas.title = `#${p.index} · ${p.label ?? label}`;
-    drawPicture(canvas, p.picture);
+    drawUpscaled(canvas, p.picture, THUMB_PIXELS);
     button.append(canvas);
     if (ctx.source.live) button.addEventListener("click", () => use(p.index));
     else button.disabled = true;
