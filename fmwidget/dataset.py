@@ -31,6 +31,15 @@ class DatasetContext:
     scan: Scan
     dataset: Any = None
 
+    @classmethod
+    def checked(cls, scan: Any, dataset: Any, model: nn.Module | None) -> DatasetContext:
+        """``scan`` and ``dataset`` for a widget of ``model``, refused unless they belong to it."""
+        if not isinstance(scan, Scan):
+            raise TypeError(f"scan= takes an fmwidget.Scan, got {type(scan).__name__}")
+        context = cls(scan, dataset)
+        context.check(model)
+        return context
+
     def check(self, model: nn.Module | None) -> None:
         """Refuse a scan made with another model, and a dataset of another size."""
         if model is not None:
@@ -203,7 +212,10 @@ class ScanFeature(traitlets.HasTraits):
 
     @scan.setter
     def scan(self, scan: Scan | None) -> None:
-        self._set_datasets(scan, self.dataset)
+        model = getattr(self, "model", None)
+        self._set_datasets(
+            None if scan is None else DatasetContext.checked(scan, self.dataset, model)
+        )
 
     @property
     def dataset(self) -> Any:
@@ -214,7 +226,8 @@ class ScanFeature(traitlets.HasTraits):
     def dataset(self, dataset: Any) -> None:
         if self._datasets is None:
             raise ValueError("set w.scan first: a dataset is shown through its scan")
-        self._set_datasets(self._datasets.scan, dataset)
+        model = getattr(self, "model", None)
+        self._set_datasets(DatasetContext.checked(self._datasets.scan, dataset, model))
 
     @property
     def datasets(self) -> DatasetContext | None:
@@ -232,15 +245,9 @@ class ScanFeature(traitlets.HasTraits):
         inputs, image = self._datasets.item(index)
         self.set_inputs(inputs, image=None if image is None else image[None])  # type: ignore[attr-defined]
 
-    def _set_datasets(self, scan: Scan | None, dataset: Any) -> None:
-        if scan is None:
-            self._datasets = None
-        else:
-            if not isinstance(scan, Scan):
-                raise TypeError(f"scan= takes an fmwidget.Scan, got {type(scan).__name__}")
-            context = DatasetContext(scan, dataset)
-            context.check(getattr(self, "model", None))
-            self._datasets = context
+    def _set_datasets(self, context: DatasetContext | None) -> None:
+        """Show ``context`` (already checked against the model), or no scan."""
+        self._datasets = context
         with self.hold_trait_notifications():
             self.set_trait("scan_info", None if self._datasets is None else self._datasets.info())
             labels = [] if self.scan_info is None else self.scan_info["labels"]

@@ -172,11 +172,11 @@ class FeatureMapWidget(ScanFeature, AblationFeature, anywidget.AnyWidget):
         view = self._checked_options(colormap, scale, height, layer, kwargs)
         source = Source(model, layers, labels, budget_bytes)
         self._source: Source | None = source
-        if scan is not None:
-            DatasetContext(scan, dataset).check(model)  # before the model runs
+        # Checked before the model runs (fingerprinting the model once).
+        context = None if scan is None else DatasetContext.checked(scan, dataset, model)
         self._open(partial(source.run, inputs, image, groups), layer, view)
-        if scan is not None:
-            self._set_datasets(scan, dataset)
+        if context is not None:
+            self._set_datasets(context)
 
     @classmethod
     def from_activations(
