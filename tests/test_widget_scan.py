@@ -98,7 +98,7 @@ def test_scan_traits_are_checked(widget: FeatureMapWidget) -> None:
         widget.scan_label = "cat"
     with pytest.raises(traitlets.TraitError, match="scan_pair must be two different labels"):
         widget.scan_pair = ["0", "0"]
-    with fake_comms(), pytest.raises(TypeError, match="scan= takes an fmwidget.Scan, got str"):
+    with fake_comms(), pytest.raises(TypeError, match=r"scan= takes an fmwidget\.Scan, got str"):
         FeatureMapWidget(model(), torch.randn(1, 3, 8, 8), scan="scan.safetensors")
     with pytest.raises(TypeError, match="'scan_info' is set by the widget"):
         FeatureMapWidget(model(), torch.randn(1, 3, 8, 8), scan_info={})
