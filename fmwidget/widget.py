@@ -40,6 +40,7 @@ from fmwidget.picture import with_picture
 from fmwidget.scan import Scan
 from fmwidget.session import CapturedLayers, Session, Source
 from fmwidget.session import from_activations as session_from_activations
+from fmwidget.steps import StepFeature
 from fmwidget.validation import (
     check_cam_method,
     check_channel,
@@ -81,10 +82,12 @@ _KERNEL_TRAITS = (
     "ablation",
     "cam_methods",
     "scan_info",
+    "steps",
+    "now_label",
 )
 
 
-class FeatureMapWidget(ScanFeature, AblationFeature, anywidget.AnyWidget):
+class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyWidget):
     """Every feature map of a CNN layer as a zoomable grid, with a layer slider and drill-down.
 
     ``model`` runs on ``inputs`` (a tensor, a tuple of positional inputs or a dict of keyword
@@ -101,6 +104,10 @@ class FeatureMapWidget(ScanFeature, AblationFeature, anywidget.AnyWidget):
         groups: a group label per input (at least two labels): each ``layer`` reply then carries
             every channel's Cohen's d between the two groups of ``group_pair``.
         budget_bytes: bytes of activations kept; beyond, layers are recomputed when shown.
+        checkpoints: the model's weights at several points of training (state dicts, or paths
+            read with ``weights_only=True``; a list, or a dict label → checkpoint): ``step``
+            (default: the last) picks the one shown, and everything follows it; the model keeps
+            its own weights. :meth:`refresh` and :meth:`record` show a training run live.
         cam_method: the Grad-CAM panel's method: ``"gradcam"`` (ours, with per-channel weights)
             or, where the ``grad-cam`` package is installed, a key of
             :data:`fmwidget.gradcam.CAM_METHODS` (``"gradcam++"``, ``"scorecam"``, ...);
@@ -163,6 +170,7 @@ class FeatureMapWidget(ScanFeature, AblationFeature, anywidget.AnyWidget):
         budget_bytes: int | None = None,
         scan: Scan | None = None,
         dataset: Any = None,
+        checkpoints: Any = None,
         colormap: str = "gray",
         scale: str = "channel",
         layer: str | None = None,
@@ -170,11 +178,13 @@ class FeatureMapWidget(ScanFeature, AblationFeature, anywidget.AnyWidget):
         **kwargs: Any,
     ) -> None:
         view = self._checked_options(colormap, scale, height, layer, kwargs)
-        source = Source(model, layers, labels, budget_bytes)
+        first = self._first_step(model, checkpoints, view)
+        source = Source(first, layers, labels, budget_bytes)
         self._source: Source | None = source
         # Checked before the model runs (fingerprinting the model once).
         context = None if scan is None else DatasetContext.checked(scan, dataset, model)
         self._open(partial(source.run, inputs, image, groups), layer, view)
+        self._steps_ready = True
         if context is not None:
             self._set_datasets(context)
 
@@ -265,8 +275,11 @@ class FeatureMapWidget(ScanFeature, AblationFeature, anywidget.AnyWidget):
     @property
     def model(self) -> nn.Module | None:
         """The model the widget shows (``None`` after :meth:`close`, or without one:
-        :meth:`from_activations`)."""
-        return None if self._source is None else self._source.model
+        :meth:`from_activations`). With steps it is the user's model; the widget shows each
+        step through a copy (:mod:`fmwidget.steps`)."""
+        if self._source is None:
+            return None
+        return self._source.model if self._steps is None else self._steps.model
 
     @property
     def session(self) -> Session:
@@ -313,8 +326,25 @@ class FeatureMapWidget(ScanFeature, AblationFeature, anywidget.AnyWidget):
             >>> w.num_samples  # doctest: +SKIP
             4
         """
+        self._rerun(inputs, image=image, groups=groups)
+
+    def _rerun(
+        self,
+        inputs: Any,
+        *,
+        image: Any,
+        groups: Sequence[Hashable] | None,
+        push: Callable[[int], None] | None = None,
+        traits: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Capture ``inputs`` into a new session and show it; ``push(revision)`` runs between
+        the capture and the trait updates (a live refresh sends the shown layer there), and
+        ``traits`` are set together with the new capture's."""
         source = self._require_model("assigning new inputs re-runs the model")
-        self.status = {"state": "busy", "message": "running the model"}
+        self._model_for_run()
+        if push is None:
+            # A live refresh stays quiet: a busy banner would flash at every training step.
+            self.status = {"state": "busy", "message": "running the model"}
         # The buffers are about to be overwritten: the old session's tensors may live in them.
         self._session.close("the widget is re-running the model")
         try:
@@ -330,12 +360,15 @@ class FeatureMapWidget(ScanFeature, AblationFeature, anywidget.AnyWidget):
         state = self._session.trait_state()
         if self.layer in self._session.store:
             state["layer"] = self.layer
-        with self.hold_trait_notifications():
+        revision = self.revision + 1
+        if push is not None:
+            push(revision)
+        with self.hold_sync(), self.hold_trait_notifications():
             self.sample = min(self.sample, state["num_samples"] - 1)
-            self.revision += 1
+            self.revision = revision
             # An ablation describes the previous inputs.
             self.set_trait("ablation", None)
-            for name, value in state.items():
+            for name, value in {**state, **(traits or {})}.items():
                 setattr(self, name, value)
         self._close_channel_if_out_of_range()
 
@@ -373,6 +406,7 @@ class FeatureMapWidget(ScanFeature, AblationFeature, anywidget.AnyWidget):
         if session is not None:
             session.close("this FeatureMapWidget is closed; create a new one")
         self._source = None
+        self._steps = None
 
     # -- trait validation: each check lives in fmwidget.validation or fmwidget.groups -----------
 

@@ -226,6 +226,18 @@ export interface Traits {
   scan_label: string | null;
   /** Two labels compared across the dataset, or []: layer replies then carry `scan_effect`. */
   scan_pair: string[];
+  /** The step shown (an index into `steps`), or null for the model as it is now. */
+  step: number | null;
+  /** The checkpoints and recorded snapshots the step slider offers, in order. */
+  steps: StepInfo[];
+  /** What the view calls the model as it is now ("step 1200" after a live refresh); "" before any. */
+  now_label: string;
+}
+
+/** One entry of the `steps` trait. */
+export interface StepInfo {
+  label: string;
+  kind: "checkpoint" | "recorded";
 }
 
 /** A decoded `layer` reply: what the grid draws plus the group comparison, when the widget has groups. */
@@ -449,6 +461,11 @@ export interface RequesterOptions {
   /** Called with true when a reply is slower than `busyDelayMs` (the kernel is running a cell), false when all came back. */
   onBusy?: (busy: boolean) => void;
   busyDelayMs?: number;
+  /**
+   * Data the kernel sent unasked (`type: "push"`: a live refresh's shown layer, ahead of its new revision),
+   * its envelope checked and arrays decoded; pushes with an error or of a kind this view does not know are dropped.
+   */
+  onPush?: (reply: Reply) => void;
 }
 
 export interface RequestOptions {
@@ -644,6 +661,10 @@ export class Requester {
   private onMessage(msg: unknown, buffers: DataView[]): void {
     if (typeof msg !== "object" || msg === null) return;
     const m = msg as Record<string, unknown>;
+    if (m.type === "push") {
+      this.onPush(m, buffers ?? []);
+      return;
+    }
     if (m.type !== "reply" || typeof m.id !== "number") return;
     const entry = this.pending.get(m.id);
     // Another view's reply (ids are per view) carries an id we never sent, or one of another kind.
@@ -661,6 +682,13 @@ export class Requester {
     }
     if (entry.settled) return;
     this.settle(entry, this.decode(entry, m, buffers ?? []));
+  }
+
+  private onPush(m: Record<string, unknown>, buffers: DataView[]): void {
+    const kind = m.kind;
+    if (this.options.onPush === undefined || typeof kind !== "string" || !(kind in DECODERS)) return;
+    const reply = checkedReply(kind as RequestKind, 0, m, buffers);
+    if (!(reply instanceof RequestError)) this.options.onPush(reply);
   }
 
   private decode(entry: Pending, m: Record<string, unknown>, buffers: DataView[]): Reply | Error {
@@ -977,6 +1005,16 @@ export function decodePictures(reply: Reply, _args: RequestArgs["pictures"]): Da
 }
 
 /** One decoder per reply kind, applied by `Requester.ask`. */
+/**
+ * A checked reply (a pushed one: see `RequesterOptions.onPush`) decoded as `ask` decodes its kind.
+ *
+ * @example
+ *   const data = decodeReply("layer", reply, { layer: "conv1", sample: 0 });
+ */
+export function decodeReply<K extends RequestKind>(kind: K, reply: Reply, args: RequestArgs[K]): Decoded[K] {
+  return DECODERS[kind](reply, args);
+}
+
 const DECODERS: { [K in RequestKind]: (reply: Reply, args: RequestArgs[K]) => Decoded[K] } = {
   layer: (reply) => toLayerData(reply),
   channel: decodeChannel,

@@ -9,17 +9,19 @@
  *   const data = source.peekLayer(key) ?? (await source.loadLayer(key));
  *   const map = await source.channel({ layer: "conv1", sample: 0, channel: 3 });
  */
-import { type LayerKey, LayerLoader, LruCache } from "./cache";
+import { type LayerKey, LayerLoader, LruCache, layerKey } from "./cache";
 import {
   type AblateReply,
   type ChannelData,
   type DatasetPicture,
+  decodeReply,
   type ExamplesResult,
   type GradcamResult,
   type InputPicture,
   isDropped,
   type LoadedLayer,
   type MessageModel,
+  type Reply,
   type RequestArgs,
   Requester,
   withBatchRange,
@@ -94,18 +96,46 @@ export class KernelSource implements DataSource {
   /** The `scan_info` the cached pictures belong to. */
   private picturesScan: unknown = null;
   private readonly store: Store;
+  /**
+   * What a live refresh pushed, by layer key (channels: key + "/" + channel), decoded when first read: a
+   * layer's batch range comes from its `layers` entry, which the new revision's traits bring after the push.
+   */
+  private readonly pushed = new Map<string, Reply>();
 
   constructor(model: MessageModel, store: Store) {
     this.store = store;
     this.requester = new Requester(model, {
       revision: () => store.get("revision"),
       onBusy: (busy) => store.update({ kernelBusy: busy }),
+      onPush: (reply) => this.takePush(reply),
     });
     this.loader = new LayerLoader({ requester: this.requester, metaOf: (name) => store.metaOf(name) });
   }
 
   peekLayer(key: LayerKey): LoadedLayer | undefined {
-    return this.loader.peek(key);
+    const hit = this.loader.peek(key);
+    if (hit !== undefined) return hit;
+    const k = layerKey(key);
+    const pushed = this.pushed.get(k);
+    const meta = this.store.metaOf(key.layer);
+    if (pushed === undefined || meta === undefined) return undefined;
+    this.pushed.delete(k);
+    const data = withBatchRange(decodeReply("layer", pushed, { layer: key.layer, sample: key.sample }), meta);
+    this.loader.cache.set(k, data);
+    return data;
+  }
+
+  /** Keeps a pushed layer or channel for the revision it belongs to; older pushes go. */
+  private takePush(reply: Reply): void {
+    const { revision, layer, sample, channel } = reply.meta;
+    if (typeof revision !== "number" || typeof layer !== "string" || typeof sample !== "number") return;
+    if (revision < this.store.get("revision")) return;
+    for (const k of this.pushed.keys()) {
+      if (Number(k.split("/")[0]) < revision) this.pushed.delete(k);
+    }
+    const k = layerKey({ revision, layer, sample });
+    if (reply.kind === "layer") this.pushed.set(k, reply);
+    else if (reply.kind === "channel" && typeof channel === "number") this.pushed.set(`${k}/${channel}`, reply);
   }
 
   loadLayer(key: LayerKey): Promise<LoadedLayer> {
@@ -128,6 +158,16 @@ export class KernelSource implements DataSource {
   }
 
   channel(args: RequestArgs["channel"]): Promise<ChannelData> {
+    const k = `${layerKey({ revision: this.store.get("revision"), layer: args.layer, sample: args.sample })}/${args.channel}`;
+    const pushed = this.pushed.get(k);
+    if (pushed !== undefined) {
+      this.pushed.delete(k);
+      try {
+        return Promise.resolve(decodeReply("channel", pushed, args));
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    }
     return this.requester.ask("channel", args, { purpose: "detail" });
   }
 

@@ -89,6 +89,9 @@ const TRAIT_DEFAULTS: Traits = {
   scan_info: null,
   scan_label: null,
   scan_pair: [],
+  step: null,
+  steps: [],
+  now_label: "",
 };
 
 const TRAITS = Object.keys(TRAIT_DEFAULTS) as (keyof Traits)[];

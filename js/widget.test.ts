@@ -412,6 +412,9 @@ function traits(): Traits {
     scan_info: null,
     scan_label: null,
     scan_pair: [],
+    step: null,
+    steps: [],
+    now_label: "",
   };
 }
 

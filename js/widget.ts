@@ -22,6 +22,7 @@ import { layersController } from "./panels/layers";
 import type { Panel, PanelContext } from "./panels/panel";
 import { scanBarPanel } from "./panels/scanbar";
 import { statusPanel } from "./panels/status";
+import { stepsPanel } from "./panels/steps";
 import type { Traits } from "./protocol";
 import { type DataSource, KernelSource } from "./source";
 import { Store, type StoreModel } from "./store";
@@ -47,6 +48,8 @@ function buildPanels(
   keep(scanBarPanel(ctx, root));
   // The slider sits right under the layer name it changes; the ablation row right above the grid it marks.
   keep(controlsPanel(ctx, root));
+  // Which weights: right under the layer slider, the other axis of what the grid shows.
+  keep(stepsPanel(ctx, root));
   keep(ablationPanel(ctx, root));
   const banner = el("div", "fm-banner");
   const main = el("div", "fm-main");

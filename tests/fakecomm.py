@@ -71,6 +71,16 @@ class FakeComm(BaseComm):
                 out.append(wire.decode(content, buffers))
         return out
 
+    def pushes(self, since: int = 0) -> list[wire.Reply]:
+        """Decoded data the kernel pushed unasked (a live refresh), from index ``since`` on."""
+        out = []
+        for msg_type, data, buffers in self.published[since:]:
+            content = data.get("content")
+            custom = msg_type == "comm_msg" and data.get("method") == "custom"
+            if custom and isinstance(content, dict) and content.get("type") == "push":
+                out.append(wire.decode({**content, "type": "reply"}, buffers))
+        return out
+
     def state_updates(self) -> list[dict[str, Any]]:
         """Trait changes the kernel sent to the browser, in order."""
         return [
