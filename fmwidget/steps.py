@@ -2,21 +2,22 @@
 
 ``FeatureMapWidget(model, x, checkpoints=[...])`` shows the model as it was at each checkpoint
 (state dicts in memory, or paths to ``torch.save`` files read with ``weights_only=True``, or
-``.safetensors`` files): ``w.step`` picks one (synced with the view's step slider), and the grid, the
-channel view, Grad-CAM, ablation, the predictions and ``w.capture`` all follow it.
+``.safetensors`` files): ``w.step`` picks one (synced with the view's step slider), and the grid,
+the channel view, Grad-CAM, ablation, the predictions and ``w.capture`` all follow it.
 
-Inside a training loop, ``w.refresh()`` re-captures the model as it is now and pushes the shown layer
-to the view while the cell is still running (kernel → browser messages are delivered while a cell
-runs; the view's own requests wait for it to finish), at most as often as keeps training within a few
-percent of its speed. ``w.record()`` does the same and also keeps a copy of the weights, so the step
-slider can replay the run afterwards (within ``record_bytes``).
+Inside a training loop, ``w.refresh()`` re-captures the model as it is now and pushes the shown
+layer to the view while the cell is still running (kernel → browser messages are delivered while a
+cell runs; the view's own requests wait for it to finish), at most as often as keeps training within
+a few percent of its speed. ``w.record()`` does the same and also keeps a copy of the weights, so
+the step slider can replay the run afterwards (within ``record_bytes``).
 
-How the user's model stays untouched: every step is shown through a *shadow*, a copy of the model made
-once (``copy.deepcopy``) into which a step's weights are loaded, in eval mode; the user's model is
-never written to, is never switched between train and eval, and keeps its gradients. "Now" (``step =
-None``) copies the user's current weights into the shadow, so a refresh mid-training shows eval-mode
-maps (BatchNorm with its running statistics, no dropout) of the weights at that moment. Without
-checkpoints and before the first refresh there is no shadow: the widget captures the model itself.
+How the user's model stays untouched: every step is shown through a *shadow*, a copy of the model
+made once (``copy.deepcopy``) into which a step's weights are loaded, in eval mode; the user's
+model is never written to, is never switched between train and eval, and keeps its gradients.
+"Now" (``step = None``) copies the user's current weights into the shadow, so a refresh
+mid-training shows eval-mode maps (BatchNorm with its running statistics, no dropout) of the
+weights at that moment. Without checkpoints and before the first refresh there is no shadow: the
+widget captures the model itself.
 
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)).eval()
@@ -363,9 +364,7 @@ class StepFeature(traitlets.HasTraits):
     _steps_sent = float("-inf")
     _flush_hooked = False
 
-    def _first_step(
-        self, model: nn.Module, checkpoints: Any, view: dict[str, Any]
-    ) -> nn.Module:
+    def _first_step(self, model: nn.Module, checkpoints: Any, view: dict[str, Any]) -> nn.Module:
         """The model the first capture runs (the shadow at the first step with checkpoints);
         adds the step traits to the constructor's ``view``."""
         if checkpoints is None:

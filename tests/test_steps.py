@@ -129,16 +129,16 @@ def test_a_file_that_is_not_weights_is_refused_without_running_it(tmp_path):
 
 def test_bad_checkpoints_get_clear_errors(make: Make, x, checkpoints):
     model = _net(0)
-    with pytest.raises(ValueError, match="model.state_dict\\(\\) without a copy"):
+    with pytest.raises(ValueError, match=r"model.state_dict\(\) without a copy"):
         make(model, x, checkpoints=[model.state_dict()])
     with pytest.raises(ValueError, match="empty"):
         make(model, x, checkpoints=[])
-    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.pt"):
         make(model, x, checkpoints=["nowhere.pt"])
     with pytest.raises(ValueError, match="pass checkpoints too"):
         make(model, x, step=1)
     other = nn.Sequential(nn.Conv2d(1, 5, 3)).state_dict()
-    with pytest.raises(ValueError, match="does not fit this model: missing 1.weight"):
+    with pytest.raises(ValueError, match=r"does not fit this model: missing 1\.weight"):
         make(model, x, checkpoints=[other])
     w = make(model, x, checkpoints=[checkpoints[0], other], step=0)
     with pytest.raises(traitlets.TraitError, match="checkpoint '1' does not fit"):
@@ -182,7 +182,8 @@ def test_refresh_pushes_the_shown_layer_before_its_revision(make: Make, x):
     np.testing.assert_array_equal(pushed[1].arrays["values"], expected[0, 2].numpy())
     assert torch.equal(w.capture["3"], expected)
     assert model.training
-    assert torch.equal(model[1].running_mean, stats[0]) and torch.equal(model[1].running_var, stats[1])
+    assert torch.equal(model[1].running_mean, stats[0])
+    assert torch.equal(model[1].running_var, stats[1])
     # The data went out before the traits that announce it.
     kinds = [
         "push" if d.get("method") == "custom" else next(iter(d.get("state", {"?": 0})))
