@@ -102,6 +102,16 @@ class FakeWidgetModel {
     this.answer(req);
     return req;
   }
+  /** As a live refresh (`w.refresh()` in a running cell): sends the data for `req` unasked, as a push. */
+  push(req: Record<string, any>): void {
+    this.pushing = true;
+    try {
+      this.answer({ id: null, pairAtKernel: [], ...req });
+    } finally {
+      this.pushing = false;
+    }
+  }
+  private pushing = false;
   /** Answers every held request, oldest first, including those sent meanwhile. */
   releaseAll(): void {
     while (this.held.length > 0) this.release();
@@ -112,7 +122,7 @@ class FakeWidgetModel {
     arrays: [string, string, number[], ArrayBufferView][],
   ): void {
     const msg = {
-      type: "reply",
+      type: this.pushing ? "push" : "reply",
       v: 1,
       id: req.id,
       kind: req.kind,
@@ -665,6 +675,46 @@ describe("FeatureMapWidget view", () => {
     const after = model.sent.filter((m) => m.kind === "layer" && m.layer === "conv1");
     expect(after.length).toBe(before + 1);
     expect(after.at(-1)!.revision).toBe(2);
+  });
+
+  it("draws the layer and channel a live refresh pushed while the kernel is busy, without asking for them", async () => {
+    const { root, model } = await mount({ channel: 1 });
+    await expect.poll(() => root.dataset.state).toBe("ready");
+    const bar = root.querySelector<HTMLElement>(".fm-step-row")!;
+    expect(bar.hidden).toBe(true);
+    // The training cell runs: nothing the view asks for is answered until it ends.
+    model.hold = true;
+    model.push({ kind: "layer", layer: "conv1", sample: 0, revision: 2 });
+    model.push({ kind: "channel", layer: "conv1", sample: 0, channel: 1, revision: 2 });
+    model.set("now_label", "step 40");
+    model.set("revision", 2);
+    await nextFrame();
+    await nextFrame();
+    expect(root.dataset.state).toBe("ready");
+    const asked = model.sent.filter((m) => m.revision === 2 && m.layer === "conv1");
+    expect(asked.filter((m) => m.kind === "layer" || m.kind === "channel")).toEqual([]);
+    expect(bar.hidden).toBe(false);
+    expect(bar.textContent).toContain("step 40 (live)");
+  });
+
+  it("moves between checkpoints with the step slider; a saved file cannot", async () => {
+    const steps = [
+      { label: "0", kind: "checkpoint" as const },
+      { label: "500", kind: "checkpoint" as const },
+    ];
+    const { root, model } = await mount({ steps, step: 1 });
+    const slider = root.querySelector<HTMLInputElement>('input[aria-label="Training step"]')!;
+    expect(slider.max).toBe("2");
+    expect(slider.value).toBe("1");
+    expect(root.querySelector(".fm-step-label")!.textContent).toBe("checkpoint 500 · 2 / 3");
+    slider.value = "0";
+    slider.dispatchEvent(new Event("input"));
+    slider.dispatchEvent(new Event("change"));
+    expect(model.get("step")).toBe(0);
+    slider.value = "2";
+    slider.dispatchEvent(new Event("change"));
+    expect(model.get("step")).toBe(null);
+    expect(root.querySelector(".fm-step-label")!.textContent).toBe("now · 3 / 3");
   });
 
   it("keeps keys inside the widget but lets Shift+Enter reach the notebook", async () => {
