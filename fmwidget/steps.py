@@ -216,7 +216,7 @@ class Steps:
                 f"step {step} is out of range: the widget has {len(self._steps)} steps "
                 f"(0–{len(self._steps) - 1}), or None for the model as it is now"
             )
-        _check_fits(self._state(step), self._shadow_model(), self._steps[step].label)
+        _check_fits(self.state(step), self._shadow_model(), self._steps[step].label)
 
     def _shadow_model(self) -> nn.Module:
         if self._shadow is None:
@@ -232,11 +232,12 @@ class Steps:
             self._shadow = shadow.eval()
         return self._shadow
 
-    def _state(self, step: int) -> dict[str, torch.Tensor]:
+    def state(self, step: int) -> dict[str, torch.Tensor]:
+        """Step ``step``'s state dict (a file is read again each time: files are not kept)."""
         return load_checkpoint(self._steps[step].source)
 
     def _load(self, shadow: nn.Module, step: int) -> None:
-        state = self._state(step)
+        state = self.state(step)
         _check_fits(state, shadow, self._steps[step].label)
         with torch.no_grad():
             shadow.load_state_dict(_unwrapped(state, shadow), strict=True)
@@ -435,6 +436,18 @@ class StepFeature(traitlets.HasTraits):
             # The list reaches the view with each refresh; between them, about once a second.
             self.steps = steps.trait()
             self._steps_sent = time.perf_counter()
+
+    def weights_at(self, step: int) -> dict[str, torch.Tensor]:
+        """The model's weights at step ``step`` (a state dict, as saved or recorded).
+
+        Example:
+            >>> w.weights_at(0)["features.conv1.weight"].shape  # doctest: +SKIP
+            torch.Size([8, 1, 3, 3])
+        """
+        if self._steps is None or not len(self._steps):
+            raise ValueError("this widget has no steps: pass checkpoints=[...] or call w.record()")
+        self._steps.check(step)
+        return self._steps.state(step)
 
     @traitlets.validate("step")
     def _valid_step(self, proposal: dict[str, Any]) -> int | None:

@@ -17,13 +17,14 @@ KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python
 pytestmark = pytest.mark.notebooks
 
 
-def test_the_five_teaching_notebooks_are_there():
+def test_the_six_teaching_notebooks_are_there():
     assert [path.name for path in NOTEBOOKS] == [
         "01_quickstart.ipynb",
         "02_edges_to_objects.ipynb",
         "03_debugging_a_shortcut.ipynb",
         "04_comparing_two_models.ipynb",
         "05_what_does_this_channel_look_for.ipynb",
+        "06_watch_a_cnn_learn.ipynb",
     ]
 
 
