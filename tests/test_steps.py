@@ -245,3 +245,26 @@ def test_a_widget_without_steps_refuses_a_step(make: Make, x):
     w = make(_net(0), x)
     with pytest.raises(traitlets.TraitError, match="no steps"):
         w.step = 0
+
+
+def test_weights_at_gives_each_steps_state_dict(make: Make, x, checkpoints, tmp_path):
+    torch.save(checkpoints[1], tmp_path / "one.pt")
+    w = make(_net(0), x, checkpoints=[checkpoints[0], tmp_path / "one.pt"])
+    for step in range(2):
+        got = w.weights_at(step)
+        assert got.keys() == checkpoints[step].keys()
+        assert all(torch.equal(got[k], checkpoints[step][k]) for k in got)
+    with pytest.raises(ValueError, match="out of range"):
+        w.weights_at(2)
+
+
+def test_closing_lets_go_of_the_shadow_copy(make: Make, x, checkpoints):
+    import gc
+    import weakref
+
+    w = make(_net(0), x, checkpoints=checkpoints)
+    assert w._steps is not None
+    shadow = weakref.ref(w._steps.shadow_at(0))
+    w.close()
+    gc.collect()
+    assert shadow() is None
