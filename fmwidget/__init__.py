@@ -27,6 +27,7 @@ from fmwidget.compare import CompareWidget, compare
 from fmwidget.demo import demo
 from fmwidget.files import load
 from fmwidget.gradcam import gradcam, gradcam_layer, top_classes
+from fmwidget.inputs import to_batch
 from fmwidget.receptive import receptive_field
 from fmwidget.scan import Example, Scan, scan
 from fmwidget.widget import FeatureMapWidget
@@ -60,5 +61,6 @@ __all__ = [
     "rank_channels",
     "receptive_field",
     "scan",
+    "to_batch",
     "top_classes",
 ]

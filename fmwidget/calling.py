@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,9 +51,18 @@ def split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return tuple(inputs), {}
     if isinstance(inputs, Mapping):
         return (), dict(inputs)
+    hint = ""
+    if type(inputs).__module__.startswith(("PIL", "numpy")) or isinstance(
+        inputs, (str, os.PathLike)
+    ):
+        hint = (
+            "; for images (file paths, PIL images, arrays) use x, pictures = "
+            "fmwidget.to_batch(images, preprocess), or pass them to FeatureMapWidget with "
+            "preprocess="
+        )
     raise TypeError(
         "inputs must be a tensor, a tuple/list of positional arguments or a dict of keyword "
-        f"arguments; got {type(inputs).__name__}"
+        f"arguments; got {type(inputs).__name__}{hint}"
     )
 
 

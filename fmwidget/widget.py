@@ -2,7 +2,8 @@
 
 The browser asks for data with custom messages (``docs/protocol.md``); every request gets exactly
 one reply, built by :mod:`fmwidget.wire` from what :class:`fmwidget.store.ActivationStore` holds.
-Handlers run to completion on the kernel's thread and never wait for the browser.
+Short requests are served on the kernel's thread; long ones (Grad-CAM, ablation) on a worker thread,
+with progress and cancel (:mod:`fmwidget.tasks`). Handlers never wait for the browser.
 
 Example:
     >>> import torch, torchvision
@@ -29,13 +30,14 @@ import torch
 import traitlets
 from torch import nn
 
-from fmwidget import export, router
+from fmwidget import export, router, tasks
 from fmwidget.ablation import AblationFeature
 from fmwidget.capture import CaptureReport, LayerSelector
 from fmwidget.dataset import DatasetContext, ScanFeature
 from fmwidget.files import load
 from fmwidget.gradcam import CAM_METHODS
 from fmwidget.groups import check_group_pair
+from fmwidget.inputs import model_inputs
 from fmwidget.picture import with_picture
 from fmwidget.scan import Scan
 from fmwidget.session import CapturedLayers, Session, Source
@@ -108,10 +110,15 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
             read with ``weights_only=True``; a list, or a dict label → checkpoint): ``step``
             (default: the last) picks the one shown, and everything follows it; the model keeps
             its own weights. :meth:`refresh` and :meth:`record` show a training run live.
+        preprocess: for ``inputs`` given as images (file paths, PIL images, numpy arrays; see
+            :func:`fmwidget.to_batch`), what turns each into the model's ``(C, H, W)`` tensor, e.g.
+            a torchvision weights' ``transforms()``; the view then shows the images themselves.
         cam_method: the Grad-CAM panel's method: ``"gradcam"`` (ours, with per-channel weights)
             or, where the ``grad-cam`` package is installed, a key of
             :data:`fmwidget.gradcam.CAM_METHODS` (``"gradcam++"``, ``"scorecam"``, ...);
-            ``cam_methods`` lists what this widget offers.
+            ``cam_methods`` lists what this widget offers. Score-CAM is slow: one forward per
+            channel of the layer and input (:data:`fmwidget.gradcam.CHANNEL_COST`); the view
+            says so, shows its progress and can cancel it.
         colormap, scale, layer, height: initial view; other synced traits as keywords.
 
     Activations computed elsewhere (saved ones, the difference of two models) are shown with
@@ -152,10 +159,18 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
     ablation = traitlets.Dict(allow_none=True).tag(sync=True)
     cam_method = traitlets.Unicode("gradcam").tag(sync=True)
     cam_methods = traitlets.List(traitlets.Unicode(), ["gradcam"]).tag(sync=True)
+    # The view's long job (fmwidget.tasks): {id, label, done, total, unit, elapsed}, or None.
+    task = traitlets.Dict(allow_none=True).tag(sync=True)
+
+    _preprocess: Callable[[Any], Any] | None = None
 
     @traitlets.default("ablation")
     def _no_ablation(self) -> None:
         # A Dict trait's default is {}; the protocol says null until the first ablation.
+        return None
+
+    @traitlets.default("task")
+    def _no_task(self) -> None:
         return None
 
     def __init__(
@@ -171,6 +186,7 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
         scan: Scan | None = None,
         dataset: Any = None,
         checkpoints: Any = None,
+        preprocess: Callable[[Any], Any] | None = None,
         colormap: str = "gray",
         scale: str = "channel",
         layer: str | None = None,
@@ -178,12 +194,15 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
         **kwargs: Any,
     ) -> None:
         view = self._checked_options(colormap, scale, height, layer, kwargs)
+        inputs, pictures = model_inputs(model, inputs, preprocess)
+        self._preprocess = preprocess
         first = self._first_step(model, checkpoints, view)
         source = Source(first, layers, labels, budget_bytes)
         self._source: Source | None = source
         # Checked before the model runs (fingerprinting the model once).
         context = None if scan is None else DatasetContext.checked(scan, dataset, model)
-        self._open(partial(source.run, inputs, image, groups), layer, view)
+        shown = pictures if image is None else image
+        self._open(partial(source.run, inputs, shown, groups), layer, view)
         self._steps_ready = True
         if context is not None:
             self._set_datasets(context)
@@ -326,7 +345,9 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
             >>> w.num_samples  # doctest: +SKIP
             4
         """
-        self._rerun(inputs, image=image, groups=groups)
+        model = self._require_model("assigning new inputs re-runs the model").model
+        inputs, pictures = model_inputs(model, inputs, self._preprocess)
+        self._rerun(inputs, image=pictures if image is None else image, groups=groups)
 
     def _rerun(
         self,
@@ -402,6 +423,10 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
 
     def _release(self) -> None:
         """Drop the activations, the model and the inputs (on close, or a failed constructor)."""
+        worker = self.__dict__.pop("_worker", None)
+        if worker is not None:
+            # Before the session goes: the job may be reading it.
+            worker.close()
         session = getattr(self, "_session", None)
         if session is not None:
             session.close("this FeatureMapWidget is closed; create a new one")
@@ -521,7 +546,13 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
         return with_picture(super()._repr_mimebundle_(**kwargs), self._session, *view)
 
     def _on_msg(self, _widget: Any, content: Any, _buffers: Sequence[Any]) -> None:
-        reply = router.serve(self, content, self.revision)
+        worker = self.__dict__.get("_worker")
+        if worker is None:
+            # Long requests run on this worker's thread, so `cancel` reaches them (fmwidget.tasks).
+            worker = self._worker = tasks.Worker(self._send_reply, partial(self.set_trait, "task"))
+        router.receive(self, content, lambda: self.revision, worker, self._send_reply)
+
+    def _send_reply(self, reply: tuple[dict[str, Any], list[Any]]) -> None:
         try:
             self.send(*reply)
         except Exception:
