@@ -10,7 +10,7 @@ from typing import Any
 
 import traitlets
 
-from fmwidget import analysis
+from fmwidget import analysis, tasks
 from fmwidget.analysis import AblationResult
 from fmwidget.names import UnknownLayerError
 from fmwidget.session import Session
@@ -105,6 +105,8 @@ class AblationFeature(traitlets.HasTraits):
         and how the probability of the class predicted before changed. The model, its hooks and
         its buffers are left as they were; the shown activations stay those without ablation.
         The view's "Ablate selected" button calls this with the shown layer and the selection.
+        It runs the model twice on the batch; a progress bar shows in the cell when that takes
+        over a second, and Ctrl-C stops it, leaving the model and ``ablation`` as they were.
 
         Example:
             >>> w.selected = [3, 7]  # doctest: +SKIP
@@ -116,6 +118,12 @@ class AblationFeature(traitlets.HasTraits):
         session = self._session.require()  # type: ignore[attr-defined]
         shown = self.selection["layer"]
         layer, chosen = ablation_target(session, shown, self.selection["channels"], layer, channels)
-        result = analysis.ablate(source.model, session.inputs, layer, chosen)
+        what = f"{len(chosen)} channel{'s' if len(chosen) != 1 else ''}"
+        model = source.model
+        with (
+            tasks.progress(f"Ablation of {what} of {layer}", 2, "forwards") as p,
+            tasks.watched(model, p),
+        ):
+            result = analysis.ablate(model, session.inputs, layer, chosen)
         self.set_trait("ablation", ablation_trait(session, layer, chosen, result))
         return result

@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmwidget.calling import call_model, resolve_layer, state_kept
+from fmwidget.calling import resolve_layer
+from fmwidget.layer_input import layer_inputs
 
-__all__ = ["ConvBreakdown", "conv_breakdown"]
+__all__ = ["ConvBreakdown", "breakdown_at", "conv_breakdown"]
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,11 @@ def conv_breakdown(
 ) -> ConvBreakdown:
     """Take apart the value of ``layer`` (a ``Conv2d``) at ``channel``, ``row``, ``col``.
 
-    The conv's input is read when the conv is called (a later in-place op cannot change it); the
-    model runs once on ``inputs`` under ``torch.no_grad()`` (``sample`` picks the batch entry) and
-    is left as it was. Strides, dilation, grouped and
-    depthwise convolutions and every padding mode are followed as ``Conv2d`` does.
+    The conv's input is read when the conv is called (a later in-place op cannot change it), from
+    a forward under ``torch.no_grad()`` that stops there (on ``sample`` alone where samples are
+    independent, see :func:`fmwidget.layer_input.layer_inputs`); the model is left as it was.
+    Strides, dilation, grouped and depthwise convolutions and every padding mode are followed as
+    ``Conv2d`` does.
     """
     ref = resolve_layer(model, layer)
     conv = ref.module
@@ -74,28 +76,24 @@ def conv_breakdown(
         )
     if ref.index:
         raise ValueError(f"layer {layer!r} names a part of an output; name the Conv2d itself")
-    seen: list[torch.Tensor] = []
+    got = layer_inputs(model, inputs, [ref], sample)
+    x = got.tensors[0]
+    if x is None:
+        raise ValueError(f"layer {layer!r} was not called with a tensor")
+    return breakdown_at(conv, x[got.sample], channel, row, col, layer)
 
-    def grab(module: nn.Module, args: tuple[Any, ...]) -> None:
-        seen.append(args[0].detach().clone())
 
-    handle = conv.register_forward_pre_hook(grab)
-    try:
-        with torch.no_grad(), state_kept(model):
-            call_model(model, inputs)
-    finally:
-        handle.remove()
-    if len(seen) < ref.call:
-        raise ValueError(f"layer {layer!r}: the conv ran {len(seen)} time(s) in this forward")
-    x = seen[ref.call - 1]
+def breakdown_at(
+    conv: nn.Conv2d, x: torch.Tensor, channel: int, row: int, col: int, layer: str = "the conv"
+) -> ConvBreakdown:
+    """The breakdown of ``conv``'s value at ``channel``, ``row``, ``col`` from its input ``x``
+    ``(Cin, H, W)`` (one sample, as the conv received it); ``layer`` names it in errors."""
     out_channels = conv.out_channels
     if not 0 <= channel < out_channels:
         raise ValueError(f"channel {channel} is out of range: layer {layer!r} has {out_channels}")
-    if not 0 <= sample < x.shape[0]:
-        raise ValueError(f"sample {sample} is out of range: the batch has {x.shape[0]} inputs")
     pad = conv._reversed_padding_repeated_twice
     mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-    padded = F.pad(x[sample : sample + 1], pad, mode=mode)[0]
+    padded = F.pad(x[None], pad, mode=mode)[0]
     (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
     out_h = (padded.shape[-2] - dh * (kh - 1) - 1) // sh + 1
     out_w = (padded.shape[-1] - dw * (kw - 1) - 1) // sw + 1

@@ -6,7 +6,10 @@ copied at hook time and the copy is what flows on, so later in-place ops (`ReLU(
 no `.grad` is written on the model's parameters, and frozen parameters (`requires_grad=False`) work.
 
 Other CAM methods (Grad-CAM++, LayerCAM, Score-CAM, EigenCAM, ...) come from the `grad-cam` package
-(`pip install grad-cam`) when it is installed; see :func:`gradcam`.
+(`pip install grad-cam`) when it is installed; see :func:`gradcam`. Most take one forward and one
+backward; Score-CAM (:data:`CHANNEL_COST`) runs the model once per channel of the layer and input,
+which is minutes on a wide layer: it shows a progress bar, and Ctrl-C stops it (or Cancel in the
+view, :mod:`fmwidget.tasks`), leaving the model as it was.
 
 Example::
 
@@ -18,13 +21,15 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from fmwidget import tasks
 from fmwidget.calling import (
     LayerRef,
     call_model,
@@ -33,8 +38,17 @@ from fmwidget.calling import (
     state_kept,
     tapped,
 )
+from fmwidget.validation import CAM_LABELS
 
-__all__ = ["CAM_METHODS", "GradCamResult", "TopClass", "gradcam", "gradcam_layer", "top_classes"]
+__all__ = [
+    "CAM_METHODS",
+    "CHANNEL_COST",
+    "GradCamResult",
+    "TopClass",
+    "gradcam",
+    "gradcam_layer",
+    "top_classes",
+]
 
 Target = int | Sequence[int] | torch.Tensor | Callable[[Any], torch.Tensor] | None
 
@@ -49,6 +63,12 @@ CAM_METHODS: dict[str, str] = {
     "hirescam": "HiResCAM",
     "gradcam-elementwise": "GradCAMElementWise",
 }
+
+#: Methods whose cost scales with the layer's channels: one forward of the model per channel and
+#: input (the grad-cam package batches 16 at a time). Score-CAM on a 1280-channel layer took 54.7 s
+#: from the view (issue 12); every other method takes one forward and at most one backward. The
+#: view's method picker says so with the count for the shown layer (js/views/gradcam.ts).
+CHANNEL_COST: dict[str, str] = {"scorecam": "one forward per channel"}
 
 
 @dataclass(frozen=True)
@@ -107,7 +127,12 @@ def _target_indices(target: Target, output: Any, n: int) -> list[int]:
 
 
 def gradcam_layer(
-    model: nn.Module, inputs: Any, layer: str | nn.Module, target: Target = None
+    model: nn.Module,
+    inputs: Any,
+    layer: str | nn.Module,
+    target: Target = None,
+    *,
+    progress: bool = True,
 ) -> GradCamResult:
     """Grad-CAM at `layer` with its per-channel weights.
 
@@ -121,6 +146,8 @@ def gradcam_layer(
             Its output must be (N, C, H, W).
         target: None for the predicted class per sample, an int class, one int per sample, or a
             callable `f(model_output)` returning a score per sample (N,) or one scalar.
+        progress: show a progress bar in the cell when the call takes over a second (Ctrl-C
+            stops it and leaves the model as it was).
 
     The model runs in whatever mode it is in; in training mode BatchNorm mixes the batch, so each
     sample's map also reflects the others (use `model.eval()` for per-image maps).
@@ -141,10 +168,12 @@ def gradcam_layer(
         return a.clone()
 
     with (
+        tasks.progress(f"Grad-CAM on {ref.name}", 1, "forwards", bar=progress) as p,
         torch.inference_mode(False),
         torch.enable_grad(),
         state_kept(model),
         tapped(ref, substitute) as tap,
+        tasks.watched(model, p),
     ):
         output = call_model(model, normal_tensors(inputs))
         tap.check_called()
@@ -187,6 +216,7 @@ def gradcam(
     target: Target = None,
     *,
     method: str = "gradcam",
+    progress: bool = True,
 ) -> torch.Tensor:
     """Class activation map at `layer`.
 
@@ -203,22 +233,27 @@ def gradcam(
     recorded activation intact. It switches the model to eval mode and writes `.grad` in its
     backward; both are restored afterwards.
 
+    Cost: one forward and one backward, except for the methods of :data:`CHANNEL_COST`: Score-CAM
+    runs the model once per channel of `layer` and input (C x N forwards, 16 to a batch), a minute
+    on a 1280-channel layer on a CPU. With `progress` a bar shows how far it is once the call takes
+    over a second; Ctrl-C stops it and leaves the model as it was (hooks, `.grad`, modes, buffers).
+
     Example::
 
         heat = gradcam(model, x, "layer4")                       # ours, (N, 2, 2) for 64x64 inputs
         heat_pp = gradcam(model, x, "layer4", method="gradcam++")  # needs `pip install grad-cam`
     """
     if method == "gradcam":
-        return gradcam_layer(model, inputs, layer, target).heatmap
+        return gradcam_layer(model, inputs, layer, target, progress=progress).heatmap
     if method not in CAM_METHODS:
         raise ValueError(
             f"unknown method {method!r}; choose 'gradcam' or one of {sorted(CAM_METHODS)}"
         )
-    return _package_cam(model, inputs, resolve_layer(model, layer), target, method)
+    return _package_cam(model, inputs, resolve_layer(model, layer), target, method, progress)
 
 
 def _package_cam(
-    model: nn.Module, inputs: Any, ref: LayerRef, target: Any, method: str
+    model: nn.Module, inputs: Any, ref: LayerRef, target: Any, method: str, bar: bool
 ) -> torch.Tensor:
     """Run one of the `grad-cam` package's methods and leave the model as it was."""
     try:
@@ -255,8 +290,13 @@ def _package_cam(
     handle = ref.module.register_forward_hook(
         lambda _m, _a, out: out.clone() if isinstance(out, torch.Tensor) else None
     )
+    label = f"{CAM_LABELS.get(method, method)} on {ref.name}"
     try:
-        with state_kept(model):
+        with (
+            _cam_progress(label, method, model, ref, inputs, bar),
+            state_kept(model),
+            tasks.quiet_bars(),
+        ):
             # A leaf input that needs grad gives the package a graph even with frozen parameters.
             heat = cam(input_tensor=inputs.detach().clone().requires_grad_(True), targets=targets)
     finally:
@@ -267,6 +307,39 @@ def _package_cam(
         for param, grad in grads:
             param.grad = grad
     return torch.from_numpy(heat).to(inputs.device)
+
+
+@contextlib.contextmanager
+def _cam_progress(
+    label: str, method: str, model: nn.Module, ref: LayerRef, inputs: torch.Tensor, bar: bool
+) -> Iterator[tasks.Progress]:
+    """Progress of one grad-cam package call: in channels for the methods of CHANNEL_COST (their
+    first forward records the activations; each later one scores a batch of masked inputs, one
+    per channel), else in forwards."""
+    if method not in CHANNEL_COST:
+        with tasks.progress(label, 1, "forwards", bar=bar) as p, tasks.watched(model, p):
+            yield p
+        return
+    n = inputs.shape[0]
+
+    def masked(i: int, args: tuple[Any, ...]) -> int:
+        return 0 if i == 0 else tasks.batch_size(args)
+
+    with (
+        # The total is known once the first forward shows the layer's channels.
+        tasks.progress(label, 0, "channels", bar=bar) as p,
+        tasks.watched(model, p, masked),
+    ):
+
+        def seen(_m: nn.Module, _a: Any, out: Any) -> None:
+            if not p.total and isinstance(out, torch.Tensor) and out.ndim >= 2:
+                p.total = int(out.shape[1]) * n
+
+        handle = ref.module.register_forward_hook(seen)
+        try:
+            yield p
+        finally:
+            handle.remove()
 
 
 def top_classes(

@@ -19,6 +19,7 @@ import {
   type Decoded,
   decodeRecorded,
   type ExamplesResult,
+  type Explanation,
   type GradcamResult,
   type InputPicture,
   type LayerMeta,
@@ -238,6 +239,12 @@ export class EmbeddedSource implements DataSource {
   pictures(): Promise<DatasetPicture[]> {
     return Promise.reject(
       new RequestError("pictures", `pictures of dataset images come from the dataset, and ${OFFLINE}`),
+    );
+  }
+
+  explain(): Promise<Explanation> {
+    return Promise.reject(
+      new RequestError("explain", `how a value is computed needs the model in the live kernel, and ${OFFLINE}`),
     );
   }
 

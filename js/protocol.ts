@@ -191,6 +191,24 @@ export interface Ablation {
   changes: AblationChange[] | null;
 }
 
+/**
+ * The `task` trait: the kernel's long job (Grad-CAM, ablation) while it runs, sent a few times a second
+ * (docs/protocol.md, "Long work").
+ */
+export interface TaskState {
+  /** The request id the job answers: a `cancel` request for it stops the job. */
+  id: number | null;
+  /** What runs, e.g. "Score-CAM on features.18". */
+  label: string;
+  done: number;
+  /** 0 while not known yet. */
+  total: number;
+  /** What `done` counts: "channels", "forwards". */
+  unit: string;
+  /** Seconds since the job started, when the kernel sent this. */
+  elapsed: number;
+}
+
 /** Every synced trait of FeatureMapWidget, as the front end sees it. */
 export interface Traits {
   layers: LayerMeta[];
@@ -226,6 +244,8 @@ export interface Traits {
   scan_label: string | null;
   /** Two labels compared across the dataset, or []: layer replies then carry `scan_effect`. */
   scan_pair: string[];
+  /** The kernel's long job while it runs, else null. */
+  task: TaskState | null;
   /** The step shown (an index into `steps`), or null for the model as it is now. */
   step: number | null;
   /** The checkpoints and recorded snapshots the step slider offers, in order. */
@@ -299,6 +319,61 @@ export interface GradcamResult {
   heatmap: Float32Array;
   /** One weight per channel of the layer; empty for methods without channel weights. */
   weights: Float32Array;
+}
+
+/** The conv value taken apart in an `explain` reply: patch, kernel and per-input-channel sums. */
+export interface ConvExplanation {
+  /** The conv layer (the layer itself, or the conv an activation follows). */
+  layer: string;
+  /** The channel's bias; null without one (or not finite). */
+  bias: number | null;
+  /** Σ per-channel sums + bias, in float64 (null when not finite). */
+  total: number | null;
+  /** The conv's input channels the patch comes from: [start, stop). */
+  inputs: [number, number];
+  cin: number;
+  kh: number;
+  kw: number;
+  /** The conv reads the input picture (RGB): draw the patch and kernel as colours. */
+  rgb: boolean;
+  /** The conv's input under the kernel (cin × kh × kw), zeros where padding. */
+  patch: Float32Array;
+  /** The kernel of the channel (cin × kh × kw). */
+  kernel: Float32Array;
+  /** Σ patch × kernel per input channel (cin). */
+  perChannel: Float32Array;
+}
+
+/** A decoded `explain` reply: how one value is computed and the input pixels it sees. */
+export interface Explanation {
+  layer: string;
+  sample: number;
+  channel: number;
+  row: number;
+  col: number;
+  type: string;
+  /** The captured value; null when not finite (NaN/Inf never travel as JSON). */
+  value: number | null;
+  /** "conv": a Conv2d taken apart; "conv+act": the activation after one; "layer": any other layer; "value": nothing more is known. */
+  op: "conv" | "conv+act" | "layer" | "value";
+  /** What the layer does, in one line with its numbers. */
+  text: string;
+  /** The layer's input at this position (element-wise layers), and what its formula gives. */
+  before: number | null;
+  after: number | null;
+  /** The inputs a window op reads (pooling), rows × cols; null for others. */
+  window: { data: Float32Array; rows: number; cols: number } | null;
+  conv: ConvExplanation | null;
+  /** For "conv+act": the activation's line, its input (the conv's value) and output. */
+  activation: { layer: string; text: string; before: number | null; after: number | null } | null;
+  /** The recomputed value equals the captured one; null when it could not be checked. */
+  matches: boolean | null;
+  /** The receptive field in input pixels: [top, left, bottom, right), bottom/right exclusive; null when unknown. */
+  box: [number, number, number, number] | null;
+  /** The input tensor's [H, W] that `box` is in. */
+  inputShape: [number, number] | null;
+  /** What the kernel could not do or check, as a sentence; "" when none. */
+  note: string;
 }
 
 /** A decoded `ablate` reply (the result itself arrives in the `ablation` trait). */
@@ -389,6 +464,9 @@ export interface RequestArgs {
   examples: { layer: string; channel: number };
   use_example: { index: number };
   pictures: { indices: number[] };
+  /** Stops the job answering request `task` (running or queued); null: the running one. */
+  cancel: { task: number | null };
+  explain: { layer: string; sample: number; channel: number; row: number; col: number };
 }
 
 export type RequestKind = keyof RequestArgs;
@@ -403,6 +481,8 @@ export interface Decoded {
   examples: ExamplesResult;
   use_example: { index: number };
   pictures: DatasetPicture[];
+  cancel: { cancelled: boolean };
+  explain: Explanation;
 }
 
 /** A successful reply, decoded. */
@@ -421,6 +501,24 @@ export class RequestError extends Error {
     this.name = "RequestError";
     this.kind = kind;
   }
+}
+
+/** The kernel stopped the job on a `cancel` (the view's Cancel button): not an error to show as one. */
+export class RequestCancelled extends RequestError {
+  constructor(kind: RequestKind) {
+    super(kind, "cancelled");
+    this.name = "RequestCancelled";
+  }
+}
+
+/**
+ * Whether a rejection means the job was cancelled.
+ *
+ * @example
+ *   source.gradcam(key, args).catch((e) => (isCancelled(e) ? panel.showCancelled() : panel.showError(e.message)));
+ */
+export function isCancelled(error: unknown): error is RequestCancelled {
+  return error instanceof RequestCancelled;
 }
 
 export type DropReason = "superseded" | "aborted" | "stale" | "disposed";
@@ -487,6 +585,9 @@ interface Pending {
   timer: ReturnType<typeof setTimeout> | undefined;
   unlisten: () => void;
 }
+
+/** Request kinds the kernel may run as a long job (fmwidget/tasks.py), which `cancel` stops. */
+const JOB_KINDS: ReadonlySet<RequestKind> = new Set<RequestKind>(["gradcam", "ablate"]);
 
 interface Slot {
   inflight: Pending | null;
@@ -567,6 +668,7 @@ export class Requester {
         this.send(entry);
       } else {
         this.settle(slot.inflight, new RequestDropped("superseded"));
+        this.cancelJob(slot.inflight);
         slot.queued = entry;
       }
     });
@@ -638,7 +740,17 @@ export class Requester {
     const slot = entry.purpose === undefined ? undefined : this.slots.get(entry.purpose);
     // A request still waiting its turn is simply never sent; one at the kernel keeps its slot until it returns.
     if (slot !== undefined && slot.queued === entry) slot.queued = null;
+    else this.cancelJob(entry);
     this.settle(entry, new RequestDropped("aborted"));
+  }
+
+  /**
+   * A long job nobody waits for any more (Score-CAM of a layer left behind) is stopped at the kernel, so the
+   * request that replaced it does not wait a minute behind it. The kernel ignores ids it is not working on.
+   */
+  private cancelJob(entry: Pending): void {
+    if (!JOB_KINDS.has(entry.kind) || !this.pending.has(entry.id) || this.disposed) return;
+    this.request("cancel", { task: entry.id }).catch(() => {});
   }
 
   private settle(entry: Pending, outcome: Reply | Error): void {
@@ -715,6 +827,7 @@ function checkedReply(
       `the kernel speaks protocol v${String(m.v)}, this view v${PROTOCOL_VERSION}: reinstall fmwidget and restart the kernel`,
     );
   }
+  if (m.ok !== true && m.cancelled === true) return new RequestCancelled(kind);
   if (m.ok !== true) {
     const text = typeof m.error === "string" && m.error !== "" ? m.error : "the kernel gave no reason";
     return new RequestError(kind, text);
@@ -1004,6 +1117,85 @@ export function decodePictures(reply: Reply, _args: RequestArgs["pictures"]): Da
   });
 }
 
+const EXPLAIN_OPS: readonly Explanation["op"][] = ["conv", "conv+act", "layer", "value"];
+
+/** A number or null from a reply's meta (anything else is null). */
+function numberOrNull(v: unknown): number | null {
+  return typeof v === "number" && Number.isFinite(v) ? v : null;
+}
+
+/**
+ * An `explain` reply: the conv's `patch`, `kernel` and `per_channel` arrays (float32, views into the
+ * reply's buffers) checked against `meta.conv.shape`; a pooling `window` against `meta.window_shape`.
+ *
+ * @example
+ *   const e = decodeExplain(reply, { layer: "conv1", sample: 0, channel: 3, row: 4, col: 5 });
+ *   e.conv?.perChannel; // Float32Array, one sum per input channel
+ */
+export function decodeExplain(reply: Reply, args: RequestArgs["explain"]): Explanation {
+  const m = reply.meta;
+  const op = EXPLAIN_OPS.find((o) => o === m.op);
+  if (op === undefined)
+    throw new Error(`meta.op is ${JSON.stringify(m.op)}; expected one of ${EXPLAIN_OPS.join(", ")}`);
+  let conv: ConvExplanation | null = null;
+  if (m.conv != null) {
+    const c = m.conv as Record<string, unknown>;
+    const [cin, kh, kw] = numbers(c.shape, "conv.shape", 3);
+    const inputs = numbers(c.inputs, "conv.inputs", 2) as [number, number];
+    conv = {
+      layer: typeof c.layer === "string" ? c.layer : args.layer,
+      bias: numberOrNull(c.bias),
+      total: numberOrNull(c.total),
+      inputs,
+      cin,
+      kh,
+      kw,
+      rgb: c.rgb === true,
+      patch: array(reply, "patch", Float32Array, cin * kh * kw),
+      kernel: array(reply, "kernel", Float32Array, cin * kh * kw),
+      perChannel: array(reply, "per_channel", Float32Array, cin),
+    };
+  } else if (op === "conv" || op === "conv+act") {
+    throw new Error(`an "${op}" explanation needs meta.conv`);
+  }
+  let window: Explanation["window"] = null;
+  if (m.window_shape != null) {
+    const [rows, cols] = numbers(m.window_shape, "window_shape", 2);
+    window = { data: array(reply, "window", Float32Array, rows * cols), rows, cols };
+  }
+  const a = m.activation as Record<string, unknown> | null | undefined;
+  const box = m.box == null ? null : (numbers(m.box, "box", 4) as [number, number, number, number]);
+  return {
+    layer: typeof m.layer === "string" ? m.layer : args.layer,
+    sample: typeof m.sample === "number" ? m.sample : args.sample,
+    channel: typeof m.channel === "number" ? m.channel : args.channel,
+    row: typeof m.row === "number" ? m.row : args.row,
+    col: typeof m.col === "number" ? m.col : args.col,
+    type: typeof m.type === "string" ? m.type : "",
+    value: numberOrNull(m.value),
+    op,
+    text: typeof m.text === "string" ? m.text : "",
+    before: numberOrNull(m.before),
+    after: numberOrNull(m.after),
+    window,
+    conv,
+    activation:
+      a == null
+        ? null
+        : {
+            layer: typeof a.layer === "string" ? a.layer : args.layer,
+            text: typeof a.text === "string" ? a.text : "",
+            before: numberOrNull(a.before),
+            after: numberOrNull(a.after),
+          },
+    matches: typeof m.matches === "boolean" ? m.matches : null,
+    box,
+    inputShape:
+      box === null || m.input_shape == null ? null : (numbers(m.input_shape, "input_shape", 2) as [number, number]),
+    note: typeof m.note === "string" ? m.note : "",
+  };
+}
+
 /** One decoder per reply kind, applied by `Requester.ask`. */
 /**
  * A checked reply (a pushed one: see `RequesterOptions.onPush`) decoded as `ask` decodes its kind.
@@ -1024,4 +1216,6 @@ const DECODERS: { [K in RequestKind]: (reply: Reply, args: RequestArgs[K]) => De
   examples: decodeExamples,
   use_example: (reply, args) => ({ index: typeof reply.meta.index === "number" ? reply.meta.index : args.index }),
   pictures: decodePictures,
+  cancel: (reply) => ({ cancelled: reply.meta.cancelled === true }),
+  explain: decodeExplain,
 };

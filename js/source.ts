@@ -16,6 +16,7 @@ import {
   type DatasetPicture,
   decodeReply,
   type ExamplesResult,
+  type Explanation,
   type GradcamResult,
   type InputPicture,
   isDropped,
@@ -66,6 +67,10 @@ export interface DataSource {
    * cached per indices and scan; a newer call replaces an older one that has not arrived.
    */
   pictures(indices: readonly number[]): Promise<DatasetPicture[]>;
+  /** How one value of a channel's map is computed and where it looks (the latest call wins). */
+  explain(args: RequestArgs["explain"]): Promise<Explanation>;
+  /** Stops the kernel's job that answers request `task` (the `task` trait's id); absent where no kernel runs jobs. */
+  cancel?(task: number | null): void;
   destroy(): void;
 }
 
@@ -233,6 +238,15 @@ export class KernelSource implements DataSource {
       if (this.store.get("scan_info") === scan) this.picturesCache.set(key, result);
       return result;
     });
+  }
+
+  explain(args: RequestArgs["explain"]): Promise<Explanation> {
+    return this.requester.ask("explain", args, { purpose: "explain" });
+  }
+
+  cancel(task: number | null): void {
+    // The job's own request is answered "cancelled"; this reply only says whether there was one.
+    this.requester.ask("cancel", { task }).catch(() => {});
   }
 
   destroy(): void {

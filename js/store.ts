@@ -39,8 +39,8 @@ export interface UiState {
   cursor: number | null;
   /** The Grad-CAM map that arrived last (its cam key; the map is in the data source's cache). */
   camReady: string;
-  /** The last Grad-CAM request that failed: its cam key and the reason. */
-  camError: { key: string; text: string } | null;
+  /** The last Grad-CAM request that failed (or was cancelled: `cancelled`): its cam key and the reason. */
+  camError: { key: string; text: string; cancelled?: boolean } | null;
   /** Bumped on every host theme switch (canvas drawings re-read their colours). */
   theme: number;
 }
@@ -89,6 +89,7 @@ const TRAIT_DEFAULTS: Traits = {
   scan_info: null,
   scan_label: null,
   scan_pair: [],
+  task: null,
   step: null,
   steps: [],
   now_label: "",

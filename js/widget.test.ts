@@ -422,6 +422,7 @@ function traits(): Traits {
     scan_info: null,
     scan_label: null,
     scan_pair: [],
+    task: null,
     step: null,
     steps: [],
     now_label: "",
@@ -1086,7 +1087,7 @@ describe("FeatureMapWidget view", () => {
     expect(Array.from(picker.options).map((o) => o.textContent)).toEqual([
       "Grad-CAM (ours)",
       "Grad-CAM++",
-      "Score-CAM",
+      "Score-CAM (slow: one forward per channel — about 4 here)",
       "EigenCAM",
     ]);
     expect(await tooltipAt(root, 5, 5)).toContain("Grad-CAM weight 0.1");

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,7 @@ class FakeComm(BaseComm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.published: list[tuple[str, dict[str, Any], list[Any]]] = []
         self._ids = itertools.count(1)
+        self._sent_at: dict[int, int] = {}
         super().__init__(*args, **kwargs)
 
     def publish_msg(
@@ -53,11 +55,27 @@ class FakeComm(BaseComm):
         self.deliver({"method": "update", "state": state, "buffer_paths": []})
 
     def request(self, kind: str, **args: Any) -> wire.Reply:
-        """Send a request with a fresh id and return the decoded reply to it (exactly one)."""
+        """Send a request with a fresh id and return the decoded reply to it (exactly one).
+
+        A long request (Grad-CAM, ablation) is answered from the widget's worker thread
+        (fmwidget.tasks): this waits for its reply."""
+        request_id = self.send_request(kind, **args)
+        return self.reply_to(request_id)
+
+    def send_request(self, kind: str, **args: Any) -> int:
+        """Send a request with a fresh id and return at once with the id."""
         request_id = next(self._ids)
-        before = len(self.published)
+        self._sent_at[request_id] = len(self.published)
         self.send_custom({"type": "request", "id": request_id, "kind": kind, **args})
-        replies = [r for r in self.replies(since=before) if r.id == request_id]
+        return request_id
+
+    def reply_to(self, request_id: int, timeout: float = 60.0) -> wire.Reply:
+        """The reply to request ``request_id`` (exactly one), waiting up to ``timeout`` s for it."""
+        deadline = time.monotonic() + timeout
+        since = self._sent_at.get(request_id, 0)
+        while not (replies := [r for r in self.replies(since) if r.id == request_id]):
+            assert time.monotonic() < deadline, f"request {request_id} got no reply"
+            time.sleep(0.002)
         assert len(replies) == 1, f"request {request_id} got {len(replies)} replies"
         return replies[0]
 

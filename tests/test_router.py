@@ -76,6 +76,7 @@ def test_every_protocol_kind_has_a_handler_module_with_parse_and_handle() -> Non
         "examples",
         "use_example",
         "pictures",
+        "explain",
     }
     assert set(HANDLERS) == kinds
     for module in HANDLERS.values():

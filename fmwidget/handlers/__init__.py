@@ -11,6 +11,7 @@ from fmwidget.handlers import (
     ablate,
     channel,
     examples,
+    explain,
     gradcam,
     input,
     layer,
@@ -28,4 +29,5 @@ HANDLERS: dict[str, ModuleType] = {
     "examples": examples,
     "use_example": use_example,
     "pictures": pictures,
+    "explain": explain,
 }

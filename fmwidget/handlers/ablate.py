@@ -1,4 +1,7 @@
-"""``ablate``: the view's "Ablate selected", which is ``FeatureMapWidget.ablate``."""
+"""``ablate``: the view's "Ablate selected", which is ``FeatureMapWidget.ablate``.
+
+It re-runs the model twice on the whole batch, so the router serves it as a job, with progress and
+cancel (:mod:`fmwidget.tasks`)."""
 
 from __future__ import annotations
 
@@ -22,6 +25,10 @@ def parse(content: dict[str, Any], view: View) -> AblateRequest:
     if channels is not None and not isinstance(channels, list):
         raise BadRequest(f"channels must be a list of channel indices, got {channels!r}")
     return AblateRequest(layer, channels)
+
+
+def runs_long(_request: AblateRequest, _view: View) -> bool:
+    return True
 
 
 def handle(request: AblateRequest, view: View) -> wire.Payload:

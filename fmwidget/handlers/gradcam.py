@@ -1,9 +1,10 @@
-"""``gradcam``: a CAM method's heatmap (and per-channel weights) for one layer and sample."""
+"""``gradcam``: a CAM method's heatmap (and per-channel weights) for one layer and sample.
+
+A map not computed before runs long (a forward and a backward of the batch; Score-CAM one forward
+per channel): the router serves it as a job, with progress and cancel (:mod:`fmwidget.tasks`)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,11 @@ def parse(content: dict[str, Any], view: View) -> GradcamRequest:
     except ValueError as error:
         raise BadRequest(str(error)) from error
     return GradcamRequest(name, sample, method, target)
+
+
+def runs_long(request: GradcamRequest, view: View) -> bool:
+    """Whether the maps must be computed (a cached one is served at once)."""
+    return (request.layer, request.target, request.method) not in view.session.cams
 
 
 def handle(request: GradcamRequest, view: View) -> wire.Payload:
@@ -89,10 +95,7 @@ def cam_maps(session: Session, name: str, target: int | None, method: str) -> Ca
     else:
         targets = [target] * session.num_samples
     try:
-        # Score-CAM reports progress with tqdm on stderr: in a notebook that would print bars
-        # into whichever cell ran last.
-        with contextlib.redirect_stderr(io.StringIO()):
-            heatmap = gradcam(model, session.inputs, name, targets, method=method)
+        heatmap = gradcam(model, session.inputs, name, targets, method=method)
     except (ValueError, TypeError, ImportError) as error:
         raise BadRequest(str(error)) from error
     weights = heatmap.new_zeros((heatmap.shape[0], 0))

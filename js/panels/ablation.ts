@@ -2,18 +2,20 @@
  * The ablation panel: shows the last ablation (the `ablation` trait) for the shown sample and sends
  * "Ablate selected" (one request at a time); its failure is shown until dismissed or replaced.
  */
-import { isDropped } from "../protocol";
+import { isCancelled, isDropped } from "../protocol";
 import { createAblationBar } from "../views/ablation";
 import { type Panel, type PanelContext, touched } from "./panel";
 
 export function ablationPanel({ store, source }: PanelContext, container: HTMLElement): Panel {
   let pending = false;
   let error = "";
+  let cancelled = false;
   let destroyed = false;
   const bar = createAblationBar(container, {
     onAblate: ablate,
     onDismiss: () => {
       error = "";
+      cancelled = false;
       if (store.get("ablation") !== null) store.set({ ablation: null });
       draw();
     },
@@ -29,6 +31,7 @@ export function ablationPanel({ store, source }: PanelContext, container: HTMLEl
       selected: store.get("selected"),
       pending,
       error,
+      cancelled,
       live: source.live,
     });
   }
@@ -39,6 +42,7 @@ export function ablationPanel({ store, source }: PanelContext, container: HTMLEl
     if (channels.length === 0 || pending) return;
     pending = true;
     error = "";
+    cancelled = false;
     draw();
     source.ablate({ layer: store.get("layer"), channels }).then(
       () => {
@@ -48,7 +52,8 @@ export function ablationPanel({ store, source }: PanelContext, container: HTMLEl
       (e: unknown) => {
         pending = false;
         if (destroyed) return;
-        if (!isDropped(e)) error = (e as Error).message;
+        if (isCancelled(e)) cancelled = true;
+        else if (!isDropped(e)) error = (e as Error).message;
         draw();
       },
     );
@@ -57,7 +62,10 @@ export function ablationPanel({ store, source }: PanelContext, container: HTMLEl
   return {
     update(changed) {
       // A new ablation (from Python or the button) replaces an error shown for an earlier try.
-      if (changed.has("ablation") && store.get("ablation") !== null) error = "";
+      if (changed.has("ablation") && store.get("ablation") !== null) {
+        error = "";
+        cancelled = false;
+      }
       if (touched(changed, "ablation", "sample", "num_samples", "layer", "selected")) draw();
     },
     destroy() {

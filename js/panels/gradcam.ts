@@ -4,7 +4,7 @@
  * (`camReady` / `camError`) so the grid can order and badge its tiles.
  */
 import { layerKey } from "../cache";
-import { isDropped } from "../protocol";
+import { isCancelled, isDropped } from "../protocol";
 import { createGradcamPanel } from "../views/gradcam";
 import { type Panel, type PanelContext, touched } from "./panel";
 
@@ -13,6 +13,8 @@ export function gradcamPanel({ store, source }: PanelContext, container: HTMLEle
   const panel = createGradcamPanel(container, {
     onTarget: (target) => store.set({ target }),
     onMethod: (method) => store.set({ cam_method: method }),
+    // After a cancel, the same map is asked for again only on request.
+    onRetry: () => store.update({ camError: null }),
   });
   let pending = ""; // the cam key of the request in flight
   let inputKey = ""; // revision/sample of the picture under the heatmap
@@ -24,7 +26,8 @@ export function gradcamPanel({ store, source }: PanelContext, container: HTMLEle
     panel.element.hidden = !open;
     const key = store.layerKey();
     if (open) {
-      panel.setMethods(store.get("cam_methods"), store.get("cam_method"));
+      const channels = store.metaOf(key.layer)?.shape[1] ?? 0;
+      panel.setMethods(store.get("cam_methods"), store.get("cam_method"), channels, store.get("num_samples"));
       panel.setClasses(store.get("predictions")[key.sample] ?? [], store.get("target"));
       requestInput();
     }
@@ -37,7 +40,8 @@ export function gradcamPanel({ store, source }: PanelContext, container: HTMLEle
     }
     const error = store.get("camError");
     if (error?.key === k) {
-      if (open) panel.showError(error.text);
+      if (open && error.cancelled) panel.showCancelled(key.layer, store.get("cam_method"));
+      else if (open) panel.showError(error.text);
       return;
     }
     const method = store.get("cam_method");
@@ -53,7 +57,7 @@ export function gradcamPanel({ store, source }: PanelContext, container: HTMLEle
       (e: unknown) => {
         if (pending === k) pending = "";
         if (isDropped(e) || destroyed) return;
-        store.update({ camError: { key: k, text: (e as Error).message } });
+        store.update({ camError: { key: k, text: (e as Error).message, cancelled: isCancelled(e) } });
       },
     );
   }

@@ -114,4 +114,16 @@ describe("ablation row", () => {
     expect(bar.element.hidden).toBe(false);
     expect(button.hidden).toBe(true);
   });
+
+  it("says a cancelled ablation was cancelled, not that it failed", () => {
+    const { bar, calls } = mount();
+    bar.update(state({ cancelled: true }));
+    expect(bar.element.hidden).toBe(false);
+    expect(bar.element.textContent).toContain("Ablation cancelled: the model is as it was.");
+    expect(bar.element.querySelector('[role="alert"]')).toBeNull();
+    bar.element.querySelector<HTMLButtonElement>('[aria-label="Dismiss ablation"]')!.click();
+    expect(calls).toEqual(["dismiss"]);
+    bar.update(state());
+    expect(bar.element.hidden).toBe(true);
+  });
 });

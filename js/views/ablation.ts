@@ -25,6 +25,8 @@ export interface AblationBarState {
   pending: boolean;
   /** The last ablate request's error, or "". */
   error: string;
+  /** The last ablate request was cancelled (the view's Cancel); absent means it was not. */
+  cancelled?: boolean;
   /** Whether a kernel can ablate (false in a saved HTML file); absent means it can. */
   live?: boolean;
 }
@@ -155,13 +157,16 @@ export function createAblationBar(container: HTMLElement, handlers: AblationHand
   result.append(what, layer, effect);
 
   const error = el("div", "fm-ablation-error");
+  const cancelled = el("div", "fm-ablation-cancelled", "Ablation cancelled: the model is as it was.");
+  cancelled.setAttribute("role", "status");
+  cancelled.hidden = true;
 
   const selection = el("span", "fm-ablation-selection");
   const ablate = button("fm-ablate", "Ablate selected", "Ablate selected channels", () => handlers.onAblate());
   const dismiss = button("fm-dismiss", "×", "Dismiss ablation", () => handlers.onDismiss());
   const actions = el("div", "fm-ablation-actions");
   actions.append(show, selection, ablate, dismiss);
-  element.append(result, error, actions);
+  element.append(result, error, cancelled, actions);
   container.append(element);
 
   return {
@@ -208,8 +213,10 @@ export function createAblationBar(container: HTMLElement, handlers: AblationHand
       ablate.textContent = s.pending ? "Ablating…" : "Ablate selected";
       ablate.title =
         n === 0 ? "" : `Zero ${channelList(s.selected)} of ${s.layer}, re-run the model and compare the prediction`;
-      dismiss.hidden = a === null && s.error === "";
-      element.hidden = a === null && s.error === "" && n === 0;
+      const stopped = s.cancelled === true && s.error === "";
+      cancelled.hidden = !stopped;
+      dismiss.hidden = a === null && s.error === "" && !stopped;
+      element.hidden = a === null && s.error === "" && n === 0 && !stopped;
     },
     destroy(): void {
       element.remove();

@@ -1,7 +1,8 @@
 /**
  * The channel view ("drill-down"): one feature map at full resolution with its exact float32 values, a
- * histogram, statistics, the filter that produced it, the map laid over the input image and, with a
- * dataset scan of the layer, its top dataset examples (views/examples.ts).
+ * histogram, statistics, the filter that produced it, the map laid over the input image, how the pointed
+ * value is computed with its receptive field boxed on the input (views/explain.ts) and, with a dataset
+ * scan of the layer, its top dataset examples (views/examples.ts).
  *
  * @example
  *   const detail = createDetail(panel, context);
@@ -14,6 +15,7 @@ import { rgbaImage } from "../pictures";
 import {
   type ChannelData,
   type ConvFilter,
+  type Explanation,
   FLAG_CONSTANT,
   FLAG_DATASET_DEAD,
   FLAG_DEAD,
@@ -26,10 +28,11 @@ import { displayRange, formatValue, type Scope, toUnit } from "../scale";
 import type { DataSource } from "../source";
 import { type ThemeColors, themeColors } from "../theme";
 import { createExamples } from "./examples";
+import { createExplain } from "./explain";
 
 /** What the channel view reads from the widget (always the current state). */
 export interface DetailContext {
-  source: Pick<DataSource, "channel" | "input" | "examples" | "useExample" | "live">;
+  source: Pick<DataSource, "channel" | "input" | "examples" | "useExample" | "explain" | "live">;
   /** The `scan_info` trait (the top-examples section shows for the layers it lists). */
   scan(): ScanInfo | null;
   revision(): number;
@@ -305,6 +308,26 @@ function placeMarker(
   marker.hidden = false;
 }
 
+/**
+ * Puts `box` over the input pixels [top, bottom) × [left, right) of an `inputH × inputW` tensor drawn by
+ * `canvas` (the picture may have another size than the tensor: the box scales with it).
+ */
+function placeBox(
+  box: HTMLElement,
+  canvas: HTMLElement,
+  [top, left, bottom, right]: [number, number, number, number],
+  [inputH, inputW]: [number, number],
+): void {
+  const sx = canvas.clientWidth / inputW;
+  const sy = canvas.clientHeight / inputH;
+  box.style.left = `${canvas.offsetLeft + left * sx}px`;
+  box.style.top = `${canvas.offsetTop + top * sy}px`;
+  box.style.width = `${Math.max(2, (right - left) * sx)}px`;
+  box.style.height = `${Math.max(2, (bottom - top) * sy)}px`;
+  box.dataset.box = `${top},${left},${bottom},${right}`;
+  box.hidden = false;
+}
+
 /** The statistics list: exact min/max, mean, std, zeros, size, non-finite counts and batch health. */
 function drawStats(stats: HTMLElement, loaded: Loaded, flags: number): void {
   const s = loaded.stats;
@@ -469,7 +492,21 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
   opacityField.append(el("span", "fm-field-label", "Opacity"), opacity);
   const inputMarker = el("div", "fm-pixel-marker");
   inputMarker.hidden = true;
-  overlayBox.append(el("div", "fm-section-title", "On the input"), overlay, inputMarker, opacityField, overlayCaption);
+  // The receptive field of the explained pixel: the input pixels that can change its value.
+  const fieldBox = el("div", "fm-field-box");
+  fieldBox.setAttribute("aria-label", "Receptive field");
+  fieldBox.hidden = true;
+  const fieldCaption = el("div", "fm-caption fm-field-caption");
+  fieldCaption.hidden = true;
+  overlayBox.append(
+    el("div", "fm-section-title", "On the input"),
+    overlay,
+    inputMarker,
+    fieldBox,
+    opacityField,
+    overlayCaption,
+    fieldCaption,
+  );
   side.append(
     el("div", "fm-section-title", "Histogram"),
     histCanvas,
@@ -482,6 +519,7 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
   body.append(mapBox, side, overlayBox);
   element.append(head, approx, message, body);
   container.append(element);
+  const explain = createExplain(element, { source: ctx.source, onShow: () => drawField() }, exactValue);
   const examples = createExamples(element, { source: ctx.source, scan: ctx.scan, revision: ctx.revision });
 
   let channel: number | null = null;
@@ -523,6 +561,7 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
     if (layer === undefined) return;
     const key = keyOf(ch);
     wanted = key;
+    explain.reset();
     setMessage(`Loading channel ${ch}…`);
     element.dataset.state = "loading";
     // The previous channel stays while the next one loads (no flicker when stepping), visibly dimmed.
@@ -609,14 +648,41 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
 
   function drawOverlay(): void {
     drawOnInput(overlayBox, overlay, map, loaded, input, opacity.valueAsNumber);
+    drawField();
   }
 
-  const onPointer = (ev: PointerEvent): void => {
-    if (loaded === null) return;
+  /** The explained pixel's receptive field on the input, when the explanation is this channel's. */
+  function drawField(): void {
+    const e: Explanation | null = explain.shown;
+    const current = e !== null && loaded !== null && e.layer === loaded.layer && e.channel === loaded.channel;
+    if (!current || e.box === null || e.inputShape === null || input === null) {
+      fieldBox.hidden = true;
+      fieldCaption.hidden = true;
+      return;
+    }
+    placeBox(fieldBox, overlay, e.box, e.inputShape);
+    const [top, left, bottom, right] = e.box;
+    fieldCaption.hidden = false;
+    fieldCaption.textContent =
+      `Box: the receptive field of (row ${e.row}, col ${e.col}), input rows ${top}–${bottom - 1}, ` +
+      `cols ${left}–${right - 1} (${bottom - top} × ${right - left} of ${e.inputShape[0]} × ${e.inputShape[1]})`;
+  }
+
+  /** The map pixel under the pointer, or null outside the map. */
+  function pixelAt(ev: MouseEvent): { row: number; col: number } | null {
+    if (loaded === null) return null;
     const rect = map.getBoundingClientRect();
     const col = Math.floor(((ev.clientX - rect.left) / rect.width) * loaded.width);
     const row = Math.floor(((ev.clientY - rect.top) / rect.height) * loaded.height);
-    if (row < 0 || col < 0 || row >= loaded.height || col >= loaded.width) return;
+    if (row < 0 || col < 0 || row >= loaded.height || col >= loaded.width) return null;
+    return { row, col };
+  }
+
+  const onPointer = (ev: PointerEvent): void => {
+    const at = pixelAt(ev);
+    if (loaded === null || at === null) return;
+    const { row, col } = at;
+    explain.hover({ layer: loaded.layer, sample: ctx.sample(), channel: loaded.channel, row, col });
     placeMarker(mapMarker, map, row, col, loaded.height, loaded.width);
     if (input !== null) placeMarker(inputMarker, overlay, row, col, loaded.height, loaded.width);
     const v = loaded.values[row * loaded.width + col];
@@ -626,13 +692,26 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
         ? `${exactValue(v)} at (row ${row}, col ${col})`
         : `${exactValue(v)} at (row ${row}, col ${col}) · from 8-bit data, ±${formatValue(q.step / 2)}`;
   };
+  const onClick = (ev: MouseEvent): void => {
+    const at = pixelAt(ev);
+    if (loaded === null || at === null) return;
+    explain.pin({ layer: loaded.layer, sample: ctx.sample(), channel: loaded.channel, ...at });
+  };
   const onLeave = (): void => {
+    value.textContent = "Point at the map to read a value";
+    // The explained pixel stays marked while its explanation is shown.
+    const e = explain.pinned ?? explain.shown;
+    if (loaded !== null && e !== null && e.layer === loaded.layer && e.channel === loaded.channel) {
+      placeMarker(mapMarker, map, e.row, e.col, loaded.height, loaded.width);
+      if (input !== null) placeMarker(inputMarker, overlay, e.row, e.col, loaded.height, loaded.width);
+      return;
+    }
     mapMarker.hidden = true;
     inputMarker.hidden = true;
-    value.textContent = "Point at the map to read a value";
   };
   map.addEventListener("pointermove", onPointer);
   map.addEventListener("pointerleave", onLeave);
+  map.addEventListener("click", onClick);
   opacity.addEventListener("input", drawOverlay);
 
   return {
@@ -658,7 +737,9 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
       examples.show(ctx.layer()?.name ?? null, ch);
     },
     redraw(): void {
-      if (channel !== null) draw();
+      if (channel === null) return;
+      draw();
+      explain.redraw();
     },
     handleKey(ev: KeyboardEvent): boolean {
       if (channel === null) return false;
@@ -679,7 +760,9 @@ export function createDetail(container: HTMLElement, ctx: DetailContext): Detail
       wanted = "";
       map.removeEventListener("pointermove", onPointer);
       map.removeEventListener("pointerleave", onLeave);
+      map.removeEventListener("click", onClick);
       opacity.removeEventListener("input", drawOverlay);
+      explain.destroy();
       examples.destroy();
       element.remove();
     },

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { heatmapLUT } from "../colormaps";
 import type { GradcamResult } from "../protocol";
-import { camMethodLabel, createGradcamPanel, heatmapPicture, upsampleBilinear } from "./gradcam";
+import { camMethodLabel, camMethodOption, createGradcamPanel, heatmapPicture, upsampleBilinear } from "./gradcam";
 
 function result(extra: Partial<GradcamResult> = {}): GradcamResult {
   // A 4×4 map with its maximum at row 3, col 0 (bottom-left) and a weaker spot at row 0, col 3.
@@ -130,7 +130,7 @@ describe("Grad-CAM panel", () => {
     expect(Array.from(picker.options).map((o) => o.textContent)).toEqual([
       "Grad-CAM (ours)",
       "Grad-CAM++",
-      "Score-CAM",
+      "Score-CAM (slow: one forward per channel)",
       "EigenCAM",
       "something-new",
     ]);
@@ -171,5 +171,51 @@ describe("Grad-CAM panel", () => {
     const { panel } = mount();
     panel.show(result({ heatmap: new Float32Array(16) }));
     expect(panel.element.textContent).toContain("Zero everywhere");
+  });
+});
+
+describe("slow CAM methods", () => {
+  afterEach(() => {
+    document.body.replaceChildren();
+  });
+
+  it("say they are slow, with the forwards they take for the shown layer", () => {
+    expect(camMethodOption("scorecam", 1280, 1)).toBe("Score-CAM (slow: one forward per channel — about 1,280 here)");
+    expect(camMethodOption("scorecam", 64, 4)).toBe(
+      "Score-CAM (slow: one forward per channel and input — about 256 here)",
+    );
+    expect(camMethodOption("scorecam", 0, 1)).toBe("Score-CAM (slow: one forward per channel)");
+    expect(camMethodOption("gradcam++", 1280, 1)).toBe("Grad-CAM++");
+    const panel = createGradcamPanel(document.body, { onTarget: () => {}, onMethod: () => {} });
+    panel.setMethods(["gradcam", "scorecam"], "gradcam", 96, 1);
+    const select = document.querySelector<HTMLSelectElement>('select[aria-label="CAM method"]')!;
+    expect(Array.from(select.options).map((o) => o.textContent)).toEqual([
+      "Grad-CAM (ours)",
+      "Score-CAM (slow: one forward per channel — about 96 here)",
+    ]);
+    // Another layer, another count.
+    panel.setMethods(["gradcam", "scorecam"], "scorecam", 1280, 1);
+    expect(select.options[1].textContent).toBe("Score-CAM (slow: one forward per channel — about 1,280 here)");
+    expect(select.value).toBe("scorecam");
+  });
+
+  it("say a cancelled map was cancelled, not an error, and offer to compute it", () => {
+    let retries = 0;
+    const panel = createGradcamPanel(document.body, {
+      onTarget: () => {},
+      onMethod: () => {},
+      onRetry: () => retries++,
+    });
+    panel.show(result());
+    panel.showCancelled("features.18", "scorecam");
+    expect(panel.element.dataset.state).toBe("cancelled");
+    expect(panel.element.textContent).toContain("Score-CAM for features.18: cancelled.");
+    expect(panel.element.querySelector('[role="alert"]')).toBeNull();
+    const retry = [...panel.element.querySelectorAll("button")].find((b) => b.textContent === "Compute again")!;
+    expect(retry.hidden).toBe(false);
+    retry.click();
+    expect(retries).toBe(1);
+    panel.showLoading("features.18", "scorecam");
+    expect(retry.hidden).toBe(true);
   });
 });

@@ -1,8 +1,8 @@
 /**
  * The Grad-CAM panel: the input image with the class activation map of the shown layer laid over it
  * (bilinear upsampling, Turbo colours, an opacity slider), a class picker, a method picker (our Grad-CAM,
- * or pytorch-grad-cam's methods where the kernel has the package) and a caption saying which method,
- * resolution and class the map is for. The Grad-CAM panel (panels/gradcam.ts) gets the maps; this module draws.
+ * or pytorch-grad-cam's methods where the kernel has the package; a slow one says so, with its cost for the
+ * shown layer) and a caption saying which method, resolution and class the map is for. The Grad-CAM panel (panels/gradcam.ts) gets the maps; this module draws.
  *
  * @example
  *   const panel = createGradcamPanel(root, { onTarget: (t) => store.set({ target: t }), onMethod: (m) => store.set({ cam_method: m }) });
@@ -28,6 +28,30 @@ const METHOD_LABELS: Record<string, string> = {
   hirescam: "HiResCAM",
   "gradcam-elementwise": "Grad-CAM element-wise",
 };
+
+/**
+ * Methods whose cost scales with the layer's channels, and how (python: `CHANNEL_COST` in
+ * fmwidget/gradcam.py): Score-CAM runs the model once per channel and input.
+ */
+const CHANNEL_COST: Record<string, string> = { scorecam: "one forward per channel" };
+
+/**
+ * A method's entry in the picker: its name, and for a method whose cost scales with channels, that it
+ * is slow and how many forwards it takes for the shown layer (`channels` × `samples`; the kernel
+ * computes every sample's map at once).
+ *
+ * @example
+ *   camMethodOption("scorecam", 1280, 1); // "Score-CAM (slow: one forward per channel — about 1,280 here)"
+ *   camMethodOption("gradcam++", 1280, 1); // "Grad-CAM++"
+ */
+export function camMethodOption(method: string, channels: number, samples: number): string {
+  const cost = CHANNEL_COST[method];
+  const label = camMethodLabel(method);
+  if (cost === undefined) return label;
+  if (!(channels > 0)) return `${label} (slow: ${cost})`;
+  const per = samples > 1 ? `${cost} and input` : cost;
+  return `${label} (slow: ${per} — about ${(channels * Math.max(1, samples)).toLocaleString("en-US")} here)`;
+}
 
 /**
  * How a CAM method reads in the picker and captions (an unknown key reads as itself).
@@ -112,8 +136,11 @@ export function heatmapPicture(result: GradcamResult, input: InputPicture | null
 
 export interface GradcamPanel {
   readonly element: HTMLElement;
-  /** The method picker's entries (hidden when there is only one) and the chosen one. */
-  setMethods(methods: readonly string[], method: string): void;
+  /**
+   * The method picker's entries (hidden when there is only one) and the chosen one; `channels` and
+   * `samples` (the shown layer's) give the slow methods' cost.
+   */
+  setMethods(methods: readonly string[], method: string, channels?: number, samples?: number): void;
   /** The class picker's entries: the sample's top predictions, "predicted" first; `target` is selected. */
   setClasses(predictions: readonly Prediction[], target: number | null): void;
   /** The picture under the heatmap; null with a reason when there is none (the heatmap is drawn alone). */
@@ -122,6 +149,8 @@ export interface GradcamPanel {
   /** Says a map is being computed; the previous one stays, dimmed. */
   showLoading(layer: string, method?: string): void;
   showError(text: string): void;
+  /** Says the map was cancelled (not an error), with a button to compute it after all. */
+  showCancelled(layer: string, method?: string): void;
   destroy(): void;
 }
 
@@ -133,7 +162,7 @@ export interface GradcamPanel {
  */
 export function createGradcamPanel(
   container: HTMLElement,
-  handlers: { onTarget(target: number | null): void; onMethod(method: string): void },
+  handlers: { onTarget(target: number | null): void; onMethod(method: string): void; onRetry?(): void },
 ): GradcamPanel {
   const element = el("section", "fm-gradcam");
   element.setAttribute("aria-label", "Grad-CAM panel");
@@ -180,7 +209,12 @@ export function createGradcamPanel(
   side.append(caption, legend, note);
   body.append(picture, side);
   const message = el("div", "fm-gradcam-message");
-  element.append(head, message, body);
+  const retry = el("button", "fm-button fm-gradcam-retry", "Compute again");
+  retry.type = "button";
+  retry.hidden = true;
+  const onRetry = (): void => handlers.onRetry?.();
+  retry.addEventListener("click", onRetry);
+  element.append(head, message, retry, body);
   container.append(element);
 
   let result: GradcamResult | null = null;
@@ -188,6 +222,7 @@ export function createGradcamPanel(
   let inputNote = "";
 
   function setMessage(text: string, isError: boolean): void {
+    retry.hidden = true;
     message.textContent = text;
     message.hidden = text === "";
     message.classList.toggle("fm-error-text", isError);
@@ -242,15 +277,15 @@ export function createGradcamPanel(
 
   return {
     element,
-    setMethods(list: readonly string[], method: string): void {
-      const signature = JSON.stringify(list);
+    setMethods(list: readonly string[], method: string, channels = 0, samples = 1): void {
+      const signature = JSON.stringify([list, channels, samples]);
       if (signature !== methodSignature) {
         methodSignature = signature;
         methods.replaceChildren(
           ...list.map((m) => {
             const o = document.createElement("option");
             o.value = m;
-            o.textContent = camMethodLabel(m);
+            o.textContent = camMethodOption(m, channels, samples);
             return o;
           }),
         );
@@ -303,8 +338,17 @@ export function createGradcamPanel(
       body.hidden = true;
       setMessage(text, true);
     },
+    showCancelled(layer: string, method = "gradcam"): void {
+      element.dataset.state = "cancelled";
+      setMessage(`${method === "gradcam" ? "Grad-CAM" : camMethodLabel(method)} for ${layer}: cancelled.`, false);
+      retry.hidden = handlers.onRetry === undefined;
+      // The last map shown stays, dimmed: it is not this layer's.
+      body.classList.add("fm-stale");
+      body.hidden = result === null;
+    },
     destroy(): void {
       opacity.removeEventListener("input", redraw);
+      retry.removeEventListener("click", onRetry);
       element.remove();
     },
   };

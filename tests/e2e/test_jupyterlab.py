@@ -145,6 +145,21 @@ def test_widget_in_jupyterlab(lab) -> None:
         value, row, col = float(m.group(1)), int(m.group(2)), int(m.group(3))
         assert np.float32(value) == first[5, row, col], (text, first[5, row, col])
         page.screenshot(path=str(ARTIFACTS / "light-detail.png"))
+        # How is this computed: the hover explains that pixel of the first conv (3×3, stride 2,
+        # padding 1); the Σ line ends in the value read out, and its receptive field is boxed.
+        page.wait_for_selector("[aria-label='How is this computed?'][data-state='ready']")
+        panel = detail.locator("[aria-label='How is this computed?']")
+        sum_line = panel.locator("[aria-label='Sum']").inner_text()
+        assert sum_line.startswith("Σ 27 products") and sum_line.endswith(f"= {m.group(1)}"), (
+            sum_line,
+            text,
+        )
+        field = detail.locator("[aria-label='Receptive field']")
+        assert field.is_visible()
+        box = [int(v) for v in (field.get_attribute("data-box") or "").split(",")]
+        assert box == [max(0, 2 * row - 1), max(0, 2 * col - 1), 2 * row + 2, 2 * col + 2], box
+        panel.scroll_into_view_if_needed()
+        detail.screenshot(path=str(ARTIFACTS / "light-explain.png"))
         page.keyboard.press("Escape")
         wait_for_file_json(root / "state.json", lambda s: s["channel"] is None)
 
@@ -240,6 +255,14 @@ def test_widget_in_jupyterlab(lab) -> None:
         _ready(page)
         page.wait_for_timeout(300)
         root_el.screenshot(path=str(ARTIFACTS / "widget-dark-detail.png"))
+        # The explanation panel in the dark theme, for the layer the channel view shows now.
+        big = detail.locator("canvas[aria-label='Channel map']")
+        big.scroll_into_view_if_needed()
+        box = big.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+        page.wait_for_selector("[aria-label='How is this computed?'][data-state='ready']")
+        assert detail.locator("[aria-label='Receptive field']").is_visible()
+        detail.screenshot(path=str(ARTIFACTS / "dark-explain.png"))
         page.get_by_role("button", name="Close channel view").click()
         wait_for_file_json(root / "state.json", lambda s: s["channel"] is None)
         page.wait_for_timeout(300)
