@@ -349,6 +349,16 @@ class Worker:
                 job.cancel.set()
             return bool(found)
 
+    def cancel_all(self, timeout: float = 10.0) -> None:
+        """Cancel every job (each is answered "cancelled") and wait up to ``timeout`` s until the
+        thread has stopped: a re-run from a cell replaces the session the jobs read."""
+        with self._lock:
+            for job in [*([] if self._running is None else [self._running]), *self._queue]:
+                job.cancel.set()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     def close(self, timeout: float = 10.0) -> None:
         """Cancel the running job, drop the queued ones, wait up to ``timeout`` s for the thread."""
         with self._lock:

@@ -366,6 +366,10 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
         if push is None:
             # A live refresh stays quiet: a busy banner would flash at every training step.
             self.status = {"state": "busy", "message": "running the model"}
+        worker = self.__dict__.get("_worker")
+        if worker is not None:
+            # A job of the view reads the session about to go, and runs the same model.
+            worker.cancel_all()
         # The buffers are about to be overwritten: the old session's tensors may live in them.
         self._session.close("the widget is re-running the model")
         try:

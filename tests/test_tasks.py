@@ -288,3 +288,21 @@ def test_a_bad_cancel_gets_an_error_reply(make: Make) -> None:
     w = make(model, torch.randn(1, 3, 8, 8))
     reply = _browser(w).request("cancel", task="all", revision=w.revision)
     assert not reply.ok and "cancel needs 'task' (a request id, or null)" in str(reply.error)
+
+
+def test_new_inputs_from_a_cell_cancel_the_views_job_first(make: Make) -> None:
+    model, gate = _model()
+    w = make(model, torch.randn(1, 3, 8, 8))
+    browser = _browser(w)
+    before = _snapshot(model)
+    gate.calls, gate.hold_at = 0, 3
+    job = _scorecam(browser, w)
+    assert gate.reached.wait(20)
+    # The job is inside a forward; it notices the cancel at the next one.
+    threading.Timer(0.2, gate.release.set).start()
+    gate_calls = gate.calls
+    w.set_inputs(torch.randn(2, 3, 8, 8))
+    assert browser.reply_to(job).error == "cancelled"
+    assert w.num_samples == 2 and gate.calls == gate_calls + 1  # only the new capture ran
+    assert _no_worker_threads()
+    _assert_same(before, model)
