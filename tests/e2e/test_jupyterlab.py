@@ -242,6 +242,39 @@ def test_widget_in_jupyterlab(lab) -> None:
             "() => document.querySelector('.fmwidget').innerText.includes('Zeroed channels 2, 4')"
         )
 
+        # Score-CAM is slow: the picker says so beforehand, the banner shows its progress while
+        # the kernel works on the last layer (1,280 channels), and Cancel stops it.
+        back_to = json.loads((root / "state.json").read_text())["layer"]
+        slider.focus()
+        page.keyboard.press("End")
+        wait_for_file_json(root / "state.json", lambda s: s["layer"] == layers[-1])
+        method = panel.locator("select[aria-label='CAM method']")
+        option = method.locator("option[value='scorecam']").inner_text()
+        assert "slow" in option and "1,280" in option, option
+        method.select_option(value="scorecam")
+        job = page.locator("[aria-label='Kernel job']")
+        page.wait_for_function(
+            "() => document.querySelector(\"[aria-label='Kernel job']\")?.innerText"
+            ".includes('Score-CAM on')",
+            timeout=60_000,
+        )
+        root_el.screenshot(path=str(ARTIFACTS / "widget-light-scorecam.png"))
+        job.get_by_role("button", name="Cancel").click()
+        page.wait_for_selector(
+            "[aria-label='Grad-CAM panel'][data-state='cancelled']", timeout=60_000
+        )
+        assert "cancelled" in panel.inner_text()
+        job.wait_for(state="hidden", timeout=60_000)
+        method.select_option(value="gradcam")
+        slider.evaluate(
+            "(s, i) => { s.value = String(i);"
+            " s.dispatchEvent(new Event('input', {bubbles: true}));"
+            " s.dispatchEvent(new Event('change', {bubbles: true})); }",
+            layers.index(back_to),
+        )
+        wait_for_file_json(root / "state.json", lambda s: s["layer"] == back_to)
+        page.wait_for_selector(panel_ready)
+
         # Dark theme, switched live from JupyterLab's menu.
         light_bg = root_el.evaluate("e => getComputedStyle(e).backgroundColor")
         page.get_by_role("menuitem", name="Settings").click()
