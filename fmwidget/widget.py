@@ -86,6 +86,7 @@ _KERNEL_TRAITS = (
     "scan_info",
     "steps",
     "now_label",
+    "training",
 )
 
 
@@ -159,6 +160,8 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
     ablation = traitlets.Dict(allow_none=True).tag(sync=True)
     cam_method = traitlets.Unicode("gradcam").tag(sync=True)
     cam_methods = traitlets.List(traitlets.Unicode(), ["gradcam"]).tag(sync=True)
+    # The model ran in training mode (BatchNorm on batch statistics, random dropout): the view says so.
+    training = traitlets.Bool(False).tag(sync=True)
     # The view's long job (fmwidget.tasks): {id, label, done, total, unit, elapsed}, or None.
     task = traitlets.Dict(allow_none=True).tag(sync=True)
 
@@ -281,6 +284,7 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
             super().__init__(
                 **{**view, **state, "layer": layer or state["layer"], "revision": 1},
                 cam_methods=methods,
+                training=self._ran_in_training(),
             )
         except BaseException:
             # anywidget keeps every instance alive (its file watcher holds a callback bound to
@@ -383,6 +387,7 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
             self.status = {"state": "error", "message": message}
             raise
         state = self._session.trait_state()
+        state["training"] = self._ran_in_training()
         if self.layer in self._session.store:
             state["layer"] = self.layer
         revision = self.revision + 1
@@ -533,6 +538,11 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
     def _close_channel_if_out_of_range(self) -> None:
         if self.channel is not None and self.channel >= self._channel_count():
             self.channel = None
+
+    def _ran_in_training(self) -> bool:
+        """Whether the model of the last capture had a module in training mode."""
+        model = self._session.model
+        return model is not None and any(m.training for m in model.modules())
 
     def _require_model(self, action: str) -> Source:
         if self._source is None and self._session.closed:

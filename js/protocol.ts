@@ -252,6 +252,8 @@ export interface Traits {
   steps: StepInfo[];
   /** What the view calls the model as it is now ("step 1200" after a live refresh); "" before any. */
   now_label: string;
+  /** The model ran in training mode: BatchNorm used the batch's statistics and dropout was random. */
+  training: boolean;
 }
 
 /** One entry of the `steps` trait. */

@@ -93,6 +93,7 @@ const TRAIT_DEFAULTS: Traits = {
   step: null,
   steps: [],
   now_label: "",
+  training: false,
 };
 
 const TRAITS = Object.keys(TRAIT_DEFAULTS) as (keyof Traits)[];

@@ -426,6 +426,7 @@ function traits(): Traits {
     step: null,
     steps: [],
     now_label: "",
+    training: false,
   };
 }
 

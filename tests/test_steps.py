@@ -268,3 +268,16 @@ def test_closing_lets_go_of_the_shadow_copy(make: Make, x, checkpoints):
     w.close()
     gc.collect()
     assert shadow() is None
+
+
+def test_the_view_is_told_when_the_model_ran_in_training_mode(make: Make, x):
+    model = _net(0).train()
+    w = make(model, x)
+    assert w.training
+    model.eval()
+    w.set_inputs(x)
+    assert not w.training
+    model.train()
+    # Steps are shown through the eval-mode copy: never training maps.
+    w.refresh(force=True)
+    assert not w.training and model.training

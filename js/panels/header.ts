@@ -22,6 +22,7 @@ export function headerPanel({ store }: PanelContext, container: HTMLElement): Pa
       header.setPending(
         store.error() === "" && (!store.get("drawn") || (preview !== null && preview !== store.get("layer"))),
       );
+      if (changed.has("training")) header.setTraining(store.get("training"));
       if (touched(changed, "predictions", "sample"))
         header.setPrediction(store.get("predictions")[store.get("sample")]?.[0] ?? null);
     },

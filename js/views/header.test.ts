@@ -51,6 +51,20 @@ describe("header", () => {
     expect(root.textContent).toContain("3 of 64 channels dead");
   });
 
+  it("marks maps captured in training mode, with the reason and the fix in its title", () => {
+    const root = document.createElement("div");
+    containers.push(root);
+    const header = createHeader(root, { onLayer: () => {} });
+    header.update(meta("conv1"), 1);
+    const badge = [...root.querySelectorAll<HTMLElement>(".fm-badge")].find((b) => b.textContent === "training mode")!;
+    expect(badge.hidden).toBe(true);
+    header.setTraining(true);
+    expect(badge.hidden).toBe(false);
+    expect(badge.title).toContain("model.eval()");
+    header.setTraining(false);
+    expect(badge.hidden).toBe(true);
+  });
+
   it("offers the activation partner in the header and reports its name", () => {
     const root = document.createElement("div");
     containers.push(root);

@@ -49,6 +49,8 @@ export interface Header {
   setPending(pending: boolean): void;
   /** The model's top prediction for the shown sample ("Egyptian cat 72%"); null hides it. */
   setPrediction(top: Prediction | null): void;
+  /** Marks maps captured with the model in training mode (they depend on the batch, dropout is random). */
+  setTraining(training: boolean): void;
 }
 
 /**
@@ -87,9 +89,14 @@ export function createHeader(container: HTMLElement, handlers: { onLayer(name: s
     if (target !== "") handlers.onLayer(target);
   });
   const health = el("span", "fm-health");
+  const training = el("span", "fm-badge fm-badge-warn", "training mode");
+  training.hidden = true;
+  training.title =
+    "The model ran in training mode: BatchNorm used this batch's statistics and dropout was random, so the maps " +
+    "depend on the other inputs and change from run to run. Call model.eval() and re-run for per-image maps.";
   const prediction = el("span", "fm-prediction");
   prediction.hidden = true;
-  element.append(name, pending, type, shape, down, toggle, health, prediction);
+  element.append(name, pending, type, shape, down, toggle, health, training, prediction);
   container.append(element);
   return {
     element,
@@ -123,6 +130,9 @@ export function createHeader(container: HTMLElement, handlers: { onLayer(name: s
       prediction.hidden = top === null;
       prediction.textContent = top === null ? "" : `${predictionLabel(top)} ${formatPercent(top.prob)}`;
       prediction.title = top === null ? "" : `${prediction.textContent}: the model's top prediction for this input`;
+    },
+    setTraining(on: boolean): void {
+      training.hidden = !on;
     },
     setPending(on: boolean): void {
       pending.hidden = !on;
