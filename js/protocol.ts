@@ -32,6 +32,8 @@ export interface LayerMeta {
   pre: string | null;
   post: string | null;
   filter: boolean;
+  /** Blocks (containers) whose output is this very tensor, e.g. ["layer4"]; absent in older saved files. */
+  aliases?: string[];
 }
 
 /** One entry of a sample's top-5 in the `predictions` trait (`label` is null when the model has no class names). */

@@ -186,6 +186,11 @@ function field(label: string, control: HTMLElement): HTMLLabelElement {
  *   const controls = createControls(bar, handlers);
  *   controls.update({ layers, layer: "conv1", colormap: "gray", ... });
  */
+/** The blocks a layer also is, for the slider's spoken value ("; also layer4"). */
+function alsoText(aliases: readonly string[]): string {
+  return aliases.length > 0 ? `; also ${aliases.join(", ")}` : "";
+}
+
 export function createControls(container: HTMLElement, handlers: ControlHandlers): Controls {
   const element = el("div", "fm-controls");
   let layers: readonly LayerMeta[] = [];
@@ -203,7 +208,9 @@ export function createControls(container: HTMLElement, handlers: ControlHandlers
     position.textContent = meta === undefined ? "" : `${index + 1} / ${layers.length}`;
     slider.setAttribute(
       "aria-valuetext",
-      meta === undefined ? "" : `${meta.name} (${meta.type}, ${formatShape(meta.shape)})`,
+      meta === undefined
+        ? ""
+        : `${meta.name} (${meta.type}, ${formatShape(meta.shape)}${alsoText(meta.aliases ?? [])})`,
     );
   };
   // Dragging fires `input` far more often than a layer can be fetched: the position and the header's

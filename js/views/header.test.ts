@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import type { LayerMeta } from "../protocol";
 import css from "../style.css?raw";
 import { layerMeta } from "../testing/fixtures";
-import { createHeader, healthSummary, partnerLabel } from "./header";
+import { aliasText, createHeader, healthSummary, partnerLabel } from "./header";
 
 function meta(name: string, extra: Partial<LayerMeta> = {}): LayerMeta {
   return layerMeta(name, { shape: [2, 64, 8, 8], filter: true, ...extra });
@@ -49,6 +49,20 @@ describe("header", () => {
     expect(root.textContent).toContain("64 × 8 × 8");
     expect(root.textContent).toContain("1/2 resolution");
     expect(root.textContent).toContain("3 of 64 channels dead");
+  });
+
+  it("names the blocks a layer's output also is, shortest first", () => {
+    expect(aliasText([])).toBe("");
+    expect(aliasText(["layer4.2", "layer4"])).toBe("= layer4 +1");
+    const root = document.createElement("div");
+    containers.push(root);
+    const header = createHeader(root, { onLayer: () => {} });
+    header.update(meta("layer4.2.relu:3", { aliases: ["layer4"] }), 1);
+    const alias = root.querySelector<HTMLElement>(".fm-alias")!;
+    expect(alias.textContent).toBe("= layer4");
+    expect(alias.title).toBe("Also the output of layer4");
+    header.update(meta("conv1"), 1);
+    expect(alias.hidden).toBe(true);
   });
 
   it("marks maps captured in training mode, with the reason and the fix in its title", () => {

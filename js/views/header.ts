@@ -54,6 +54,18 @@ export interface Header {
 }
 
 /**
+ * The block names a layer also answers to, shortest first ("= layer4"; "= layer4 +1" for more).
+ *
+ * @example
+ *   aliasText(["layer4", "layer4.2"]); // "= layer4 +1"
+ */
+export function aliasText(aliases: readonly string[]): string {
+  if (aliases.length === 0) return "";
+  const first = [...aliases].sort((a, b) => a.length - b.length)[0];
+  return aliases.length === 1 ? `= ${first}` : `= ${first} +${aliases.length - 1}`;
+}
+
+/**
  * The text of the before/after-activation toggle: forward to the activation a conv/norm layer feeds
  * ("after ReLU6 →"), back from an activation to its input ("← before activation").
  *
@@ -75,6 +87,7 @@ export function partnerLabel(meta: LayerMeta, partner: LayerMeta): string {
 export function createHeader(container: HTMLElement, handlers: { onLayer(name: string): void }): Header {
   const element = el("div", "fm-header");
   const name = el("span", "fm-title");
+  const alias = el("span", "fm-alias");
   const pending = el("span", "fm-header-pending");
   pending.title = "Loading this layer";
   pending.hidden = true;
@@ -96,7 +109,7 @@ export function createHeader(container: HTMLElement, handlers: { onLayer(name: s
     "depend on the other inputs and change from run to run. Call model.eval() and re-run for per-image maps.";
   const prediction = el("span", "fm-prediction");
   prediction.hidden = true;
-  element.append(name, pending, type, shape, down, toggle, health, training, prediction);
+  element.append(name, alias, pending, type, shape, down, toggle, health, training, prediction);
   container.append(element);
   return {
     element,
@@ -104,6 +117,9 @@ export function createHeader(container: HTMLElement, handlers: { onLayer(name: s
       name.textContent = meta?.name ?? "";
       // The header stays on one line: a cut name, health line or prediction shows whole on hover.
       name.title = meta?.name ?? "";
+      alias.textContent = aliasText(meta?.aliases ?? []);
+      alias.title = (meta?.aliases ?? []).length > 0 ? `Also the output of ${(meta?.aliases ?? []).join(", ")}` : "";
+      alias.hidden = alias.textContent === "";
       type.textContent = meta?.type ?? "";
       type.hidden = meta === undefined;
       shape.textContent = meta === undefined ? "" : formatShape(meta.shape);
