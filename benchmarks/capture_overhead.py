@@ -1,9 +1,11 @@
-"""Capture overhead: a bare forward against capture(), without and with CaptureBuffers pools.
+"""Capture overhead: a bare forward against capture() (without and with CaptureBuffers pools), a
+widget's session (``Source.run``: capture + store statistics) and a whole ``FeatureMapWidget``.
 
-ResNet-50 and MobileNetV2 (random weights), batch 1 at 224×224, repeats interleaved so that load
-from other processes hits every variant alike; prints medians and ratios to the bare forward.
+ResNet-50, MobileNetV2 and EfficientNet-B0 (random weights, eval mode), batch 1 at 224×224,
+repeats interleaved so that load from other processes hits every variant alike; prints medians and
+ratios to the bare forward.
 
-    .venv/bin/python benchmarks/capture_overhead.py            # CPU (PYTHONPATH=. if not installed)
+    PYTHONPATH=. .venv/bin/python benchmarks/capture_overhead.py --threads 1   # CPU
     .venv/bin/python benchmarks/capture_overhead.py --device cuda --repeats 50
 """
 
@@ -18,6 +20,8 @@ import torch
 import torchvision
 
 from fmwidget.capture import CaptureBuffers, capture
+from fmwidget.session import Source
+from fmwidget.widget import FeatureMapWidget
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
@@ -61,12 +65,28 @@ def bench(name: str, device: torch.device, repeats: int, batch: int) -> None:
         held.pop("copied", None)
         held["copied"] = capture(model, x, buffers=copy_pool)
 
+    def session() -> None:
+        # As a widget's re-run: the previous session is closed first, the buffers are reused.
+        old = held.pop("session", None)
+        if old is not None:
+            old.close("replaced")  # type: ignore[attr-defined]
+        held["session"] = source.run(x)
+
+    def widget() -> None:
+        old = held.pop("widget", None)
+        if old is not None:
+            old.close()  # type: ignore[attr-defined]
+        held["widget"] = FeatureMapWidget(model, x)
+
+    source = Source(model)
     variants = {
         "bare forward": bare,
         "capture": fresh,
         "capture, previous held": fresh_held,
         "capture + pool": pooled,
         "capture + pool, copy_all": copied,
+        "session (Source.run)": session,
+        "FeatureMapWidget": widget,
     }
     timed = _timer(device)
     for fn in variants.values():  # warm-up: allocator, learned in-place layers, pool buffers
@@ -96,7 +116,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2"])
+    parser.add_argument(
+        "--models", nargs="+", default=["resnet50", "mobilenet_v2", "efficientnet_b0"]
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:

@@ -14,23 +14,28 @@ import copy
 import dataclasses
 import itertools
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from fmwidget.names import display, hint, parse_layer_name
+from fmwidget.names import COMPILED_PART, display, hint, parse_layer_name
 
 __all__ = [
     "LayerRef",
     "Tap",
     "call_model",
+    "eager_model",
+    "is_compiled",
+    "module_names",
     "normal_tensors",
     "rebuild",
     "resolve_layer",
+    "run_eagerly",
     "split_inputs",
     "state_kept",
     "tapped",
@@ -67,9 +72,73 @@ def split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
-    """``model`` called on ``inputs`` (see :func:`split_inputs`)."""
+    """``model`` called on ``inputs`` (see :func:`split_inputs`), eagerly (:func:`run_eagerly`)."""
     args, kwargs = split_inputs(inputs)
-    return model(*args, **kwargs)
+    with run_eagerly(model):
+        return model(*args, **kwargs)
+
+
+# -- torch.compile'd models: hooked and run as their original modules ----------------------------
+#
+# Module hooks do not run inside a compiled graph (capture saw nothing once the compiled model had
+# run), and hooks added to a compiled model make Dynamo guard on them and recompile. So fmwidget
+# hooks the original modules and runs compiled code as plain Python for the forward (the
+# "force_eager" stance: nothing is compiled or recompiled, the user's compiled code stays cached).
+
+
+def _optimized_module() -> type | None:
+    # Nothing is compiled before Dynamo is imported; importing it here would cost a second.
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return getattr(eval_frame, "OptimizedModule", None)
+
+
+def eager_model(model: nn.Module) -> nn.Module:
+    """The module ``torch.compile(model)`` wraps (``model._orig_mod``), else ``model`` itself.
+
+    Example:
+        >>> net = torch.nn.Linear(2, 2)
+        >>> eager_model(torch.compile(net)) is net, eager_model(net) is net
+        (True, True)
+    """
+    wrapper = _optimized_module()
+    while wrapper is not None and isinstance(model, wrapper):
+        model = cast(nn.Module, model._orig_mod)
+    return model
+
+
+def is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` or one of its modules is ``torch.compile``'d (wrapped or in place)."""
+    wrapper = _optimized_module()
+    if wrapper is None:
+        return False
+    return any(
+        isinstance(m, wrapper) or getattr(m, "_compiled_call_impl", None) is not None
+        for m in model.modules()
+    )
+
+
+@contextmanager
+def run_eagerly(model: nn.Module) -> Iterator[None]:
+    """For the block, ``model``'s compiled code runs eagerly: hooks fire, nothing compiles."""
+    if not is_compiled(model):
+        yield
+        return
+    with torch.compiler.set_stance("force_eager"):
+        yield
+
+
+def module_names(model: nn.Module) -> dict[str, nn.Module]:
+    """``model.named_modules()`` as fmwidget names them: a compiled model's original modules,
+    without the ``_orig_mod`` parts of the names (``_orig_mod.conv1`` is ``conv1``)."""
+    wrapper = _optimized_module()
+    named = eager_model(model).named_modules()
+    if wrapper is None:
+        return dict(named)
+    return {
+        ".".join(p for p in name.split(".") if p != COMPILED_PART): module
+        for name, module in named
+        if not isinstance(module, wrapper)
+    }
 
 
 def normal_tensors(inputs: Any) -> Any:
@@ -177,9 +246,14 @@ class LayerRef:
 
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> LayerRef:
-    """Resolve a layer name (``name``, ``name:k``, ``name[0]``, ``name['key']``) or a module."""
-    modules = dict(model.named_modules())
+    """Resolve a layer name (``name``, ``name:k``, ``name[0]``, ``name['key']``) or a module.
+
+    Names are those of :func:`module_names`: a block (``layer4``) taps the block's own output, the
+    same tensor as the captured layer it is an alias of; ``_orig_mod.`` parts are ignored.
+    """
+    modules = module_names(model)
     if isinstance(layer, nn.Module):
+        layer = eager_model(layer)
         for name, module in modules.items():
             if module is layer:
                 return LayerRef(display(name), module, 1, ())
@@ -195,7 +269,8 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> LayerRef:
             f"'name:2' is the 2nd call of a module, 'name[0]' a tensor in its output); "
             f"{hint(layer, [display(n) for n in modules])}"
         )
-    return LayerRef(layer, modules[parsed.module], parsed.call, parsed.path)
+    name = str(parsed) if COMPILED_PART in layer else layer
+    return LayerRef(name, modules[parsed.module], parsed.call, parsed.path)
 
 
 def _replace_at(
@@ -242,6 +317,11 @@ class Tap:
         return _replace_at(output, self.ref.index, self.fn, self.ref.name)
 
     def check_called(self) -> None:
+        if self.calls == 0:
+            raise RuntimeError(
+                f"layer {self.ref.name!r} did not run in this forward: name a module the model "
+                "calls for these inputs (fmwidget.capture(model, x).report lists them)"
+            )
         if self.calls < self.ref.call:
             raise RuntimeError(
                 f"layer {self.ref.name!r} was called {self.calls} time(s) in the forward, so call "

@@ -10,7 +10,11 @@ and returns a read-only mapping from layer name to activation tensor, in call or
 Names are qualified module names from ``model.named_modules()``. A module called k times in one
 forward (torchvision's ResNet blocks call their ``relu`` twice) gives k entries: ``name``,
 ``name:2``, … The root module, when captured, is named ``(model)``. Tensors inside
-tuple/list/dict/dataclass outputs are named ``name[0]`` / ``name['key']``.
+tuple/list/dict/dataclass outputs are named ``name[0]`` / ``name['key']``. A block (a module with
+children) whose output is the very tensor a captured layer returned is an alias of that layer
+(``cap["layer4"]``, ``LayerInfo.aliases``); one whose output is a new tensor (``x + y`` at its end)
+is captured under its own name. A ``torch.compile``'d model is captured through its original
+modules, run eagerly (no recompile), named without ``_orig_mod.``.
 
 In-place safety: a stored activation never shows a later in-place change (``ReLU(inplace=True)``,
 ``out += identity``). Outputs are kept by reference and their ``_version`` recorded; a module with
@@ -21,6 +25,10 @@ time. Those names are remembered per model, so later captures of the same model 
 and run once. A :class:`CaptureBuffers` pool makes those copies land in memory reused across
 captures, or (``copy_all=True``) copies every output at hook time.
 
+``admit=`` sees every layer's value at hook time and says whether to keep it: what the widget's
+memory budget uses to compute statistics as each layer is produced and keep only what fits, so a
+capture's peak stays within the bare forward's own plus what is kept.
+
 Flags are never switched and state is left as it was: the model runs exactly as it is. A model in
 training mode runs once, copying everything, instead of ever running twice (a second run would draw
 new dropout masks), and its buffers (BatchNorm running statistics) are restored afterwards.
@@ -29,7 +37,9 @@ new dropout masks), and its buffers (BatchNorm running statistics) are restored 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import re
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,14 +48,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from fmwidget.calling import rebuild, split_inputs, state_kept, tensors_in
+from fmwidget.calling import (
+    eager_model,
+    is_compiled,
+    module_names,
+    rebuild,
+    run_eagerly,
+    split_inputs,
+    state_kept,
+    tensors_in,
+)
 from fmwidget.names import (
+    COMPILED_PART,
     ROOT_NAME,
-    UnknownLayerError,
     display,
     examples,
     hint,
     parse_layer_name,
+    resolve_name,
 )
 
 __all__ = [
@@ -63,6 +83,9 @@ __all__ = [
 
 _NOTE_EXAMPLES = 5
 
+#: ``admit(name, tensor, module, source) -> keep?``: see :func:`capture`.
+Admit = Callable[[str, torch.Tensor, nn.Module, "str | None"], bool]
+
 LayerSelector = (
     str | type[nn.Module] | Callable[[str, nn.Module], bool] | Iterable[str | type[nn.Module]]
 )
@@ -71,8 +94,12 @@ LayerSelector = (
 class CaptureError(RuntimeError, ValueError):
     """The model could not be captured: a forward failed, or nothing had an (N, C, H, W) output.
 
-    The message names the layer that failed and what it received; the original exception is chained.
+    The message names the layer that failed and what it received. It is raised without a chain,
+    so that a traceback starts with it; the model's own exception, with its traceback into the
+    model's code, is ``original`` (``None`` when nothing failed).
     """
+
+    original: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +109,12 @@ class LayerInfo:
     ``input_from`` names the captured layer whose output tensor was this module's first input
     (matched by tensor identity, or by being a view of it), else ``None``: it pairs a conv/norm
     with the activation that follows it.
+
+    ``aliases`` are the blocks (container modules) whose output was this very tensor, checked by
+    identity when the block returned (``layer4`` and ``layer4.1`` of a ResNet-18 for
+    ``layer4.1.relu:2``): every name that takes a layer accepts them. A block whose output is
+    some other tensor (it ends in ``x + y`` outside modules) is captured under its own name, kind
+    ``block``.
     """
 
     name: str
@@ -92,6 +125,11 @@ class LayerInfo:
     shape: tuple[int, ...]
     dtype: str
     input_from: str | None
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A loaded capture (fmwidget.load) gives a JSON list.
+        object.__setattr__(self, "aliases", tuple(self.aliases))
 
 
 @dataclass
@@ -103,11 +141,14 @@ class CaptureReport:
     notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        header = ("name", "type", "kind", "shape", "dtype", "input from")
-        rows = [
+        header: tuple[str, ...] = ("name", "type", "kind", "shape", "dtype", "input from")
+        rows: list[tuple[str, ...]] = [
             (i.name, i.type, i.kind, "×".join(map(str, i.shape)), i.dtype, i.input_from or "")
             for i in self.captured
         ]
+        if any(i.aliases for i in self.captured):
+            header += ("block aliases",)
+            rows = [(*r, ", ".join(i.aliases)) for r, i in zip(rows, self.captured, strict=True)]
         widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
         lines = [f"captured {len(self.captured)} layers"]
         lines += [
@@ -116,7 +157,7 @@ class CaptureReport:
         ]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} modules")
-            lines += [f"  {name or ROOT_NAME}: {reason}" for name, reason in self.skipped]
+            lines += [f"  {line}" for line in _grouped(self.skipped)]
         if self.notes:
             lines.append("notes")
             lines += [f"  - {note}" for note in self.notes]
@@ -199,7 +240,9 @@ class Capture(Mapping[str, torch.Tensor]):
     """Activations of one forward pass, by layer name, in call order (a read-only mapping).
 
     ``report`` says what was captured and skipped, ``output`` is the model's output (detached
-    unless the capture ran with ``grad=True``), ``info(name)`` describes one layer.
+    unless the capture ran with ``grad=True``), ``info(name)`` describes one layer. A block name
+    (``cap["layer4"]``) reads the layer it is an alias of (``LayerInfo.aliases``); iteration
+    gives each layer once, under its own name.
 
     Example::
 
@@ -217,6 +260,11 @@ class Capture(Mapping[str, torch.Tensor]):
     ) -> None:
         self._tensors = tensors
         self._infos = {i.name: i for i in report.captured}
+        #: Block name -> the captured layer whose output tensor the block returned.
+        self.aliases: dict[str, str] = {a: i.name for i in report.captured for a in i.aliases}
+        #: Layers seen and described (in ``report.captured``) but let go at hook time by
+        #: ``admit=``: they are not in the mapping.
+        self.dropped: tuple[str, ...] = tuple(n for n in self._infos if n not in tensors)
         self.report = report
         self.output = output
         self._pool = pool
@@ -249,10 +297,20 @@ class Capture(Mapping[str, torch.Tensor]):
                 "this capture's buffers were reused by a later capture with the same "
                 "CaptureBuffers; read the newer capture, or capture without buffers= to keep both"
             )
-        try:
-            return self._tensors[name]
-        except KeyError:
-            raise UnknownLayerError(name, self._tensors) from None
+        tensor = self._tensors.get(name)
+        if tensor is not None:
+            return tensor
+        layer = self.resolve(name)
+        if layer not in self._tensors:
+            raise KeyError(
+                f"layer {layer!r} was captured but not kept: admit= let it go at hook time"
+            )
+        return self._tensors[layer]
+
+    def resolve(self, name: str) -> str:
+        """The captured layer ``name`` refers to: itself, or the layer a block name is an alias
+        of (``_orig_mod.`` parts ignored); :class:`UnknownLayerError` lists close names."""
+        return resolve_name(name, self._infos, self.aliases)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._tensors)
@@ -262,10 +320,7 @@ class Capture(Mapping[str, torch.Tensor]):
 
     def info(self, name: str) -> LayerInfo:
         """Describe one captured layer (module, call index, kind, shape, dtype, what fed it)."""
-        try:
-            return self._infos[name]
-        except KeyError:
-            raise UnknownLayerError(name, self._infos) from None
+        return self._infos[self.resolve(name)]
 
     def __repr__(self) -> str:
         infos = self.report.captured
@@ -283,6 +338,7 @@ def capture(
     *,
     grad: bool = False,
     buffers: CaptureBuffers | None = None,
+    admit: Admit | None = None,
 ) -> Capture:
     """Run ``model`` once on ``inputs`` and capture the (N, C, H, W) activations of its layers.
 
@@ -291,14 +347,23 @@ def capture(
             in training mode its buffers (BatchNorm running statistics) are restored after the
             forward.
         inputs: a tensor, a tuple/list of positional arguments, or a dict of keyword arguments.
-        layers: ``None`` for every leaf module with a 4-D floating output; or layer names (a
+        layers: ``None`` for every leaf module with a 4-D floating output (and every block
+            whose output is a new 4-D tensor; the others become aliases); or layer names (a
             plain name selects every call of a module, ``name:k`` only the k-th, ``name[0]`` one
-            element of a tuple output; containers such as ``layer1`` may be named), module types
+            element of a tuple output; a block such as ``layer1`` is captured under its own
+            name), module types
             (``nn.Conv2d``), a mix of both, or a predicate ``(name, module) -> bool``.
         grad: run with autograd on and return activations that are part of the graph (each one
             differentiable even when the parameters are frozen), for gradients via tensor hooks.
         buffers: a :class:`CaptureBuffers` pool to copy into, reused across captures (not with
             ``grad``).
+        admit: called as ``admit(name, tensor, module, source)`` the moment each layer is
+            produced (before any later in-place op); ``source`` is the captured layer whose
+            output, unchanged, was the module's input (``LayerInfo.input_from``). A false result
+            lets the layer go: it is described in the report and listed in ``Capture.dropped``
+            but not kept, so it costs no memory and no copy.
+            When the forward has to run twice (see the module docstring), it is called again for
+            every layer of the second run. Not with ``grad``.
 
     Raises:
         ValueError: ``layers`` matches nothing (the message lists close names).
@@ -316,24 +381,33 @@ def capture(
             "buffers= cannot be combined with grad=True: pooled copies are not part of the "
             "autograd graph; capture the layers you need gradients for without buffers="
         )
+    if grad and admit is not None:
+        raise ValueError(
+            "admit= cannot be combined with grad=True: every layer is kept for autograd"
+        )
     args, kwargs = split_inputs(inputs)
+    user_model, compiled = model, is_compiled(model)
+    model = eager_model(model)
     selection = _Selection.build(model, layers)
-    training = any(m.training for m in model.modules())
+    training = selection.training
     if buffers is not None:
         buffers._start()
     known = _KNOWN_MUTATED.get(model, frozenset())
-    notes: list[str] = []
+    notes: list[str] = [_COMPILED_NOTE] if compiled else []
     copy_all = training or (buffers is not None and buffers.copy_all)
     run: _Run | None = None
     try:
-        with state_kept(model):
-            run = _run(model, args, kwargs, selection, grad, copy_all, known, buffers)
+        # state_kept walks the model again; the selection already knows whether it must.
+        with state_kept(model) if training else contextlib.nullcontext():
+            run = _run(model, args, kwargs, selection, grad, copy_all, known, buffers, admit)
             mutated = frozenset() if copy_all else run.mutated()
             if mutated:
                 _KNOWN_MUTATED[model] = known | mutated
                 # Otherwise the first run's outputs stay alive through the second one.
                 run.release()
-                run = _run(model, args, kwargs, selection, grad, False, known | mutated, buffers)
+                run = _run(
+                    model, args, kwargs, selection, grad, False, known | mutated, buffers, admit
+                )
                 notes.append(
                     f"the forward ran twice: {examples(sorted(mutated))} changed in place after "
                     "their module returned (e.g. `out += identity`), so the second run copied "
@@ -342,11 +416,13 @@ def capture(
                 if run.mutated():
                     # Control flow changed between runs: copying everything cannot be wrong.
                     run.release()
-                    run = _run(model, args, kwargs, selection, grad, True, frozenset(), buffers)
+                    run = _run(
+                        model, args, kwargs, selection, grad, True, frozenset(), buffers, admit
+                    )
         if buffers is not None:
             buffers._keep_only(run.own_buffers)
         captured = run.finish(selection, notes, buffers)
-        captured._model = weakref.ref(model)
+        captured._model = weakref.ref(user_model)
         return captured
     except BaseException:
         # The traceback keeps this frame (IPython keeps the last one): let go of the tensors.
@@ -354,6 +430,12 @@ def capture(
             run.release()
         raise
 
+
+_COMPILED_NOTE = (
+    "the model is torch.compile'd: it was captured by running its original modules eagerly "
+    "(hooks do not run inside compiled graphs), without recompiling it; layer names leave out "
+    "'_orig_mod.'"
+)
 
 # Layers of a model that some code outside modules changed in place after their hook saw them.
 _KNOWN_MUTATED: weakref.WeakKeyDictionary[nn.Module, frozenset[str]] = weakref.WeakKeyDictionary()
@@ -373,32 +455,13 @@ _KIND_BASES: tuple[tuple[str, tuple[type, ...]], ...] = (
     ),
     (
         "act",
-        (
-            nn.ReLU,
-            nn.ReLU6,
-            nn.LeakyReLU,
-            nn.PReLU,
-            nn.RReLU,
-            nn.ELU,
-            nn.SELU,
-            nn.CELU,
-            nn.GELU,
-            nn.SiLU,
-            nn.Mish,
-            nn.Hardswish,
-            nn.Hardsigmoid,
-            nn.Hardtanh,
-            nn.Sigmoid,
-            nn.Tanh,
-            nn.Softplus,
-            nn.Softsign,
-            nn.Tanhshrink,
-            nn.Threshold,
-            nn.LogSigmoid,
-            nn.GLU,
-            nn.Softmax,
-            nn.Softmax2d,
-            nn.LogSoftmax,
+        tuple(
+            c
+            for c in vars(nn.modules.activation).values()
+            if isinstance(c, type)
+            and issubclass(c, nn.Module)
+            and c.__module__ == nn.modules.activation.__name__
+            and c is not nn.MultiheadAttention
         ),
     ),
     (
@@ -415,15 +478,54 @@ _KIND_BASES: tuple[tuple[str, tuple[type, ...]], ...] = (
 )
 
 
+# An activation by its class name (or a base's), lower case without underscores: timm's own GELU,
+# Sigmoid, HardSwishMe, QuickGELU, StarReLU, and other libraries' classes like them.
+_ACT_NAME = re.compile(
+    r"^(?:hard|quick|leaky|star|squared|scaled|fast|approx)?"
+    r"(?:relu6?|gelu|silu|swish|mish|sigmoid|tanh|elu|selu|celu|softplus|softsign|glu)"
+    r"(?:tanh|squared|me|jit|fn|act)?$"
+)
+# Activation functions a parameter-free module's forward may call (F.gelu, x.sigmoid(), ...).
+_ACT_FUNCTIONS = frozenset(
+    {
+        "relu", "relu_", "relu6", "gelu", "silu", "silu_", "mish", "mish_", "sigmoid", "sigmoid_",
+        "tanh", "tanh_", "hardswish", "hardsigmoid", "hardtanh", "hard_swish", "hard_sigmoid",
+        "hard_mish", "swish", "quick_gelu", "elu", "elu_", "selu", "celu", "softplus",
+        "leaky_relu", "leaky_relu_", "logsigmoid", "softsign", "glu",
+    }
+)  # fmt: skip
+
+
 def _kind(module: nn.Module) -> str:
+    """``conv``, ``norm``, ``act``, ``pool``, ``linear``, ``block`` (has children) or ``other``.
+
+    conv/norm/pool/linear and torch's own activations (``torch.nn.modules.activation``) by their
+    torch base classes. Any other leaf module is an activation when what it is says so: its class
+    name or a base class's names one (``_ACT_NAME``: timm's ``GELU``, ``Sigmoid``, ``Swish``,
+    ``HardSwishMe``, ``QuickGELU``, ``StarReLU``), or it has no parameters and its ``forward``
+    calls an activation function (``F.gelu(x)``, ``x.sigmoid()``): a wrapper around one.
+    """
     cls = type(module)
     kind = _KIND_BY_TYPE.get(cls)
     if kind is None:
         kind = next((k for k, bases in _KIND_BASES if issubclass(cls, bases)), None)
         if kind is None:
-            kind = "block" if next(module.children(), None) is not None else "other"
+            if next(module.children(), None) is not None:
+                kind = "block"
+            else:
+                kind = "act" if _is_activation(module) else "other"
         _KIND_BY_TYPE[cls] = kind
     return kind
+
+
+def _is_activation(module: nn.Module) -> bool:
+    classes = [c for c in type(module).__mro__ if issubclass(c, nn.Module) and c is not nn.Module]
+    if any(_ACT_NAME.match(c.__name__.lower().replace("_", "")) for c in classes):
+        return True
+    if next(module.parameters(), None) is not None:
+        return False
+    code = getattr(type(module).forward, "__code__", None)
+    return code is not None and not _ACT_FUNCTIONS.isdisjoint(code.co_names)
 
 
 @dataclass
@@ -431,13 +533,15 @@ class _Selection:
     """Which modules get hooks, and which of their outputs are kept."""
 
     names: dict[nn.Module, str]  # hooked module -> qualified name
+    blocks: dict[nn.Module, str]  # containers hooked for aliases (every leaf is hooked)
     exact: dict[str, set[str]]  # module name -> only these capture names (absent: every output)
     inplace: list[nn.Module]  # modules that overwrite their input
     all_leaves: bool  # every leaf is hooked, so "consumed by no module" is knowable
+    training: bool  # some module is in training mode (from the same walk of the model)
 
     @classmethod
     def build(cls, model: nn.Module, layers: LayerSelector | None) -> _Selection:
-        named = dict(model.named_modules())
+        named = module_names(model)
         by_module = {m: n for n, m in named.items()}
         leaves = [m for m in by_module if next(m.children(), None) is None]
         inplace = [m for m in by_module if getattr(m, "inplace", False) is True]
@@ -470,7 +574,16 @@ class _Selection:
                     f"{examples([display(n) for n in named])}"
                 )
         names = {m: by_module[m] for m in dict.fromkeys(chosen)}
-        return cls(names, exact, inplace, all(m in names for m in leaves))
+        blocks = {}
+        if layers is None:
+            # A scripted container runs its children as TorchScript, where no hook fires.
+            blocks = {
+                m: n
+                for m, n in by_module.items()
+                if m not in names and not isinstance(m, torch.jit.ScriptModule)
+            }
+        training = any(m.training for m in by_module)
+        return cls(names, blocks, exact, inplace, all(m in names for m in leaves), training)
 
     @staticmethod
     def _match(
@@ -491,6 +604,8 @@ class _Selection:
                 "layers= takes names, module types or a predicate (name, module) -> bool; got "
                 f"{type(item).__name__}"
             )
+        if COMPILED_PART in item:
+            item = str(parse_layer_name(item))
         if item in named or item == ROOT_NAME:
             return [named["" if item == ROOT_NAME else item]], None
         parsed = parse_layer_name(item)
@@ -525,6 +640,24 @@ def _skip_reason(value: Any) -> str:
     return f"output {_describe(value)} holds no 4-D floating tensor"
 
 
+def _grouped(skipped: Iterable[tuple[str, str]]) -> list[str]:
+    """One line per kind of reason (shapes aside), with the first module's own and a count: a
+    video network's 400 modules with 5-D outputs are one line, not 400."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for name, reason in skipped:
+        groups.setdefault(_SHAPES.sub("(…)", reason), []).append((display(name), reason))
+    lines = []
+    for members in groups.values():
+        (first, reason), others = members[0], [n for n, _ in members[1:]]
+        more = f"; {len(others)} more like it: {examples(others)}" if others else ""
+        lines.append(f"{first}: {reason}{more}")
+    return lines
+
+
+# A parenthesised shape or description, one level of nesting deep.
+_SHAPES = re.compile(r"\((?:[^()]|\([^()]*\))*\)")
+
+
 def _capturable(t: torch.Tensor) -> bool:
     return t.dim() == 4 and t.is_floating_point() and t.layout == torch.strided
 
@@ -548,6 +681,7 @@ class _Run:
         copy_all: bool,
         copy_names: frozenset[str],
         pool: CaptureBuffers | None,
+        admit: Admit | None = None,
     ) -> None:
         self.exact = selection.exact
         self.hooked = selection.names
@@ -555,7 +689,10 @@ class _Run:
         self.copy_all = copy_all
         self.copy_names = copy_names
         self.pool = pool
+        self.admit = admit
         self.stored: dict[str, torch.Tensor] = {}
+        # Shape and dtype of every layer seen, kept or let go by admit, in call order.
+        self.described: dict[str, tuple[tuple[int, ...], str]] = {}
         self.versions: dict[str, int] = {}
         self.origin: dict[str, tuple[str, int, nn.Module, str | None]] = {}
         self.seen: dict[int, _Seen] = {}
@@ -563,6 +700,8 @@ class _Run:
         self.consumed: set[str] = set()
         self.pending_source: dict[nn.Module, str | None] = {}
         self.skipped: dict[str, str] = {}
+        # Block output name -> the captured layer whose output tensor it was.
+        self.aliases: dict[str, str] = {}
         self.own_buffers: set[str] = set()
         self.output: Any = None
 
@@ -617,6 +756,29 @@ class _Run:
             return output
         return rebuild(output, lambda t: swaps.get(id(t), t))
 
+    def on_block(
+        self, module: nn.Module, module_name: str, args: tuple[Any, ...], output: Any
+    ) -> Any:
+        """A container's output: an alias of the captured layer whose output tensor it still is
+        (same object, unchanged since), else captured as a layer of its own; the root's output
+        is the capture's ``output``, not a layer."""
+        call = self.calls[module_name] = self.calls.get(module_name, 0) + 1
+        base = display(module_name) if call == 1 else f"{display(module_name)}:{call}"
+        # Also marks the input as consumed by a module (a conv feeding timm's BatchNormAct2d).
+        src = self.source(args[0]) if args else None
+        swaps = {}
+        for name, t in tensors_in(output, base):
+            if not _capturable(t):
+                continue
+            entry = self.seen.get(id(t))
+            if entry is not None and entry.ref() is t and entry.version == t._version:
+                self.aliases[name] = entry.names[0]
+            elif module_name:
+                swaps[id(t)] = self.keep(name, t, module, module_name, call, src)
+        if not (self.grad and swaps):
+            return output
+        return rebuild(output, lambda t: swaps.get(id(t), t))
+
     def keep(
         self,
         name: str,
@@ -628,17 +790,23 @@ class _Run:
     ) -> torch.Tensor:
         """Store ``t`` under ``name``; returns what the model continues with (differs with grad)."""
         self.origin[name] = (module_name, call, module, src)
+        self.described[name] = (tuple(t.shape), _dtype_name(t.dtype))
         version = t._version
         entry = self.seen.get(id(t))
         if entry is not None and entry.ref() is t and entry.version == version:
-            # A container returning its last child's output: the same values, already stored.
-            kept = self.stored[entry.names[-1]]
-            entry.names.append(name)
-            self.stored[name] = kept
-            self.versions[name] = kept._version
-            return t
+            kept_as = self.stored.get(entry.names[-1])
+            if kept_as is not None:
+                # A container returning its last child's output: the same values, already stored.
+                entry.names.append(name)
+                self.stored[name] = kept_as
+                self.versions[name] = kept_as._version
+                return t
         if self.grad:
             return self.keep_differentiable(name, t)
+        if self.admit is not None and not self.admit(name, t, module, src):
+            # Let go: still known as this layer's output, for pairing ``input_from``.
+            self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
+            return t
         kept = self.copy_of(name, t) if self.copy_all or name in self.copy_names else t
         self.stored[name] = kept
         self.versions[name] = kept._version
@@ -673,7 +841,7 @@ class _Run:
             return
         clone = None
         for name in entry.names:
-            if self.stored[name] is x:
+            if self.stored.get(name) is x:
                 clone = self.copy_of(name, x) if clone is None else clone
                 self.stored[name] = clone
                 self.versions[name] = clone._version
@@ -681,6 +849,7 @@ class _Run:
     def release(self) -> None:
         """Drop every tensor this run holds: before another run, or when the capture failed."""
         self.stored.clear()
+        self.described.clear()
         self.versions.clear()
         self.seen.clear()
         self.pending_source.clear()
@@ -692,8 +861,10 @@ class _Run:
     def finish(
         self, selection: _Selection, notes: list[str], pool: CaptureBuffers | None
     ) -> Capture:
-        self.check_exact_names(self.stored)
-        infos = [self.info(name, t) for name, t in self.stored.items()]
+        self.check_exact_names(self.described)
+        infos = [self.info(name) for name in self.described]
+        if self.aliases:
+            infos = self.with_aliases(infos)
         for module_name in selection.names.values():
             if module_name not in self.calls:
                 self.skipped.setdefault(module_name, "not called in this forward")
@@ -703,18 +874,27 @@ class _Run:
         report = CaptureReport(infos, list(self.skipped.items()), notes)
         return Capture(dict(self.stored), report, self.output, pool)
 
-    def info(self, name: str, t: torch.Tensor) -> LayerInfo:
+    def info(self, name: str) -> LayerInfo:
         module_name, call, module, src = self.origin[name]
+        shape, dtype = self.described[name]
         return LayerInfo(
             name=name,
             module_name=module_name,
             call=call,
             type=type(module).__name__,
             kind=_kind(module),
-            shape=tuple(t.shape),
-            dtype=_dtype_name(t.dtype),
+            shape=shape,
+            dtype=dtype,
             input_from=src,
         )
+
+    def with_aliases(self, infos: list[LayerInfo]) -> list[LayerInfo]:
+        of: dict[str, list[str]] = {}
+        for alias, name in self.aliases.items():
+            of.setdefault(name, []).append(alias)
+        return [
+            dataclasses.replace(i, aliases=tuple(of[i.name])) if i.name in of else i for i in infos
+        ]
 
     def check_exact_names(self, produced: Iterable[str]) -> None:
         produced = set(produced)
@@ -733,10 +913,11 @@ class _Run:
                 )
 
     def nothing_captured_message(self) -> str:
-        outputs = "; ".join(f"{display(n)}: {r}" for n, r in self.skipped.items())
+        outputs = " | ".join(_grouped(self.skipped.items()))
         return (
-            "nothing to capture: no selected module produced a 4-D floating (N, C, H, W) output. "
-            f"What they gave — {outputs or 'none of them was called'}"
+            "nothing to capture: no selected module produced a 4-D floating-point (N, C, H, W) "
+            "output, and fmwidget shows (N, C, H, W) feature maps; select modules that do with "
+            f"layers=. What they gave: {outputs or 'none of them was called'}"
         )
 
     def functional_notes(self, infos: list[LayerInfo], selection: _Selection) -> list[str]:
@@ -769,21 +950,24 @@ def _run(
     copy_all: bool,
     copy: frozenset[str],
     pool: CaptureBuffers | None,
+    admit: Admit | None = None,
 ) -> _Run:
-    run = _Run(selection, grad, copy_all, copy, pool)
+    run = _Run(selection, grad, copy_all, copy, pool, admit)
     handles = []
     try:
         for module, module_name in selection.names.items():
             handles.append(module.register_forward_hook(_output_hook(run, module_name)))
+        for module, module_name in selection.blocks.items():
+            handles.append(module.register_forward_hook(_block_hook(run, module_name)))
         for module in selection.inplace:
             handles.append(module.register_forward_pre_hook(_inplace_hook(run)))
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), run_eagerly(model):
             try:
                 output = model(*args, **kwargs)
             except CaptureError:
                 raise
             except Exception as exc:
-                raise CaptureError(_forward_failure(model, exc, args, kwargs)) from exc
+                raise _forward_error(model, exc, args, kwargs) from None
     except BaseException:
         run.release()
         raise
@@ -802,6 +986,14 @@ def _output_hook(run: _Run, module_name: str) -> Callable[[nn.Module, tuple[Any,
     return hook
 
 
+def _block_hook(run: _Run, module_name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        kept = run.on_block(module, module_name, args, output)
+        return kept if run.grad else None
+
+    return hook
+
+
 def _inplace_hook(run: _Run) -> Callable[[nn.Module, tuple[Any, ...]], None]:
     def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
         if args:
@@ -810,11 +1002,21 @@ def _inplace_hook(run: _Run) -> Callable[[nn.Module, tuple[Any, ...]], None]:
     return hook
 
 
+def _forward_error(
+    model: nn.Module, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> CaptureError:
+    """The forward's exception in fmwidget's words, raised without the chain (the user reads our
+    message first, not 40 frames of their model's code); the original stays as ``.original``."""
+    error = CaptureError(_forward_failure(model, exc, args, kwargs))
+    error.original = exc
+    return error
+
+
 def _forward_failure(
     model: nn.Module, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> str:
     """Name the innermost module whose code raised, and what it received."""
-    names = {id(m): n for n, m in model.named_modules()}
+    names = {id(m): n for n, m in module_names(model).items()}
     failing: nn.Module | None = None
     received: dict[int, Any] = {}
     tb = exc.__traceback__
@@ -858,7 +1060,10 @@ class _TapRun(_Run):
         src: str | None,
     ) -> torch.Tensor:
         self.origin[name] = (module_name, call, module, src)
-        self.infos[name] = self.info(name, t)
+        self.described[name] = (tuple(t.shape), _dtype_name(t.dtype))
+        self.infos[name] = self.info(name)
+        # Known by identity, for the aliases of the blocks that return it.
+        self.seen[id(t)] = _Seen(weakref.ref(t), [name], t._version)
         self.on_tensor(name, t)
         return t
 
@@ -896,6 +1101,8 @@ class LayerTaps:
     def __enter__(self) -> LayerTaps:
         for module, module_name in self._selection.names.items():
             self._handles.append(module.register_forward_hook(self._hook(module_name)))
+        for module, module_name in self._selection.blocks.items():
+            self._handles.append(module.register_forward_hook(self._hook(module_name, True)))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -908,23 +1115,28 @@ class LayerTaps:
         """Run the model once on ``inputs`` (without autograd); returns its output."""
         args, kwargs = split_inputs(inputs)
         run = self._run = _TapRun(self._selection, self._on_tensor)
-        with torch.no_grad(), state_kept(self.model):
+        model = eager_model(self.model)
+        with torch.no_grad(), state_kept(model), run_eagerly(model):
             try:
-                output = self.model(*args, **kwargs)
+                output = model(*args, **kwargs)
             except Exception as exc:
-                raise CaptureError(_forward_failure(self.model, exc, args, kwargs)) from exc
+                raise _forward_error(model, exc, args, kwargs) from None
         if not self.infos:
             run.check_exact_names(run.infos)
             if not run.infos:
                 raise CaptureError(run.nothing_captured_message())
-        for name, info in run.infos.items():
-            self.infos.setdefault(name, info)
+        infos = run.with_aliases(list(run.infos.values())) if run.aliases else run.infos.values()
+        for info in infos:
+            self.infos.setdefault(info.name, info)
         return output
 
-    def _hook(self, module_name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+    def _hook(
+        self, module_name: str, block: bool = False
+    ) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             if self._run is not None:
-                self._run.on_output(module, module_name, args, output)
+                on = self._run.on_block if block else self._run.on_output
+                on(module, module_name, args, output)
 
         return hook
 

@@ -33,8 +33,10 @@ from fmwidget import tasks
 from fmwidget.calling import (
     LayerRef,
     call_model,
+    eager_model,
     normal_tensors,
     resolve_layer,
+    run_eagerly,
     state_kept,
     tapped,
 )
@@ -142,8 +144,10 @@ def gradcam_layer(
         inputs: a tensor (called as `model(inputs)`), a tuple (`model(*inputs)`) or a mapping
             (`model(**inputs)`).
         layer: a name from `model.named_modules()`, `name:k` for the k-th call of a reused module,
-            `name[i]` / `name['key']` for a tensor inside a tuple/dict output, or the module itself.
-            Its output must be (N, C, H, W).
+            `name[i]` / `name['key']` for a tensor inside a tuple/dict output, or the module itself:
+            every name `capture` gives, and block names (`layer4`, the same tensor as the layer
+            it is an alias of). Its output must be (N, C, H, W). A `torch.compile`d model runs
+            as its original modules, eagerly, and is not recompiled.
         target: None for the predicted class per sample, an int class, one int per sample, or a
             callable `f(model_output)` returning a score per sample (N,) or one scalar.
         progress: show a progress bar in the cell when the call takes over a second (Ctrl-C
@@ -256,6 +260,9 @@ def _package_cam(
     model: nn.Module, inputs: Any, ref: LayerRef, target: Any, method: str, bar: bool
 ) -> torch.Tensor:
     """Run one of the `grad-cam` package's methods and leave the model as it was."""
+    # The package calls the model itself: a compiled one runs as its original modules, eagerly,
+    # so that the package's hooks fire and nothing is recompiled.
+    model = eager_model(model)
     try:
         import pytorch_grad_cam
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -296,6 +303,7 @@ def _package_cam(
             _cam_progress(label, method, model, ref, inputs, bar),
             state_kept(model),
             tasks.quiet_bars(),
+            run_eagerly(model),
         ):
             # A leaf input that needs grad gives the package a graph even with frozen parameters.
             heat = cam(input_tensor=inputs.detach().clone().requires_grad_(True), targets=targets)

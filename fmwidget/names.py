@@ -12,17 +12,25 @@ has no suffix) and a path into a tuple/list/dict/dataclass output (``name[0]``, 
     "head['out'][0]"
 
 Capture, Grad-CAM, ablation, the store and the widget all read names with this module, and every
-"unknown name" error ends with :func:`hint`.
+"unknown name" error ends with :func:`hint`. Two kinds of names are accepted besides a captured
+layer's own (:func:`resolve_name`): a block whose output is the same tensor as a captured layer's
+is an alias of that layer (``layer4`` of a ResNet is ``layer4.1.relu:2``), and torch.compile's
+``_orig_mod.`` parts may be left in (``_orig_mod.layer4`` is ``layer4``)::
+
+    >>> resolve_name("_orig_mod.layer4", ["layer4.1.relu:2"], {"layer4": "layer4.1.relu:2"})
+    'layer4.1.relu:2'
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 __all__ = [
+    "COMPILED_PART",
     "ROOT_NAME",
     "LayerName",
     "UnknownLayerError",
@@ -31,10 +39,14 @@ __all__ = [
     "examples",
     "hint",
     "parse_layer_name",
+    "resolve_name",
 ]
 
 #: The name of the root module (``named_modules()`` calls it ``""``).
 ROOT_NAME = "(model)"
+#: The attribute through which ``torch.compile``'s wrapper holds the original module: a part of
+#: the wrapper's module names (``_orig_mod.conv1``) that layer names leave out.
+COMPILED_PART = "_orig_mod"
 
 _EXAMPLES = 5
 _GRAMMAR = re.compile(
@@ -59,8 +71,9 @@ class LayerName(NamedTuple):
 def parse_layer_name(name: str) -> LayerName:
     """Split ``name`` into module, call and output path; raises ``ValueError`` where it can't.
 
-    The module part is returned as ``named_modules()`` spells it (``""`` for ``(model)``); whether
-    that module exists is the caller's question. ``name:1`` is refused: a first call has no suffix.
+    The module part is returned as ``named_modules()`` spells it (``""`` for ``(model)``), without
+    the ``_orig_mod`` parts a compiled model's names have; whether that module exists is the
+    caller's question. ``name:1`` is refused: a first call has no suffix.
     """
     match = _GRAMMAR.match(name)
     if match is None:
@@ -72,7 +85,7 @@ def parse_layer_name(name: str) -> LayerName:
     index = tuple(
         int(tok) if tok[0] not in "'\"" else tok[1:-1] for tok in _INDEX.findall(match["index"])
     )
-    module = match["module"]
+    module = ".".join(p for p in match["module"].split(".") if p != COMPILED_PART)
     return LayerName("" if module == ROOT_NAME else module, int(call or 1), index)
 
 
@@ -100,6 +113,25 @@ def examples(names: list[str]) -> str:
     shown = ", ".join(repr(n) for n in names[:_EXAMPLES])
     more = len(names) - _EXAMPLES
     return f"{shown} and {more} more" if more > 0 else shown
+
+
+def resolve_name(name: str, known: Iterable[str], aliases: Mapping[str, str] | None = None) -> str:
+    """The layer among ``known`` that ``name`` refers to: ``name`` itself, the layer a block name
+    is an alias of (``aliases`` maps alias to layer), or either without ``_orig_mod.`` parts;
+    else :class:`UnknownLayerError` with close names among the layers and aliases."""
+    if not isinstance(known, (set, frozenset, Mapping)):
+        known = dict.fromkeys(known)  # membership in O(1), order kept for the hint
+    aliases = aliases or {}
+    candidates = [name]
+    if COMPILED_PART in name:
+        with contextlib.suppress(ValueError):
+            candidates.append(str(parse_layer_name(name)))
+    for candidate in candidates:
+        if candidate in known:
+            return candidate
+        if candidate in aliases:
+            return aliases[candidate]
+    raise UnknownLayerError(name, [*known, *aliases])
 
 
 class UnknownLayerError(KeyError):

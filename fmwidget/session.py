@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fmwidget.calling import training_flags, versions
+from fmwidget.calling import rebuild, tensors_in, training_flags, versions
 from fmwidget.capture import (
     CaptureBuffers,
     CaptureReport,
@@ -39,7 +39,7 @@ from fmwidget.capture import (
 from fmwidget.gradcam import top_classes
 from fmwidget.groups import default_pair, group_labels
 from fmwidget.images import input_picture, pictures_per_sample
-from fmwidget.store import ActivationStore, precomputed
+from fmwidget.store import ActivationStore, LayerIntake, precomputed
 
 __all__ = ["CamMaps", "CapturedLayers", "Session", "Source", "StaleCapture"]
 
@@ -189,6 +189,10 @@ class Source:
     labels: Sequence[str] | None = None
     budget_bytes: int | None = None
     buffers: CaptureBuffers = field(default_factory=CaptureBuffers)
+    # Shapes, dtypes and devices of the inputs the buffers were last filled for.
+    _buffers_for: tuple[tuple[str, tuple[int, ...], str, str], ...] | None = field(
+        default=None, init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         # Names and types are kept as given; a one-shot iterable must survive re-runs.
@@ -201,24 +205,44 @@ class Source:
     ) -> Session:
         """Capture ``inputs`` into a new session.
 
-        The previous session must be closed first: its tensors may live in the reused buffers.
+        Statistics are taken as each layer is produced, and a layer that does not fit the budget
+        is let go at once (recomputed when shown), so the peak stays within the bare forward's own
+        plus ``budget_bytes``. The previous session must be closed first: its tensors may live in
+        the reused buffers.
         """
         model = self.model
-        captured = capture(model, inputs, self.selector, buffers=self.buffers)
-        report, output = captured.report, captured.output
         # Recomputing in training mode would give other values (dropout, batch statistics), so
         # such a model's layers all stay.
         training = any(module.training for module in model.modules())
+        signature = tuple(
+            (name, tuple(t.shape), str(t.dtype), str(t.device))
+            for name, t in tensors_in(inputs, "")
+        )
+        if signature != self._buffers_for:
+            # Other shapes make other buffers: the old ones would only add to this run's peak.
+            self.buffers.clear()
+            self._buffers_for = signature
+        intake = LayerIntake(self.budget_bytes, keep_all=training, means=groups is not None)
+        captured = capture(model, inputs, self.selector, buffers=self.buffers, admit=intake)
+        report, output = captured.report, captured.output
         recompute = None if training else Recompute(model, inputs)
         try:
-            store = ActivationStore(captured, budget_bytes=self.budget_bytes, recompute=recompute)
+            store = ActivationStore(
+                captured,
+                budget_bytes=self.budget_bytes,
+                recompute=recompute,
+                recompute_sample=None if recompute is None else recompute.sample,
+                intake=intake,
+            )
         finally:
             # From here only the store holds the activations; a traceback keeps this frame.
             del captured
         try:
             if store.evicted:
-                # The pool holds every buffer of the capture: evicting frees memory only without it.
+                # A recomputed layer would evict the held ones, which live in the pool: their
+                # memory is freed only without it.
                 self.buffers.clear()
+                self._buffers_for = None
             return Session.adopt(
                 store,
                 report=report,
@@ -342,10 +366,20 @@ class CapturedLayers(Mapping[str, torch.Tensor]):
 
 
 class Recompute:
-    """The store's recompute callback: one forward capturing just the evicted layer.
+    """The store's recompute callback: a forward that stops once the layer is produced, for the
+    whole batch (``recompute(name)``) or for one sample (``recompute.sample(name, sample)``).
 
     That gives the captured values only for the model and inputs as they were at the capture: it
     refuses, naming the cause and the fix, once training flags, inputs or weights changed.
+
+    One sample runs as a batch of two copies of it: the input tensors whose first dimension is
+    the batch are sliced to that sample (in eval mode samples do not interact; training mode
+    keeps every layer instead). Two, because oneDNN (the CPU's convolutions) takes one kernel
+    for a batch of one, another for 2-15 and another from 16 samples, each rounding differently:
+    a batch of two gives the captured values bit for bit for batches of 2-15 (every layer of
+    ResNet-50, MobileNetV2, EfficientNet-B0 checked), and within float rounding beyond (the
+    store checks each recomputed sample against the captured extremes, and recomputes the whole
+    batch when it is further off).
     """
 
     def __init__(self, model: nn.Module, inputs: Any) -> None:
@@ -353,8 +387,34 @@ class Recompute:
         self._inputs = inputs
         self._flags = training_flags(model)
         self._inputs_seen, self._weights_seen = versions(model, inputs)
+        self._sliceable = [t for _, t in tensors_in(inputs, "") if t.dim() > 0]
 
     def __call__(self, name: str) -> torch.Tensor:
+        return self._run(name, self._inputs)
+
+    def sample(self, name: str, sample: int) -> torch.Tensor:
+        """``(C, H, W)`` maps of one sample of layer ``name``, from a forward of that sample."""
+        if not self._sliceable:
+            return self._run(name, self._inputs)[sample]
+        # The first input tensor (the images, typically) says how long the batch dimension is.
+        n = self._sliceable[0].shape[0]
+        if n <= 2:
+            return self._run(name, self._inputs)[sample]
+
+        def two_of_sample(t: torch.Tensor) -> torch.Tensor:
+            # New memory: a model that changes its input in place must not reach the captured ones.
+            if t.dim() == 0 or t.shape[0] != n:
+                return t
+            one = t[sample : sample + 1]
+            return torch.cat([one, one])
+
+        maps = self._run(name, rebuild(self._inputs, two_of_sample))
+        if maps.shape[0] != 2:
+            # The model did not map input samples to output samples one to one.
+            return self._run(name, self._inputs)[sample]
+        return maps[0]
+
+    def _run(self, name: str, inputs: Any) -> torch.Tensor:
         inputs_now, weights_now = versions(self._model, self._inputs)
         again = "assign w.inputs = ... to re-run the model as it is now"
         if training_flags(self._model) != self._flags:
@@ -373,7 +433,7 @@ class Recompute:
             )
             fix = again
         else:
-            maps = capture_layer(self._model, self._inputs, name)
+            maps = capture_layer(self._model, inputs, name)
             # A model may change its own inputs in place; that is not a change by the user.
             self._inputs_seen, self._weights_seen = versions(self._model, self._inputs)
             return maps

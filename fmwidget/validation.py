@@ -144,4 +144,5 @@ def trait_check(check: Callable[..., Any], value: Any, *args: Any, hint: str = "
     try:
         return check(value, *args)
     except (ValueError, TypeError, KeyError) as error:
-        raise traitlets.TraitError(f"{error}{hint}") from error
+        # Without the chain: the check's own traceback would come first and say the same.
+        raise traitlets.TraitError(f"{error}{hint}") from None

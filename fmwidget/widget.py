@@ -160,7 +160,7 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
     ablation = traitlets.Dict(allow_none=True).tag(sync=True)
     cam_method = traitlets.Unicode("gradcam").tag(sync=True)
     cam_methods = traitlets.List(traitlets.Unicode(), ["gradcam"]).tag(sync=True)
-    # The model ran in training mode (BatchNorm on batch statistics, random dropout): the view says so.
+    # The model ran in training mode (BatchNorm used batch statistics): the view says so.
     training = traitlets.Bool(False).tag(sync=True)
     # The view's long job (fmwidget.tasks): {id, label, done, total, unit, elapsed}, or None.
     task = traitlets.Dict(allow_none=True).tag(sync=True)

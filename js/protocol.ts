@@ -590,7 +590,11 @@ interface Pending {
   unlisten: () => void;
 }
 
-/** Request kinds the kernel may run as a long job (fmwidget/tasks.py), which `cancel` stops. */
+/**
+ * Request kinds whose replaced requests are cancelled at the kernel: a minute of Score-CAM or ablation nobody
+ * waits for. (A layer the memory budget dropped is a job too, recomputing one sample: its Cancel button
+ * stops it, and a replaced one is not worth a message per slider step.)
+ */
 const JOB_KINDS: ReadonlySet<RequestKind> = new Set<RequestKind>(["gradcam", "ablate"]);
 
 interface Slot {

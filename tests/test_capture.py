@@ -295,7 +295,8 @@ def test_forward_failure_names_layer_and_what_it_received() -> None:
     ) as e:
         checked(model, torch.randn(1, 3, 8, 8))
     assert isinstance(e.value, ValueError) and isinstance(e.value, RuntimeError)
-    assert isinstance(e.value.__cause__, RuntimeError)
+    # Raised without the chain (our message comes first); the model's own error is kept.
+    assert e.value.__cause__ is None and isinstance(e.value.original, RuntimeError)
 
 
 def test_wrong_input_channels_name_the_first_conv(resnet: nn.Module) -> None:
@@ -448,3 +449,37 @@ def test_a_failed_capture_frees_what_it_captured_while_the_error_is_kept() -> No
     # IPython keeps the last error (sys.last_value), and with it every frame of the traceback.
     assert failure.value.__traceback__ is not None
     assert model.outputs and all(ref() is None for ref in model.outputs)
+
+
+def test_admit_sees_each_value_before_later_in_place_ops_and_can_let_it_go() -> None:
+    torch.manual_seed(0)
+    net = InplaceNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    reference = {name: t.clone() for name, t in capture(net, x).items()}
+    seen: dict[str, torch.Tensor] = {}
+
+    sources: dict[str, str | None] = {}
+
+    def admit(name: str, t: torch.Tensor, module: nn.Module, source: str | None) -> bool:
+        seen[name] = t.clone()
+        sources[name] = source
+        return name in ("conv1", "bn2")
+
+    cap = capture(net, x, admit=admit)
+    assert list(cap) == ["conv1", "bn2"] and cap.dropped == ("bn1", "relu", "conv2", "relu:2")
+    assert [i.name for i in cap.report.captured] == list(reference)
+    for name, value in reference.items():
+        assert torch.equal(seen[name], value), name  # bn1 before the ReLU, bn2 before +=
+    # bn2 is changed by `out += skip` after its hook: the kept one was copied (a second run).
+    assert torch.equal(cap["bn2"], reference["bn2"])
+    assert cap.info("conv2").input_from == "relu"  # pairing still knows what was let go
+    assert sources == {i.name: i.input_from for i in cap.report.captured}
+    with pytest.raises(KeyError, match="captured but not kept"):
+        cap["bn1"]
+    assert "bn1" not in cap
+    assert_no_hooks(net)
+
+
+def test_admit_cannot_be_combined_with_grad() -> None:
+    with pytest.raises(ValueError, match="admit= cannot be combined with grad=True"):
+        capture(InplaceNet(), torch.randn(1, 3, 8, 8), grad=True, admit=lambda *_: True)

@@ -86,6 +86,8 @@ def test_layer_meta_counts_and_ranges(health) -> None:
         "pre": None,
         "post": None,
         "filter": False,
+        # The model's output is this very tensor.
+        "aliases": ["(model)"],
     }
     assert (metas["relu"]["dead"], metas["relu"]["constant"], metas["relu"]["nonfinite"]) == (
         1,
@@ -270,3 +272,138 @@ def test_a_dropped_layer_is_recomputed_by_a_forward_that_stops_at_it() -> None:
     torch.testing.assert_close(capture_layer(net, x, "relu:2"), capture(net, x)["relu:2"])
     spy.remove()
     assert_no_hooks(net)
+
+
+# -- a capture that keeps only what fits (LayerIntake) -------------------------------------------
+
+
+class _Batched(nn.Module):
+    """Records the batch each forward gets: what a recompute ran on."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        return self.inner(x)
+
+
+def _intake_store(
+    model: nn.Module, x: torch.Tensor, budget: int, *, means: bool = False
+) -> tuple[ActivationStore, list[str]]:
+    from fmwidget.session import Recompute
+    from fmwidget.store import LayerIntake
+
+    intake = LayerIntake(budget, means=means)
+    cap = capture(model, x, admit=intake)
+    recompute = Recompute(model, x)
+    store = ActivationStore(
+        cap, recompute=recompute, recompute_sample=recompute.sample, intake=intake
+    )
+    return store, list(cap.dropped)
+
+
+def test_an_intake_keeps_layers_while_they_fit_and_describes_the_rest_alike() -> None:
+    from tests.models import InplaceNet
+
+    torch.manual_seed(0)
+    model = InplaceNet().eval()
+    x = torch.randn(3, 3, 12, 12)
+    full = ActivationStore(capture(model, x))
+    layer_bytes = 3 * 8 * 12 * 12 * 4
+    store, dropped = _intake_store(model, x, 2 * layer_bytes)
+    # Kept in call order while they fit; bn1 (overwritten by the in-place ReLU) is one of them.
+    assert [n for n in store.names if store.is_resident(n)] == ["conv1", "bn1"]
+    assert dropped == ["relu", "conv2", "bn2", "relu:2"] and store.resident_bytes <= 2 * layer_bytes
+    assert store.layers_meta() == full.layers_meta()
+    for name in store.names:
+        np.testing.assert_array_equal(store.flags(name), full.flags(name))
+        for sample in range(3):
+            assert torch.equal(store.sample_maps(name, sample), full.maps(name)[sample]), name
+            assert torch.equal(store.stats(name, sample), full.stats(name, sample)), name
+
+
+def test_clamp_extremes_taken_from_their_input_equal_those_of_their_maps() -> None:
+    """ReLU6 and ReLU layers get their min/max from the layer before them, not from a pass."""
+    torch.manual_seed(0)
+    for model in (torchvision.models.mobilenet_v2(), torchvision.models.resnet18()):
+        model.eval()
+        x = torch.randn(3, 3, 32, 32)
+        x[1, 0, 0, 0] = math.nan  # a NaN goes through every clamp as it goes through the maps
+        full = ActivationStore(capture(model, x))
+        store, _ = _intake_store(model, x, 1 << 40)
+        assert store.layers_meta() == full.layers_meta()
+        for name in store.names:
+            np.testing.assert_array_equal(store.flags(name), full.flags(name))
+
+
+def test_a_dropped_layer_is_served_from_a_forward_of_its_sample_only() -> None:
+    torch.manual_seed(0)
+    model = _Batched(torchvision.models.resnet18(weights=None)).eval()
+    x = torch.randn(5, 3, 48, 48)
+    reference = {name: t.clone() for name, t in capture(model, x).items()}
+    store, dropped = _intake_store(model, x, 1)
+    name = "inner.layer3.1.conv2"
+    assert name in dropped and not store.is_resident(name)
+    model.inputs.clear()
+    got = store.sample_maps(name, 3)
+    # Two copies of sample 3 (a batch of one takes other conv kernels on the CPU), nothing else.
+    assert len(model.inputs) == 1 and model.inputs[0].shape[0] == 2
+    assert torch.equal(model.inputs[0][0], x[3]) and torch.equal(model.inputs[0][1], x[3])
+    assert torch.equal(got, reference[name][3])
+    assert torch.equal(store.stats(name, 3), ActivationStore(capture(model, x)).stats(name, 3))
+    model.inputs.clear()
+    store.sample_maps(name, 3)  # kept for the next reply
+    assert model.inputs == []
+    assert not store.is_resident(name)
+
+
+def test_a_recomputed_sample_unlike_the_capture_beyond_rounding_falls_back_to_the_batch() -> None:
+    model, x = _four_convs()
+    reference = capture(model, x)
+    from fmwidget.store import LayerIntake
+
+    intake = LayerIntake(1)
+    cap = capture(model, x, admit=intake)
+    calls: list[str] = []
+
+    def whole(name: str) -> torch.Tensor:
+        calls.append(name)
+        return capture(model, x, [name])[name]
+
+    def off(name: str, sample: int) -> torch.Tensor:
+        # Rounding-level off for layer 1, as if the sample depended on the others for layer 2.
+        factor = 1 + 1e-7 if name == "1" else 1.01
+        return capture(model, x, [name])[name][sample] * factor
+
+    store = ActivationStore(cap, recompute=whole, recompute_sample=off, intake=intake)
+    torch.testing.assert_close(store.sample_maps("1", 1), reference["1"][1])
+    assert calls == [] and not store.is_resident("1")
+    assert torch.equal(store.sample_maps("2", 1), reference["2"][1])
+    assert calls == ["2"] and store.is_resident("2")
+
+
+def test_a_dropped_layer_keeps_its_group_means_and_nonfinite_statistics() -> None:
+    from fmwidget.groups import group_effect
+    from tests.models import NanNet
+
+    model = NanNet().eval()
+    x = torch.linspace(-1, 1, 4 * 36).reshape(4, 1, 6, 6)
+    full = ActivationStore(capture(model, x))
+    store, dropped = _intake_store(model, x, 1, means=True)
+    assert dropped == ["conv", "log"]
+    assert store.layers_meta() == full.layers_meta()
+    np.testing.assert_array_equal(store.flags("log"), full.flags("log"))
+    assert store.flags("log")[0] & FLAG_NONFINITE
+    assert torch.equal(store.stats("log", 2), full.stats("log", 2))
+    labels, pair = ["a", "a", "b", "b"], ["a", "b"]
+    for name in ("conv", "log"):
+        means = store.spatial_means(name)
+        assert not store.is_resident(name)
+        expected = full.maps(name).mean(dim=(2, 3), dtype=torch.float32)
+        torch.testing.assert_close(means, expected, rtol=0, atol=0, equal_nan=True)
+        got, _ = group_effect(means[:, :, None, None], labels, pair)
+        want, _ = group_effect(full.maps(name), labels, pair)
+        np.testing.assert_array_equal(got, want)

@@ -306,3 +306,31 @@ def test_new_inputs_from_a_cell_cancel_the_views_job_first(make: Make) -> None:
     assert w.num_samples == 2 and gate.calls == gate_calls + 1  # only the new capture ran
     assert _no_worker_threads()
     _assert_same(before, model)
+
+
+def test_a_dropped_layer_is_recomputed_as_a_job_the_view_can_follow_and_cancel(
+    make: Make,
+) -> None:
+    model, gate = _model()
+    # One byte of budget: every layer is dropped at capture time and recomputed when shown.
+    w = make(model, torch.randn(2, 3, 8, 8), budget_bytes=1)
+    browser = _browser(w)
+    before = _snapshot(model)
+    reply = browser.request("layer", layer="2", sample=1, revision=w.revision)
+    assert reply.ok
+    labels = [t["label"] for t in _tasks_sent(browser) if t is not None]
+    assert labels == ["Computing 2 (dropped to stay within budget_bytes)"]
+    # Served from memory now: no job.
+    sent = len(_tasks_sent(browser))
+    assert browser.request("layer", layer="2", sample=1, revision=w.revision).ok
+    assert len(_tasks_sent(browser)) == sent
+    # Cancelled inside the recompute's forward: the reply says so, and the model is intact.
+    gate.calls, gate.hold_at = 0, 1
+    job = browser.send_request("layer", layer="3", sample=0, revision=w.revision)
+    assert gate.reached.wait(20)
+    assert browser.request("cancel", task=job, revision=w.revision).meta["cancelled"]
+    gate.release.set()
+    assert browser.reply_to(job).error == "cancelled"
+    _assert_same(before, model)
+    gate.hold_at = 0
+    assert browser.request("layer", layer="3", sample=0, revision=w.revision).ok

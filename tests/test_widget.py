@@ -919,3 +919,19 @@ def test_recomputing_a_layer_after_inputs_or_weights_changed_is_refused(
     w.inputs = x
     reply = browser.request("channel", layer="3", sample=0, channel=1, revision=2)
     np.testing.assert_array_equal(reply.arrays["values"], capture(model, x)["3"][0, 1].numpy())
+
+
+def test_block_names_are_aliases_of_their_layer(make: Callable[..., FeatureMapWidget]) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    w = make(model, torch.rand(1, 3, 64, 64), layer="layer4")
+    assert w.layer == "layer4.1.relu:2"
+    assert w.capture["layer4"] is w.capture["layer4.1.relu:2"]
+    meta = {m["name"]: m for m in w.layers}
+    assert meta["layer4.1.relu:2"]["aliases"] == ["layer4.1", "layer4"]
+    assert meta["conv1"]["aliases"] == []
+    w.layer = "layer3"
+    assert w.layer == "layer3.1.relu:2"
+    unknown = r"unknown layer 'layer9'; close names: 'layer4'"
+    with pytest.raises(traitlets.TraitError, match=unknown):
+        w.layer = "layer9"

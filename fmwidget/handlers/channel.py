@@ -31,7 +31,7 @@ def handle(request: ChannelRequest, view: View) -> wire.Payload:
     session = view.session
     name, sample, channel = request.layer, request.sample, request.channel
     kernel, rgb = conv_filter(session, name, channel)
-    meta, arrays = wire.channel_payload(session.store.maps(name)[sample, channel], kernel)
+    meta, arrays = wire.channel_payload(session.store.sample_maps(name, sample)[channel], kernel)
     return {"layer": name, "sample": sample, "channel": channel, "rgb": rgb, **meta}, arrays
 
 

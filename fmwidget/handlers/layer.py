@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fmwidget import wire
+from fmwidget import tasks, wire
 from fmwidget.groups import group_effect
 from fmwidget.handlers.fields import BadRequest, View, layer_field, sample_field
 from fmwidget.validation import check_channel, is_int
@@ -41,19 +41,38 @@ def parse(content: dict[str, Any], view: View) -> LayerRequest:
     return LayerRequest(name, sample, channels, max_values)
 
 
+def runs_long(request: LayerRequest, view: View) -> bool:
+    """A layer dropped by the memory budget is recomputed: a job the view shows and can cancel."""
+    return view.session.model is not None and not view.session.store.holds(
+        request.layer, request.sample
+    )
+
+
 def handle(request: LayerRequest, view: View) -> wire.Payload:
-    store = view.session.store
+    session = view.session
+    store = session.store
     name, sample, channels = request.layer, request.sample, request.channels
-    maps = store.maps(name)
+    # One sample's maps: a layer dropped by the memory budget costs one sample's forward.
+    if session.model is not None and not store.holds(name, sample):
+        label = f"Computing {name} (dropped to stay within budget_bytes)"
+        with (
+            tasks.progress(label, 1, "forwards", bar=False) as p,
+            tasks.watched(session.model, p),
+        ):
+            maps = store.sample_maps(name, sample)
+    else:
+        maps = store.sample_maps(name, sample)
     meta, arrays = wire.layer_payload(
-        maps[sample],
+        maps,
         store.stats(name, sample),
         store.flags(name),
         max_values=request.max_values,
         channels=channels,
     )
     if view.group_pair:
-        effect, meta["groups"] = group_effect(maps, view.groups, view.group_pair)
+        # Cohen's d reads only each sample's spatial means; (N, C, 1, 1) has the same ones.
+        means = store.spatial_means(name)[:, :, None, None]
+        effect, meta["groups"] = group_effect(means, view.groups, view.group_pair)
         arrays["effect"] = effect if channels is None else effect[channels]
     datasets = view.datasets
     if datasets is not None:

@@ -4,7 +4,7 @@
  * grid, header, colorbar and channel view draw what it publishes.
  */
 import { layerKey } from "../cache";
-import { isDropped, type LoadedLayer } from "../protocol";
+import { isCancelled, isDropped, type LoadedLayer } from "../protocol";
 import { type Panel, type PanelContext, touched } from "./panel";
 
 export function layersController({ store, source }: PanelContext): Panel {
@@ -53,7 +53,10 @@ export function layersController({ store, source }: PanelContext): Panel {
       },
       (e: unknown) => {
         if (destroyed || isDropped(e) || layerKey(store.layerKey()) !== k) return;
-        store.update({ layerError: `Could not load layer "${key.layer}": ${(e as Error).message}` });
+        const layerError = isCancelled(e)
+          ? `Computing layer "${key.layer}" was cancelled; step away and back to compute it.`
+          : `Could not load layer "${key.layer}": ${(e as Error).message}`;
+        store.update({ layerError });
       },
     );
   }

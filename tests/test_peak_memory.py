@@ -1,0 +1,92 @@
+"""A widget's peak memory stays within the bare forward's own peak plus its budget.
+
+Each measurement runs in a fresh Python process (no allocator state shared with the test run)
+and reads the kernel's peak resident set (``VmHWM``, reset right before the measured step through
+``/proc/self/clear_refs``): Linux only. No timings are asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MIB = 2**20
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs"
+)
+
+# 24 blocks of conv → BatchNorm → ReLU(inplace) with an in-place residual add: every output is
+# 4 × 16 × 96 × 96 float32 = 2.25 MiB, 72 layers = 162 MiB in all; the bare forward holds a few.
+_SCRIPT = r"""
+import json, re, sys
+import torch
+from torch import nn
+torch.set_num_threads(1)
+from fmwidget.capture import capture
+from fmwidget.widget import FeatureMapWidget
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+    def forward(self, x):
+        out = self.bn(self.conv(x))
+        out += x
+        return self.relu(out)
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), *[Block() for _ in range(23)]).eval()
+x = torch.randn(4, 3, 96, 96)
+# Warm up: kernels loaded, the widget's imports made, outside the measured step.
+FeatureMapWidget(model, x[:1, :, :8, :8]).close()
+with torch.no_grad():
+    model(x[:1, :, :8, :8])
+
+def kib(field):
+    return int(re.search(field + r":\s+(\d+)", open("/proc/self/status").read()).group(1))
+
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+base = kib("VmRSS")
+case = sys.argv[1]
+if case == "bare":
+    with torch.no_grad():
+        model(x)
+elif case == "capture":
+    kept = capture(model, x)
+else:
+    w = FeatureMapWidget(model, x, budget_bytes=int(sys.argv[2]))
+    # Every layer still serves, and a layer let go at capture time is recomputed for it.
+    w.session.store.stats(w.session.store.names[-1], 3)
+print(json.dumps({"peak": (kib("VmHWM") - base) * 1024}))
+"""
+
+
+def _peak(*args: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return int(json.loads(done.stdout.strip().splitlines()[-1])["peak"])
+
+
+def test_a_widget_peaks_within_the_bare_forward_plus_its_budget() -> None:
+    budget = 24 * MIB
+    bare, everything, widget = _peak("bare"), _peak("capture"), _peak("widget", str(budget))
+    # The case is big enough to tell: keeping every layer costs far more than the budget.
+    assert everything > bare + 4 * budget
+    # A margin for the allocator's own overhead (fragmentation, page rounding): 3 layers' worth.
+    assert widget <= bare + budget + 6 * MIB, (bare / MIB, everything / MIB, widget / MIB)
