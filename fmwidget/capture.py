@@ -7,6 +7,11 @@ and returns a read-only mapping from layer name to activation tensor, in call or
     cap["layer1.0.bn1"].shape          # torch.Size([8, 64, 56, 56])
     print(cap.report)                  # what was captured, what was skipped and why
 
+Every layer is returned as (N, C, H, W) with N the inputs' batch: channels-last (N, H, W, C)
+outputs (a ``Linear`` or ``LayerNorm`` on a 4-D tensor, as in ConvNeXt and Swin) as a permuted
+view, a vision transformer block's tokens as the maps of its patch tokens (``LayerInfo.layout``,
+:mod:`fmwidget.layouts`).
+
 Names are qualified module names from ``model.named_modules()``. A module called k times in one
 forward (torchvision's ResNet blocks call their ``relu`` twice) gives k entries: ``name``,
 ``name:2``, … The root module, when captured, is named ``(model)``. Tensors inside
@@ -58,6 +63,16 @@ from fmwidget.calling import (
     state_kept,
     tensors_in,
 )
+from fmwidget.layouts import (
+    NCHW,
+    NHWC,
+    Layout,
+    as_map,
+    from_map,
+    is_attention,
+    map_layout,
+    token_layout,
+)
 from fmwidget.names import (
     COMPILED_PART,
     ROOT_NAME,
@@ -79,6 +94,7 @@ __all__ = [
     "LayerTaps",
     "capture",
     "capture_layer",
+    "layer_layout",
 ]
 
 _NOTE_EXAMPLES = 5
@@ -115,6 +131,12 @@ class LayerInfo:
     ``layer4.1.relu:2``): every name that takes a layer accepts them. A block whose output is
     some other tensor (it ends in ``x + y`` outside modules) is captured under its own name, kind
     ``block``.
+
+    ``layout`` says what the module's own output was (``shape`` is always the (N, C, H, W) map
+    the capture returns): ``nchw``; ``nhwc``, channels last, returned as ``permute(0, 3, 1, 2)``;
+    or ``tokens``, a transformer block's (N, extra_tokens + H·W, C) output, returned as the map of
+    its patch tokens, the ``extra_tokens`` class/register/distillation tokens left out (see
+    :mod:`fmwidget.layouts`).
     """
 
     name: str
@@ -126,6 +148,8 @@ class LayerInfo:
     dtype: str
     input_from: str | None
     aliases: tuple[str, ...] = ()
+    layout: str = "nchw"
+    extra_tokens: int = 0
 
     def __post_init__(self) -> None:
         # A loaded capture (fmwidget.load) gives a JSON list.
@@ -146,6 +170,9 @@ class CaptureReport:
             (i.name, i.type, i.kind, "×".join(map(str, i.shape)), i.dtype, i.input_from or "")
             for i in self.captured
         ]
+        if any(i.layout != "nchw" for i in self.captured):
+            header += ("layout",)
+            rows = [(*r, _layout_text(i)) for r, i in zip(rows, self.captured, strict=True)]
         if any(i.aliases for i in self.captured):
             header += ("block aliases",)
             rows = [(*r, ", ".join(i.aliases)) for r, i in zip(rows, self.captured, strict=True)]
@@ -162,6 +189,12 @@ class CaptureReport:
             lines.append("notes")
             lines += [f"  - {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def _layout_text(info: LayerInfo) -> str:
+    if info.layout == "tokens":
+        return f"tokens (+{info.extra_tokens})" if info.extra_tokens else "tokens"
+    return "" if info.layout == "nchw" else info.layout
 
 
 class CaptureBuffers:
@@ -348,7 +381,9 @@ def capture(
             forward.
         inputs: a tensor, a tuple/list of positional arguments, or a dict of keyword arguments.
         layers: ``None`` for every leaf module with a 4-D floating output (and every block
-            whose output is a new 4-D tensor; the others become aliases); or layer names (a
+            whose output is a new 4-D tensor; the others become aliases), and every transformer
+            block's tokens, but not modules inside attention layers nor outputs whose first
+            dimension is not the inputs' batch (each left out with a note); or layer names (a
             plain name selects every call of a module, ``name:k`` only the k-th, ``name[0]`` one
             element of a tuple output; a block such as ``layer1`` is captured under its own
             name), module types
@@ -395,18 +430,36 @@ def capture(
     known = _KNOWN_MUTATED.get(model, frozenset())
     notes: list[str] = [_COMPILED_NOTE] if compiled else []
     copy_all = training or (buffers is not None and buffers.copy_all)
+    batch = _batch_size(args, kwargs)
     run: _Run | None = None
     try:
         # state_kept walks the model again; the selection already knows whether it must.
         with state_kept(model) if training else contextlib.nullcontext():
-            run = _run(model, args, kwargs, selection, grad, copy_all, known, buffers, admit)
+            run = _run(model, args, kwargs, selection, grad, copy_all, known, buffers, admit, batch)
+            if not run.described and run.off_batch and not training:
+                # No layer's first dimension is the inputs' (a sequence-first model): read the
+                # first dimension as the batch, as before. (Training mode never runs twice.)
+                run.release()
+                batch = None
+                run = _run(
+                    model, args, kwargs, selection, grad, copy_all, known, buffers, admit, batch
+                )
             mutated = frozenset() if copy_all else run.mutated()
             if mutated:
                 _KNOWN_MUTATED[model] = known | mutated
                 # Otherwise the first run's outputs stay alive through the second one.
                 run.release()
                 run = _run(
-                    model, args, kwargs, selection, grad, False, known | mutated, buffers, admit
+                    model,
+                    args,
+                    kwargs,
+                    selection,
+                    grad,
+                    False,
+                    known | mutated,
+                    buffers,
+                    admit,
+                    batch,
                 )
                 notes.append(
                     f"the forward ran twice: {examples(sorted(mutated))} changed in place after "
@@ -417,7 +470,16 @@ def capture(
                     # Control flow changed between runs: copying everything cannot be wrong.
                     run.release()
                     run = _run(
-                        model, args, kwargs, selection, grad, True, frozenset(), buffers, admit
+                        model,
+                        args,
+                        kwargs,
+                        selection,
+                        grad,
+                        True,
+                        frozenset(),
+                        buffers,
+                        admit,
+                        batch,
                     )
         if buffers is not None:
             buffers._keep_only(run.own_buffers)
@@ -538,6 +600,15 @@ class _Selection:
     inplace: list[nn.Module]  # modules that overwrite their input
     all_leaves: bool  # every leaf is hooked, so "consumed by no module" is knowable
     training: bool  # some module is in training mode (from the same walk of the model)
+    # layers=None: what is not a feature map of the input (attention internals, a first
+    # dimension other than the batch) is left out; named layers are kept as they are.
+    default: bool = False
+    attention: frozenset[str] = frozenset()  # attention modules (class name says so)
+    attention_inner: frozenset[str] = frozenset()  # modules inside one: q/k/v, weights
+    # Modules not selected, hooked only to know the layouts named layers are read in (what a
+    # channels-last input makes of a GELU; a patch embedding's grid): named layers read as in
+    # the default capture.
+    trackers: dict[nn.Module, str] = field(default_factory=dict)
 
     @classmethod
     def build(cls, model: nn.Module, layers: LayerSelector | None) -> _Selection:
@@ -583,7 +654,26 @@ class _Selection:
                 if m not in names and not isinstance(m, torch.jit.ScriptModule)
             }
         training = any(m.training for m in by_module)
-        return cls(names, blocks, exact, inplace, all(m in names for m in leaves), training)
+        attention = frozenset(n for n, m in named.items() if n and is_attention(m))
+        inner = frozenset(n for n in named if any(n.startswith(a + ".") for a in attention))
+        return cls(
+            names,
+            blocks,
+            exact,
+            inplace,
+            all(m in names for m in leaves),
+            training,
+            default=layers is None,
+            attention=attention,
+            attention_inner=inner,
+            trackers={}
+            if layers is None
+            else {
+                m: n
+                for m, n in by_module.items()
+                if n and m not in names and not isinstance(m, torch.jit.ScriptModule)
+            },
+        )
 
     @staticmethod
     def _match(
@@ -658,8 +748,25 @@ def _grouped(skipped: Iterable[tuple[str, str]]) -> list[str]:
 _SHAPES = re.compile(r"\((?:[^()]|\([^()]*\))*\)")
 
 
-def _capturable(t: torch.Tensor) -> bool:
-    return t.dim() == 4 and t.is_floating_point() and t.layout == torch.strided
+_ATTENTION_REASON = (
+    "inside an attention module: q/k/v and attention weights are not feature maps; name it in "
+    "layers= to capture it"
+)
+
+
+def _batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+    """The batch of the inputs: the first tensor's first dimension, or the length of a list of
+    3-D images (torchvision's detection models)."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value.shape[0] if value.dim() else None
+        if (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(v, torch.Tensor) and v.dim() == 3 for v in value)
+        ):
+            return len(value)
+    return None
 
 
 @dataclass
@@ -682,9 +789,15 @@ class _Run:
         copy_names: frozenset[str],
         pool: CaptureBuffers | None,
         admit: Admit | None = None,
+        batch: int | None = None,
     ) -> None:
         self.exact = selection.exact
         self.hooked = selection.names
+        self.default = selection.default
+        self.attention = selection.attention
+        self.attention_inner = selection.attention_inner
+        # Outputs whose first dimension is not this are left out (default selection only).
+        self.batch = batch
         self.grad = grad
         self.copy_all = copy_all
         self.copy_names = copy_names
@@ -699,11 +812,29 @@ class _Run:
         self.calls: dict[str, int] = {}
         self.consumed: set[str] = set()
         self.pending_source: dict[nn.Module, str | None] = {}
+        self.pending_layout: dict[nn.Module, Layout] = {}
         self.skipped: dict[str, str] = {}
         # Block output name -> the captured layer whose output tensor it was.
         self.aliases: dict[str, str] = {}
         self.own_buffers: set[str] = set()
         self.output: Any = None
+        # What each layer's stored tensor is (fmwidget.layouts); with grad, the map a layer's
+        # onward tensor was computed from, so that gradients with respect to it flow.
+        self.layouts: dict[str, Layout] = {}
+        self.views: dict[str, torch.Tensor] = {}
+        # Channel count -> (h, w) of the latest convolution output: a patch embedding's grid.
+        self.grids: dict[int, tuple[int, int]] = {}
+        # 3-D outputs of leaf modules: a block returning one is no token block of its own.
+        self.leaf_outputs: dict[int, weakref.ref[torch.Tensor]] = {}
+        # Layers left out because their first dimension is not the batch: name -> map shape;
+        # their tensors, so that a block returning one is not one more of them.
+        self.off_batch: dict[str, tuple[int, ...]] = {}
+        self.left_out: dict[int, weakref.ref[torch.Tensor]] = {}
+        # Outputs of unselected modules (named selections): id -> (tensor, layout, version).
+        self.tracked: dict[int, tuple[weakref.ref[torch.Tensor], Layout, int]] = {}
+        # (H, W, C) of channels-last layers, never the (C, H, W) of another layer.
+        self.nhwc_shapes: set[tuple[int, ...]] = set()
+        self.nchw_shapes: set[tuple[int, ...]] = set()
 
     def source(self, x: Any) -> str | None:
         """The captured layer whose output ``x`` still is (or is a view of), unchanged since."""
@@ -723,6 +854,12 @@ class _Run:
         keeping references) clone the stored tensors it is about to overwrite."""
         if module in self.hooked:
             self.pending_source[module] = self.source(x)
+        fed = self.layout_fed(x) if isinstance(x, torch.Tensor) else None
+        if fed is not None:
+            # Its output is its input, changed: the same layout, known only before the change.
+            self.pending_layout[module] = fed
+        else:
+            self.pending_layout.pop(module, None)
         if not (self.copy_all or self.grad):
             self.protect(x)
 
@@ -736,22 +873,33 @@ class _Run:
         else:
             src = self.source(args[0]) if args else None
         only = self.exact.get(module_name)
+        if self.default and module_name in self.attention_inner:
+            self.skipped.setdefault(module_name, _ATTENTION_REASON)
+            return output
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        block = next(module.children(), None) is not None
         if isinstance(output, torch.Tensor):
-            if _capturable(output):
+            self.note_output(module, output)
+            layout = self.layout_of(module, module_name, x, output, block)
+            if layout is not None:
                 if only is None or base in only:
-                    return self.keep(base, output, module, module_name, call, src)
+                    return self.take(base, output, module, module_name, call, src, layout)
                 return output
             self.skipped.setdefault(module_name, _skip_reason(output))
             return output
-        found = [
-            (n, t)
-            for n, t in tensors_in(output, base)
-            if _capturable(t) and (only is None or n in only or base in only)
-        ]
+        found = []
+        for n, t in tensors_in(output, base):
+            if only is not None and n not in only and base not in only:
+                continue
+            layout = self.layout_of(module, module_name, x, t, block)
+            if layout is not None:
+                found.append((n, t, layout))
         if not found:
             self.skipped.setdefault(module_name, _skip_reason(output))
             return output
-        swaps = {id(t): self.keep(n, t, module, module_name, call, src) for n, t in found}
+        swaps = {
+            id(t): self.take(n, t, module, module_name, call, src, layout) for n, t, layout in found
+        }
         if not self.grad:
             return output
         return rebuild(output, lambda t: swaps.get(id(t), t))
@@ -766,18 +914,119 @@ class _Run:
         base = display(module_name) if call == 1 else f"{display(module_name)}:{call}"
         # Also marks the input as consumed by a module (a conv feeding timm's BatchNormAct2d).
         src = self.source(args[0]) if args else None
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
         swaps = {}
         for name, t in tensors_in(output, base):
-            if not _capturable(t):
-                continue
             entry = self.seen.get(id(t))
             if entry is not None and entry.ref() is t and entry.version == t._version:
                 self.aliases[name] = entry.names[0]
-            elif module_name:
-                swaps[id(t)] = self.keep(name, t, module, module_name, call, src)
+                continue
+            left = self.left_out.get(id(t))
+            if not module_name or module_name in self.attention_inner:
+                continue
+            if left is not None and left() is t:
+                continue  # its last module's output, left out already
+            layout = self.layout_of(module, module_name, x, t, True)
+            if layout is not None:
+                swaps[id(t)] = self.take(name, t, module, module_name, call, src, layout)
         if not (self.grad and swaps):
             return output
         return rebuild(output, lambda t: swaps.get(id(t), t))
+
+    def note_output(self, module: nn.Module, t: torch.Tensor) -> None:
+        """Remember what later outputs are read by: a convolution's grid, a leaf's tokens."""
+        if t.dim() == 4 and isinstance(module, nn.modules.conv._ConvNd):
+            self.grids[t.shape[1]] = (t.shape[2], t.shape[3])
+        elif t.dim() == 3 and next(module.children(), None) is None:
+            self.leaf_outputs[id(t)] = weakref.ref(t)
+
+    def layout_of(
+        self,
+        module: nn.Module,
+        module_name: str,
+        x: torch.Tensor | None,
+        t: torch.Tensor,
+        block: bool,
+    ) -> Layout | None:
+        """How ``t`` reads as (N, C, H, W) maps, or ``None`` when it is no feature map."""
+        if not (t.is_floating_point() and t.layout == torch.strided):
+            return None
+        if t.dim() == 4:
+            own = self.pending_layout.pop(module, None) or self.layout_fed(t)
+            if own is not None:
+                return own  # the very tensor a captured layer returned (Identity, a block)
+            fed = self.layout_fed(x)
+            if fed is None and tuple(t.shape[1:]) in self.nhwc_shapes:
+                # Fed by code outside modules (timm's Swin reverses its windows there): a shape
+                # only channels-last layers of this model had is channels-last again.
+                fed = NHWC
+            return map_layout(module, x, fed, t)
+        if t.dim() != 3:
+            return None
+        if self.default:
+            # A transformer block's tokens: a new tensor (not its last leaf's), not attention's.
+            leaf = self.leaf_outputs.get(id(t))
+            if not block or module_name in self.attention or (leaf is not None and leaf() is t):
+                return None
+        return token_layout(t, self.grids)
+
+    def layout_fed(self, x: torch.Tensor | None) -> Layout | None:
+        """The layout of the captured (or tracked) layer whose output ``x`` is (itself: a view
+        may permute)."""
+        if x is None:
+            return None
+        entry = self.seen.get(id(x))
+        if entry is not None and entry.ref() is x and entry.version == x._version:
+            return self.layouts.get(entry.names[-1])
+        ref, layout, version = self.tracked.get(id(x), (None, None, 0))
+        return layout if ref is not None and ref() is x and version == x._version else None
+
+    def track(
+        self, module: nn.Module, module_name: str, args: tuple[Any, ...], output: torch.Tensor
+    ) -> None:
+        """An unselected module's output: its layout, for the named layers it feeds, read as
+        the default capture would (attention internals and other batches aside)."""
+        self.note_output(module, output)
+        if module_name in self.attention_inner or output.dim() != 4:
+            return
+        if self.batch is not None and output.shape[0] != self.batch:
+            return
+        if self.layout_fed(output) is not None:
+            return  # a block returning its last module's output: that module's layout
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        layout = self.layout_of(module, module_name, x, output, False)
+        if layout is not None:
+            self.note_layout(output, layout)
+            self.tracked[id(output)] = (weakref.ref(output), layout, output._version)
+
+    def note_layout(self, t: torch.Tensor, layout: Layout) -> None:
+        own = tuple(t.shape[1:])
+        if layout == NHWC:
+            if own not in self.nchw_shapes:
+                self.nhwc_shapes.add(own)
+        else:
+            self.nchw_shapes.add(own)
+            self.nhwc_shapes.discard(own)
+
+    def take(
+        self,
+        name: str,
+        t: torch.Tensor,
+        module: nn.Module,
+        module_name: str,
+        call: int,
+        src: str | None,
+        layout: Layout,
+    ) -> torch.Tensor:
+        """Keep ``t``, unless the default capture leaves it out: its first dimension is not the
+        batch (boxes, windows, a table)."""
+        if self.default and self.batch is not None and t.shape[0] != self.batch:
+            self.off_batch.setdefault(name, tuple(as_map(t, layout).shape))
+            self.left_out[id(t)] = weakref.ref(t)
+            return t
+        if t.dim() == 4:
+            self.note_layout(t, layout)
+        return self.keep(name, t, module, module_name, call, src, layout)
 
     def keep(
         self,
@@ -787,10 +1036,16 @@ class _Run:
         module_name: str,
         call: int,
         src: str | None,
+        layout: Layout = NCHW,
     ) -> torch.Tensor:
-        """Store ``t`` under ``name``; returns what the model continues with (differs with grad)."""
+        """Store ``t`` under ``name``; returns what the model continues with (differs with grad).
+
+        The stored tensor is the module's own output (in-place protection and copies work on
+        it); :meth:`finish` returns its (N, C, H, W) view."""
+        view = as_map(t, layout)
         self.origin[name] = (module_name, call, module, src)
-        self.described[name] = (tuple(t.shape), _dtype_name(t.dtype))
+        self.described[name] = (tuple(view.shape), _dtype_name(t.dtype))
+        self.layouts[name] = layout
         version = t._version
         entry = self.seen.get(id(t))
         if entry is not None and entry.ref() is t and entry.version == version:
@@ -800,10 +1055,12 @@ class _Run:
                 entry.names.append(name)
                 self.stored[name] = kept_as
                 self.versions[name] = kept_as._version
+                if entry.names[-2] in self.views:
+                    self.views[name] = self.views[entry.names[-2]]
                 return t
         if self.grad:
-            return self.keep_differentiable(name, t)
-        if self.admit is not None and not self.admit(name, t, module, src):
+            return self.keep_differentiable(name, t, layout)
+        if self.admit is not None and not self.admit(name, view, module, src):
             # Let go: still known as this layer's output, for pairing ``input_from``.
             self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
             return t
@@ -813,14 +1070,17 @@ class _Run:
         self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
         return t
 
-    def keep_differentiable(self, name: str, t: torch.Tensor) -> torch.Tensor:
+    def keep_differentiable(self, name: str, t: torch.Tensor, layout: Layout) -> torch.Tensor:
         # The model goes on with a clone of the stored tensor: no later in-place op can reach the
-        # stored one, and gradients still flow through it.
+        # stored one, and gradients still flow through it (through its map, when it is a view).
         if self.copy_all or name in self.copy_names:
             kept = t.clone() if t.requires_grad else t.detach().clone().requires_grad_()
         else:
             kept = t if t.requires_grad else t.detach().requires_grad_()
-        onward = kept.clone()
+        view = as_map(kept, layout)
+        onward = from_map(view, kept, layout)
+        if layout != NCHW:
+            self.views[name] = view
         self.stored[name] = kept
         self.versions[name] = kept._version
         self.seen[id(onward)] = _Seen(weakref.ref(onward), [name], onward._version)
@@ -853,6 +1113,11 @@ class _Run:
         self.versions.clear()
         self.seen.clear()
         self.pending_source.clear()
+        self.pending_layout.clear()
+        self.views.clear()
+        self.leaf_outputs.clear()
+        self.left_out.clear()
+        self.tracked.clear()
         self.output = None
 
     def mutated(self) -> frozenset[str]:
@@ -870,13 +1135,60 @@ class _Run:
                 self.skipped.setdefault(module_name, "not called in this forward")
         if not infos:
             raise CaptureError(self.nothing_captured_message())
-        notes = notes + self.functional_notes(infos, selection)
+        notes = notes + self.functional_notes(infos, selection) + self.layout_notes(infos)
         report = CaptureReport(infos, list(self.skipped.items()), notes)
-        return Capture(dict(self.stored), report, self.output, pool)
+        return Capture(self.maps(), report, self.output, pool)
+
+    def maps(self) -> dict[str, torch.Tensor]:
+        """Every stored layer as its (N, C, H, W) view."""
+        return {
+            name: self.views[name] if name in self.views else as_map(t, self.layouts[name])
+            for name, t in self.stored.items()
+        }
+
+    def layout_notes(self, infos: list[LayerInfo]) -> list[str]:
+        notes = []
+        if self.off_batch:
+            names = list(self.off_batch)
+            notes.append(
+                f"{len(names)} layers whose first dimension is not the batch of {self.batch} were "
+                f"left out ({examples(names)}): boxes, windows, tables or a batch of another "
+                "size, not one map per input; name them in layers= to capture them"
+            )
+        inner = [n for n, r in self.skipped.items() if r == _ATTENTION_REASON]
+        if inner:
+            notes.append(
+                f"{len(inner)} modules inside attention layers were left out "
+                f"({examples([display(n) for n in inner])}): q/k/v and attention weights are not "
+                "feature maps; name them in layers= to capture them"
+            )
+        nhwc = [i.name for i in infos if i.layout == "nhwc"]
+        if nhwc:
+            notes.append(
+                f"{len(nhwc)} layers were channels-last (N, H, W, C) ({examples(nhwc)}): a Linear "
+                "or LayerNorm on a 4-D tensor, or what followed one; they are returned as "
+                "(N, C, H, W) views (permute(0, 3, 1, 2)), LayerInfo.layout 'nhwc'"
+            )
+        tokens = [i for i in infos if i.layout == "tokens"]
+        for extra in sorted({i.extra_tokens for i in tokens}):
+            group = [i.name for i in tokens if i.extra_tokens == extra]
+            h, w = next(i.shape[2:] for i in tokens if i.extra_tokens == extra)
+            left = (
+                f"; the first {extra} tokens (class, register or distillation tokens) are not "
+                "part of the maps (LayerInfo.extra_tokens)"
+                if extra
+                else ""
+            )
+            notes.append(
+                f"{len(group)} layers are transformer tokens ({examples(group)}): returned as "
+                f"(N, D, {h}, {w}) maps of their {h}×{w} patch tokens{left}"
+            )
+        return notes
 
     def info(self, name: str) -> LayerInfo:
         module_name, call, module, src = self.origin[name]
         shape, dtype = self.described[name]
+        layout = self.layouts[name]
         return LayerInfo(
             name=name,
             module_name=module_name,
@@ -886,6 +1198,8 @@ class _Run:
             shape=shape,
             dtype=dtype,
             input_from=src,
+            layout=layout.kind,
+            extra_tokens=layout.extra,
         )
 
     def with_aliases(self, infos: list[LayerInfo]) -> list[LayerInfo]:
@@ -914,6 +1228,9 @@ class _Run:
 
     def nothing_captured_message(self) -> str:
         outputs = " | ".join(_grouped(self.skipped.items()))
+        if self.off_batch:
+            shapes = [f"{n} {s}" for n, s in self.off_batch.items()]
+            outputs += f" | first dimension not the batch of {self.batch}: {examples(shapes)}"
         return (
             "nothing to capture: no selected module produced a 4-D floating-point (N, C, H, W) "
             "output, and fmwidget shows (N, C, H, W) feature maps; select modules that do with "
@@ -925,7 +1242,9 @@ class _Run:
             return []
         kinds = {i.kind for i in infos}
         feeders = [i.name for i in infos if i.kind in ("conv", "norm")]
-        if feeders and "act" not in kinds:
+        # An activation may have run on tokens (a transformer's MLP), not on a feature map.
+        ran = any(self.calls.get(n) and _kind(m) == "act" for m, n in self.hooked.items())
+        if feeders and "act" not in kinds and not ran:
             return [
                 "no activation module (nn.ReLU, …) ran: activations applied with functional "
                 "ops (F.relu, torch.sigmoid, …) are invisible to module hooks, so the captured "
@@ -951,8 +1270,9 @@ def _run(
     copy: frozenset[str],
     pool: CaptureBuffers | None,
     admit: Admit | None = None,
+    batch: int | None = None,
 ) -> _Run:
-    run = _Run(selection, grad, copy_all, copy, pool, admit)
+    run = _Run(selection, grad, copy_all, copy, pool, admit, batch)
     handles = []
     try:
         for module, module_name in selection.names.items():
@@ -961,6 +1281,8 @@ def _run(
             handles.append(module.register_forward_hook(_block_hook(run, module_name)))
         for module in selection.inplace:
             handles.append(module.register_forward_pre_hook(_inplace_hook(run)))
+        for module, module_name in selection.trackers.items():
+            handles.append(module.register_forward_hook(_tracker(lambda: run, module_name)))
         with torch.set_grad_enabled(grad), run_eagerly(model):
             try:
                 output = model(*args, **kwargs)
@@ -990,6 +1312,17 @@ def _block_hook(run: _Run, module_name: str) -> Callable[[nn.Module, tuple[Any, 
     def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         kept = run.on_block(module, module_name, args, output)
         return kept if run.grad else None
+
+    return hook
+
+
+def _tracker(
+    current: Callable[[], _Run | None], module_name: str
+) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        run = current()
+        if run is not None and isinstance(output, torch.Tensor):
+            run.track(module, module_name, args, output)
 
     return hook
 
@@ -1044,9 +1377,12 @@ class _TapRun(_Run):
     and nothing is kept."""
 
     def __init__(
-        self, selection: _Selection, on_tensor: Callable[[str, torch.Tensor], None]
+        self,
+        selection: _Selection,
+        on_tensor: Callable[[str, torch.Tensor], None],
+        batch: int | None,
     ) -> None:
-        super().__init__(selection, False, False, frozenset(), None)
+        super().__init__(selection, False, False, frozenset(), None, None, batch)
         self.on_tensor = on_tensor
         self.infos: dict[str, LayerInfo] = {}
 
@@ -1058,13 +1394,16 @@ class _TapRun(_Run):
         module_name: str,
         call: int,
         src: str | None,
+        layout: Layout = NCHW,
     ) -> torch.Tensor:
+        view = as_map(t, layout)
         self.origin[name] = (module_name, call, module, src)
-        self.described[name] = (tuple(t.shape), _dtype_name(t.dtype))
+        self.described[name] = (tuple(view.shape), _dtype_name(t.dtype))
+        self.layouts[name] = layout
         self.infos[name] = self.info(name)
         # Known by identity, for the aliases of the blocks that return it.
         self.seen[id(t)] = _Seen(weakref.ref(t), [name], t._version)
-        self.on_tensor(name, t)
+        self.on_tensor(name, view)
         return t
 
 
@@ -1095,6 +1434,8 @@ class LayerTaps:
         self._on_tensor = on_tensor
         self._handles: list[Any] = []
         self._run: _TapRun | None = None
+        # Set when no layer's first dimension was the batch: read each first dimension as it.
+        self._any_batch = False
         #: The ``LayerInfo`` of every layer seen so far, in call order of the first forward.
         self.infos: dict[str, LayerInfo] = {}
 
@@ -1103,6 +1444,9 @@ class LayerTaps:
             self._handles.append(module.register_forward_hook(self._hook(module_name)))
         for module, module_name in self._selection.blocks.items():
             self._handles.append(module.register_forward_hook(self._hook(module_name, True)))
+        for module, module_name in self._selection.trackers.items():
+            hook = _tracker(lambda: self._run, module_name)
+            self._handles.append(module.register_forward_hook(hook))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1114,13 +1458,19 @@ class LayerTaps:
     def forward(self, inputs: Any) -> Any:
         """Run the model once on ``inputs`` (without autograd); returns its output."""
         args, kwargs = split_inputs(inputs)
-        run = self._run = _TapRun(self._selection, self._on_tensor)
+        batch = None if self._any_batch else _batch_size(args, kwargs)
         model = eager_model(self.model)
-        with torch.no_grad(), state_kept(model), run_eagerly(model):
-            try:
-                output = model(*args, **kwargs)
-            except Exception as exc:
-                raise _forward_error(model, exc, args, kwargs) from None
+        while True:
+            run = self._run = _TapRun(self._selection, self._on_tensor, batch)
+            with torch.no_grad(), state_kept(model), run_eagerly(model):
+                try:
+                    output = model(*args, **kwargs)
+                except Exception as exc:
+                    raise _forward_error(model, exc, args, kwargs) from None
+            if self.infos or run.infos or not run.off_batch or batch is None:
+                break
+            # As capture: no layer's first dimension is the inputs', so read it as the batch.
+            self._any_batch, batch = True, None
         if not self.infos:
             run.check_exact_names(run.infos)
             if not run.infos:
@@ -1144,6 +1494,28 @@ class LayerTaps:
 class _Produced(BaseException):
     """Raised from a hook to end a forward once the wanted layer exists (not an Exception, so no
     user ``except Exception`` in the model's code catches it)."""
+
+
+def layer_layout(model: nn.Module, inputs: Any, name: str) -> Layout:
+    """How :func:`capture` reads layer ``name`` (``LayerInfo.layout``, :mod:`fmwidget.layouts`),
+    from a forward that stops as soon as the layer is produced.
+
+    Example::
+
+        layer_layout(convnext, x, "features.1.0.block.3").kind    # 'nhwc'
+    """
+    found: list[Layout] = []
+
+    def keep(layer: str, _t: torch.Tensor) -> None:
+        if layer == name and taps._run is not None:
+            found.append(taps._run.layouts[layer])
+            raise _Produced
+
+    with LayerTaps(model, [name], keep) as taps, contextlib.suppress(_Produced):
+        taps.forward(inputs)
+    if not found:
+        raise CaptureError(f"layer {name!r} was not produced by this forward")
+    return found[0]
 
 
 def capture_layer(model: nn.Module, inputs: Any, name: str) -> torch.Tensor:

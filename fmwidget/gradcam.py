@@ -40,6 +40,8 @@ from fmwidget.calling import (
     state_kept,
     tapped,
 )
+from fmwidget.capture import CaptureError, layer_layout
+from fmwidget.layouts import NCHW, Layout, as_map, may_reorder
 from fmwidget.validation import CAM_LABELS
 
 __all__ = [
@@ -128,6 +130,17 @@ def _target_indices(target: Target, output: Any, n: int) -> list[int]:
     return indices
 
 
+def _layout(model: nn.Module, inputs: Any, ref: LayerRef) -> Layout:
+    """How `capture` reads the layer (a channels-last or token layer's channels are its last
+    dimension): found by a forward up to it, only for models where it may not be (N, C, H, W)."""
+    if not may_reorder(eager_model(model)):
+        return NCHW
+    try:
+        return layer_layout(model, inputs, ref.name)
+    except CaptureError:
+        return NCHW  # no map capture reads: the (N, C, H, W) check after the forward says so
+
+
 def gradcam_layer(
     model: nn.Module,
     inputs: Any,
@@ -146,8 +159,10 @@ def gradcam_layer(
         layer: a name from `model.named_modules()`, `name:k` for the k-th call of a reused module,
             `name[i]` / `name['key']` for a tensor inside a tuple/dict output, or the module itself:
             every name `capture` gives, and block names (`layer4`, the same tensor as the layer
-            it is an alias of). Its output must be (N, C, H, W). A `torch.compile`d model runs
-            as its original modules, eagerly, and is not recompiled.
+            it is an alias of). Its output must be a map as `capture` reads it: (N, C, H, W),
+            channels-last (N, H, W, C) or a transformer block's patch tokens (`LayerInfo.layout`;
+            for models with LayerNorms or attention a forward up to the layer finds out which).
+            A `torch.compile`d model runs as its original modules, eagerly, and is not recompiled.
         target: None for the predicted class per sample, an int class, one int per sample, or a
             callable `f(model_output)` returning a score per sample (N,) or one scalar.
         progress: show a progress bar in the cell when the call takes over a second (Ctrl-C
@@ -162,6 +177,7 @@ def gradcam_layer(
         res.heatmap.shape, res.weights.shape   # (N, 2, 2), (N, 512)
     """
     ref = resolve_layer(model, layer)
+    layout = _layout(model, inputs, ref)
     held: list[torch.Tensor] = []
 
     def substitute(out: torch.Tensor) -> torch.Tensor:
@@ -182,7 +198,7 @@ def gradcam_layer(
         output = call_model(model, normal_tensors(inputs))
         tap.check_called()
         a = held[0]
-        if a.ndim != 4:
+        if a.ndim != (3 if layout.kind == "tokens" else 4):
             raise ValueError(
                 f"Grad-CAM needs layer {ref.name!r} to output (N, C, H, W); "
                 f"it output {tuple(a.shape)}"
@@ -208,8 +224,9 @@ def gradcam_layer(
         (grad,) = torch.autograd.grad(score.sum(), a, allow_unused=True)
         if grad is None:
             raise ValueError(f"the target score does not depend on layer {ref.name!r}")
+    grad, maps = as_map(grad, layout), as_map(a.detach(), layout)
     weights = grad.mean(dim=(2, 3))
-    heatmap = torch.relu(torch.einsum("nc,nchw->nhw", weights, a.detach()))
+    heatmap = torch.relu(torch.einsum("nc,nchw->nhw", weights, maps))
     return GradCamResult(heatmap=heatmap, weights=weights, target=indices, scores=scores)
 
 
