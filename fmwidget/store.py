@@ -603,6 +603,9 @@ class ActivationStore:
                 "post": None,
                 "filter": self._filters and info.type == "Conv2d",
                 "aliases": list(info.aliases),
+                # What the module computed: "nchw", "nhwc" (shown permuted) or "tokens" (patch tokens).
+                "layout": info.layout,
+                "extra_tokens": info.extra_tokens,
             }
             stats = precomputed.get(i)
             self._layers[info.name] = _Layer(

@@ -34,6 +34,12 @@ export interface LayerMeta {
   filter: boolean;
   /** Blocks (containers) whose output is this very tensor, e.g. ["layer4"]; absent in older saved files. */
   aliases?: string[];
+  /**
+   * What the module computed: "nchw"; "nhwc" (a channels-last tensor, shown permuted); "tokens" (a transformer
+   * block's (N, extra_tokens + H·W, C) output, shown as the maps of its patch tokens). Absent: "nchw".
+   */
+  layout?: "nchw" | "nhwc" | "tokens";
+  extra_tokens?: number;
 }
 
 /** One entry of a sample's top-5 in the `predictions` trait (`label` is null when the model has no class names). */

@@ -88,6 +88,8 @@ def test_layer_meta_counts_and_ranges(health) -> None:
         "filter": False,
         # The model's output is this very tensor.
         "aliases": ["(model)"],
+        "layout": "nchw",
+        "extra_tokens": 0,
     }
     assert (metas["relu"]["dead"], metas["relu"]["constant"], metas["relu"]["nonfinite"]) == (
         1,

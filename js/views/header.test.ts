@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import type { LayerMeta } from "../protocol";
 import css from "../style.css?raw";
 import { layerMeta } from "../testing/fixtures";
-import { aliasText, createHeader, healthSummary, partnerLabel } from "./header";
+import { aliasText, createHeader, healthSummary, layoutText, partnerLabel } from "./header";
 
 function meta(name: string, extra: Partial<LayerMeta> = {}): LayerMeta {
   return layerMeta(name, { shape: [2, 64, 8, 8], filter: true, ...extra });
@@ -63,6 +63,21 @@ describe("header", () => {
     expect(alias.title).toBe("Also the output of layer4");
     header.update(meta("conv1"), 1);
     expect(alias.hidden).toBe(true);
+  });
+
+  it("says when maps were read from a channels-last tensor or from transformer tokens", () => {
+    expect(layoutText(meta("conv1"))).toBeNull();
+    expect(layoutText(meta("stages.0.1.mlp.fc1", { layout: "nhwc" }))!.text).toBe("channels-last");
+    const tokens = layoutText(meta("encoder.layers.encoder_layer_0", { layout: "tokens", extra_tokens: 1 }))!;
+    expect(tokens.text).toBe("patch tokens");
+    expect(tokens.title).toContain("1 class/register token not shown");
+    const root = document.createElement("div");
+    containers.push(root);
+    const header = createHeader(root, { onLayer: () => {} });
+    header.update(meta("blocks.3", { layout: "tokens", extra_tokens: 2 }), 1);
+    expect(root.textContent).toContain("patch tokens");
+    header.update(meta("conv1"), 1);
+    expect(root.textContent).not.toContain("patch tokens");
   });
 
   it("marks maps captured in training mode, with the reason and the fix in its title", () => {

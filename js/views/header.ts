@@ -54,6 +54,31 @@ export interface Header {
 }
 
 /**
+ * How a layer's maps were read from what its module computed, for a badge; null for plain (N, C, H, W).
+ *
+ * @example
+ *   layoutText({ ...meta, layout: "tokens", extra_tokens: 1 }); // {text: "patch tokens", title: "…1 class/register token…"}
+ */
+export function layoutText(meta: LayerMeta | undefined): { text: string; title: string } | null {
+  if (meta?.layout === "nhwc") {
+    return {
+      text: "channels-last",
+      title:
+        "The module computed an (N, H, W, C) tensor (a Linear or LayerNorm over the last dimension); shown as its C channels.",
+    };
+  }
+  if (meta?.layout === "tokens") {
+    const extra = meta.extra_tokens ?? 0;
+    const left = extra > 0 ? `; ${extra} class/register token${extra === 1 ? "" : "s"} not shown` : "";
+    return {
+      text: "patch tokens",
+      title: `A transformer block's tokens (N, ${extra > 0 ? `${extra} + ` : ""}H·W, C), shown as C maps of the H × W patch grid${left}.`,
+    };
+  }
+  return null;
+}
+
+/**
  * The block names a layer also answers to, shortest first ("= layer4"; "= layer4 +1" for more).
  *
  * @example
@@ -92,6 +117,8 @@ export function createHeader(container: HTMLElement, handlers: { onLayer(name: s
   pending.title = "Loading this layer";
   pending.hidden = true;
   const type = el("span", "fm-badge");
+  const layout = el("span", "fm-badge");
+  layout.hidden = true;
   const shape = el("span", "fm-shape");
   const down = el("span", "fm-badge fm-badge-warn");
   const toggle = el("button", "fm-button fm-partner");
@@ -109,7 +136,7 @@ export function createHeader(container: HTMLElement, handlers: { onLayer(name: s
     "depend on the other inputs and change from run to run. Call model.eval() and re-run for per-image maps.";
   const prediction = el("span", "fm-prediction");
   prediction.hidden = true;
-  element.append(name, alias, pending, type, shape, down, toggle, health, training, prediction);
+  element.append(name, alias, pending, type, layout, shape, down, toggle, health, training, prediction);
   container.append(element);
   return {
     element,
@@ -122,6 +149,10 @@ export function createHeader(container: HTMLElement, handlers: { onLayer(name: s
       alias.hidden = alias.textContent === "";
       type.textContent = meta?.type ?? "";
       type.hidden = meta === undefined;
+      const read = layoutText(meta);
+      layout.textContent = read?.text ?? "";
+      layout.title = read?.title ?? "";
+      layout.hidden = read === null;
       shape.textContent = meta === undefined ? "" : formatShape(meta.shape);
       down.hidden = !(downsample > 1);
       down.textContent = `1/${downsample} resolution`;
