@@ -603,7 +603,7 @@ class ActivationStore:
                 "post": None,
                 "filter": self._filters and info.type == "Conv2d",
                 "aliases": list(info.aliases),
-                # What the module computed: "nchw", "nhwc" (shown permuted) or "tokens" (patch tokens).
+                # What the module computed: "nchw", "nhwc" (shown permuted), "tokens" (patch maps).
                 "layout": info.layout,
                 "extra_tokens": info.extra_tokens,
             }

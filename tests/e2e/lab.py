@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser, Locator, Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -135,3 +135,18 @@ def run_cell(page: Page, index: int) -> None:
         except PlaywrightTimeout:
             continue
     raise AssertionError(f"cell {index} never started running")
+
+
+def shot(locator: Locator, name: str) -> None:
+    """A screenshot of ``locator`` into ARTIFACTS (looked at by people, not compared)."""
+    locator.screenshot(path=str(ARTIFACTS / name))
+
+
+def switch_to_dark(page: Page) -> None:
+    """JupyterLab's dark theme, switched live from its Settings menu as a user does, once the
+    widget has drawn again."""
+    page.get_by_role("menuitem", name="Settings").click()
+    page.get_by_text("Theme", exact=True).hover()
+    page.get_by_text("JupyterLab Dark", exact=True).click()
+    page.wait_for_function("document.body.dataset.jpThemeLight === 'false'")
+    page.wait_for_selector(".fmwidget[data-state='ready']")

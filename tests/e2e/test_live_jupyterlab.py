@@ -22,6 +22,8 @@ from .lab import (
     jupyter_lab,
     open_notebook,
     run_cell,
+    shot,
+    switch_to_dark,
     wait_for_file_json,
     write_notebook,
 )
@@ -65,10 +67,6 @@ Path("done.json").write_text("{{}}")
 """
 
 
-def _shot(locator, name: str) -> None:
-    locator.screenshot(path=str(ARTIFACTS / name))
-
-
 def _live_step(root_el) -> int | None:
     found = re.search(r"step (\d+) \(live\)", root_el.locator(".fm-step-label").inner_text())
     return None if found is None else int(found.group(1))
@@ -107,7 +105,7 @@ def test_live_refresh_and_replay_in_jupyterlab(lab) -> None:
             page.wait_for_timeout(100)
         running = not (root / "done.json").exists()
         assert len(set(seen)) >= 2 and running, (seen, running)
-        _shot(root_el, "live-training.png")
+        shot(root_el, "live-training.png")
 
         # After the cell: the last step is shown, and every recorded step is on the slider.
         wait_for_file_json(root / "done.json", lambda s: True, timeout=120)
@@ -130,14 +128,10 @@ def test_live_refresh_and_replay_in_jupyterlab(lab) -> None:
         page.wait_for_selector(".fmwidget[data-state='ready']")
         assert root_el.locator(".fm-step-label").inner_text().startswith("step 0 ·")
         page.wait_for_timeout(300)
-        _shot(root_el, "live-replay-light.png")
+        shot(root_el, "live-replay-light.png")
 
-        page.get_by_role("menuitem", name="Settings").click()
-        page.get_by_text("Theme", exact=True).hover()
-        page.get_by_text("JupyterLab Dark", exact=True).click()
-        page.wait_for_function("document.body.dataset.jpThemeLight === 'false'")
-        page.wait_for_selector(".fmwidget[data-state='ready']")
+        switch_to_dark(page)
         page.wait_for_timeout(400)
-        _shot(root_el, "live-replay-dark.png")
+        shot(root_el, "live-replay-dark.png")
         assert not errors, errors
         browser.close()

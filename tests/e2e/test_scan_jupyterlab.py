@@ -20,6 +20,8 @@ from .lab import (
     jupyter_lab,
     open_notebook,
     run_cell,
+    shot,
+    switch_to_dark,
     wait_for_file_json,
     write_notebook,
 )
@@ -59,10 +61,6 @@ def dump(change=None):
 w.observe(dump, names=WATCHED)
 dump()
 """
-
-
-def _shot(locator, name: str) -> None:
-    locator.screenshot(path=str(ARTIFACTS / name))
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +139,7 @@ def test_dataset_examples_in_jupyterlab(lab) -> None:
         assert groups.locator(".fm-error-text").count() == 0
         section.scroll_into_view_if_needed()
         page.wait_for_timeout(300)
-        _shot(root_el, "scan-light.png")
+        shot(root_el, "scan-light.png")
 
         # The best example becomes the kernel's input: a new revision, the digit's pixels.
         section.locator("button.fm-example-button").first.click()
@@ -152,12 +150,8 @@ def test_dataset_examples_in_jupyterlab(lab) -> None:
         assert section.locator(".fm-examples-message").inner_text() == ""
 
         # Dark theme, switched live from JupyterLab's menu.
-        page.get_by_role("menuitem", name="Settings").click()
-        page.get_by_text("Theme", exact=True).hover()
-        page.get_by_text("JupyterLab Dark", exact=True).click()
-        page.wait_for_function("document.body.dataset.jpThemeLight === 'false'")
-        page.wait_for_selector(".fmwidget[data-state='ready']")
+        switch_to_dark(page)
         page.wait_for_timeout(400)
-        _shot(root_el, "scan-dark.png")
+        shot(root_el, "scan-dark.png")
         assert not errors, errors
         browser.close()
