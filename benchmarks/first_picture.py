@@ -1,7 +1,7 @@
 """Time to the first picture in a real JupyterLab: from Shift+Enter to a drawn grid.
 
 Three cells in a fresh kernel, timed from the browser (Playwright, headless Chromium): the imports
-(``import torch, fmwidget``), then ``w = fmwidget.demo(); w`` (MobileNetV2, 139 layers), then the
+(``import torch, fmwidget``), then ``w = fmwidget.demo(); w`` (MobileNetV2, 149 layers), then the
 same again (warm: the front end's bundle is loaded, the weights are cached). A cell is timed from
 Shift+Enter until the widget's root says ``data-state="ready"`` (the shown layer drawn), and the
 kernel prints its own share, so the rest is the comm, the front end and the first WebGL draw.

@@ -1,6 +1,6 @@
 """How long a layer step takes in a real JupyterLab, against what most users do today (matplotlib).
 
-Opens the demo (MobileNetV2, 224×224, 139 layers) in JupyterLab in headless Chromium, then steps
+Opens the demo (MobileNetV2, 224×224, 149 layers) in JupyterLab in headless Chromium, then steps
 the layer slider through the network: first visits back to back (the kernel quantizes each layer and
 sends it), revisits (from the browser's cache), and first visits at a reading pace (the view
 prefetches the neighbours meanwhile). A step is timed in the page, from the slider's input event
