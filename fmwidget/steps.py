@@ -147,6 +147,8 @@ class Steps:
         self._shadow: nn.Module | None = None
         # What the shadow holds now: a step index, None for the user's weights, or _NOTHING yet.
         self._loaded: object = _NOTHING
+        # The last step checked and its state dict, until the shadow loads it.
+        self._checked: tuple[int, dict[str, torch.Tensor]] | None = None
         if checkpoints is None:
             return
         items: Iterable[tuple[Any, CheckpointLike]]
@@ -209,14 +211,21 @@ class Steps:
         self._loaded = step
         return shadow
 
-    def check(self, step: int) -> None:
-        """Raise a clear error if step ``step`` cannot be loaded into this model."""
+    def check(self, step: int) -> dict[str, torch.Tensor]:
+        """Step ``step``'s state dict, checked to fit this model (a clear error if not).
+
+        It is kept until the shadow loads it: a step switch reads its file once, in the check.
+        """
         if not 0 <= step < len(self._steps):
             raise ValueError(
                 f"step {step} is out of range: the widget has {len(self._steps)} steps "
                 f"(0–{len(self._steps) - 1}), or None for the model as it is now"
             )
-        _check_fits(self.state(step), self._shadow_model(), self._steps[step].label)
+        shadow = self._shadow_model()
+        state = _unwrapped(self.state(step), shadow)
+        _check_fits(state, shadow, self._steps[step].label)
+        self._checked = (step, state)
+        return state
 
     def _shadow_model(self) -> nn.Module:
         if self._shadow is None:
@@ -237,10 +246,11 @@ class Steps:
         return load_checkpoint(self._steps[step].source)
 
     def _load(self, shadow: nn.Module, step: int) -> None:
-        state = self.state(step)
-        _check_fits(state, shadow, self._steps[step].label)
+        checked, self._checked = self._checked, None
+        state = checked[1] if checked is not None and checked[0] == step else self.check(step)
+        self._checked = None
         with torch.no_grad():
-            shadow.load_state_dict(_unwrapped(state, shadow), strict=True)
+            shadow.load_state_dict(state, strict=True)
 
     # -- recording -----------------------------------------------------------------------------
 
@@ -267,6 +277,7 @@ class Steps:
             self._steps = [s for i, s in enumerate(self._steps) if i not in drop]
             # Indices moved: the shadow's step number no longer names what it holds.
             self._loaded = _NOTHING
+            self._checked = None
 
     def _recorded_bytes(self) -> int:
         return sum(s.nbytes for s in self._steps if s.kind == "recorded")
@@ -446,8 +457,7 @@ class StepFeature(traitlets.HasTraits):
         """
         if self._steps is None or not len(self._steps):
             raise ValueError("this widget has no steps: pass checkpoints=[...] or call w.record()")
-        self._steps.check(step)
-        return self._steps.state(step)
+        return self._steps.check(step)
 
     @traitlets.validate("step")
     def _valid_step(self, proposal: dict[str, Any]) -> int | None:
@@ -459,12 +469,8 @@ class StepFeature(traitlets.HasTraits):
                 "this widget has no steps: pass checkpoints=[...], or call w.record() in a "
                 "training loop"
             )
-        return trait_check(lambda v: self._checked_step(v), value)
-
-    def _checked_step(self, value: int) -> int:
-        assert self._steps is not None
-        self._steps.check(value)
-        return value
+        trait_check(self._steps.check, value)
+        return int(value)
 
     @traitlets.observe("step")
     def _on_step(self, change: dict[str, Any]) -> None:

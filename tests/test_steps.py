@@ -281,3 +281,20 @@ def test_the_view_is_told_when_the_model_ran_in_training_mode(make: Make, x):
     # Steps are shown through the eval-mode copy: never training maps.
     w.refresh(force=True)
     assert not w.training and model.training
+
+
+def test_a_step_switch_reads_its_checkpoint_file_once(
+    make: Make, x, checkpoints, tmp_path, monkeypatch
+):
+    import fmwidget.steps as steps_module
+
+    for i, state in enumerate(checkpoints):
+        torch.save(state, tmp_path / f"{i}.pt")
+    w = make(_net(0), x, checkpoints=[tmp_path / f"{i}.pt" for i in range(3)])
+    reads: list[str] = []
+    real = steps_module.load_checkpoint
+    monkeypatch.setattr(
+        steps_module, "load_checkpoint", lambda source: reads.append(str(source)) or real(source)
+    )
+    w.step = 0
+    assert reads == [str(tmp_path / "0.pt")]
