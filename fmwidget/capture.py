@@ -1042,10 +1042,7 @@ class _Run:
 
         The stored tensor is the module's own output (in-place protection and copies work on
         it); :meth:`finish` returns its (N, C, H, W) view."""
-        view = as_map(t, layout)
-        self.origin[name] = (module_name, call, module, src)
-        self.described[name] = (tuple(view.shape), _dtype_name(t.dtype))
-        self.layouts[name] = layout
+        view = self.describe(name, t, module, module_name, call, src, layout)
         version = t._version
         entry = self.seen.get(id(t))
         if entry is not None and entry.ref() is t and entry.version == version:
@@ -1069,6 +1066,23 @@ class _Run:
         self.versions[name] = kept._version
         self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
         return t
+
+    def describe(
+        self,
+        name: str,
+        t: torch.Tensor,
+        module: nn.Module,
+        module_name: str,
+        call: int,
+        src: str | None,
+        layout: Layout,
+    ) -> torch.Tensor:
+        """Record where layer ``name`` comes from, its shape, dtype and layout; its map view."""
+        view = as_map(t, layout)
+        self.origin[name] = (module_name, call, module, src)
+        self.described[name] = (tuple(view.shape), _dtype_name(t.dtype))
+        self.layouts[name] = layout
+        return view
 
     def keep_differentiable(self, name: str, t: torch.Tensor, layout: Layout) -> torch.Tensor:
         # The model goes on with a clone of the stored tensor: no later in-place op can reach the
@@ -1396,10 +1410,7 @@ class _TapRun(_Run):
         src: str | None,
         layout: Layout = NCHW,
     ) -> torch.Tensor:
-        view = as_map(t, layout)
-        self.origin[name] = (module_name, call, module, src)
-        self.described[name] = (tuple(view.shape), _dtype_name(t.dtype))
-        self.layouts[name] = layout
+        view = self.describe(name, t, module, module_name, call, src, layout)
         self.infos[name] = self.info(name)
         # Known by identity, for the aliases of the blocks that return it.
         self.seen[id(t)] = _Seen(weakref.ref(t), [name], t._version)

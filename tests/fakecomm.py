@@ -81,21 +81,19 @@ class FakeComm(BaseComm):
 
     def replies(self, since: int = 0) -> list[wire.Reply]:
         """Decoded replies among the custom messages published from index ``since`` on."""
-        out = []
-        for msg_type, data, buffers in self.published[since:]:
-            content = data.get("content")
-            custom = msg_type == "comm_msg" and data.get("method") == "custom"
-            if custom and isinstance(content, dict) and content.get("type") == "reply":
-                out.append(wire.decode(content, buffers))
-        return out
+        return self._custom("reply", since)
 
     def pushes(self, since: int = 0) -> list[wire.Reply]:
         """Decoded data the kernel pushed unasked (a live refresh), from index ``since`` on."""
+        return self._custom("push", since)
+
+    def _custom(self, kind: str, since: int) -> list[wire.Reply]:
         out = []
         for msg_type, data, buffers in self.published[since:]:
             content = data.get("content")
             custom = msg_type == "comm_msg" and data.get("method") == "custom"
-            if custom and isinstance(content, dict) and content.get("type") == "push":
+            if custom and isinstance(content, dict) and content.get("type") == kind:
+                # A push is a reply nobody asked for: the same envelope otherwise.
                 out.append(wire.decode({**content, "type": "reply"}, buffers))
         return out
 
