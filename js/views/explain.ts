@@ -130,6 +130,23 @@ function cellPx(rows: number, cols: number): number {
   return Math.max(6, Math.min(18, Math.floor(72 / Math.max(rows, cols))));
 }
 
+/** A canvas of one pixel per cell, shown `cellPx` CSS px per cell without smoothing, named `label`. */
+function gridCanvas(
+  rows: number,
+  cols: number,
+  label: string,
+): { canvas: HTMLCanvasElement; g: CanvasRenderingContext2D | null } {
+  const canvas = el("canvas", "fm-pixelated fm-explain-grid");
+  canvas.width = cols;
+  canvas.height = rows;
+  canvas.setAttribute("aria-label", label);
+  canvas.title = label;
+  const px = cellPx(rows, cols);
+  canvas.style.width = `${cols * px}px`;
+  canvas.style.height = `${rows * px}px`;
+  return { canvas, g: canvas.getContext("2d") };
+}
+
 /**
  * A rows × cols heat-map grid of `data[offset…]` on the diverging map over [−m, m] (blue < 0 < red),
  * drawn one pixel per value and scaled up without smoothing.
@@ -142,15 +159,7 @@ function heatGrid(
   m: number,
   label: string,
 ): HTMLCanvasElement {
-  const canvas = el("canvas", "fm-pixelated fm-explain-grid");
-  canvas.width = cols;
-  canvas.height = rows;
-  canvas.setAttribute("aria-label", label);
-  canvas.title = label;
-  const px = cellPx(rows, cols);
-  canvas.style.width = `${cols * px}px`;
-  canvas.style.height = `${rows * px}px`;
-  const g = canvas.getContext("2d");
+  const { canvas, g } = gridCanvas(rows, cols, label);
   if (g === null) return canvas;
   const image = new ImageData(cols, rows);
   const lut = colormapLUT("diverging");
@@ -169,15 +178,7 @@ function heatGrid(
  * to 0–255 (an input patch), "zero" puts 0 at mid grey, ±max |v| at the ends (a kernel).
  */
 function rgbGrid(data: Float32Array, kh: number, kw: number, mode: "range" | "zero", label: string): HTMLCanvasElement {
-  const canvas = el("canvas", "fm-pixelated fm-explain-grid");
-  canvas.width = kw;
-  canvas.height = kh;
-  canvas.setAttribute("aria-label", label);
-  canvas.title = label;
-  const px = cellPx(kh, kw);
-  canvas.style.width = `${kw * px}px`;
-  canvas.style.height = `${kh * px}px`;
-  const g = canvas.getContext("2d");
+  const { canvas, g } = gridCanvas(kh, kw, label);
   if (g === null) return canvas;
   let lo = Infinity;
   let hi = -Infinity;
