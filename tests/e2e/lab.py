@@ -150,3 +150,13 @@ def switch_to_dark(page: Page) -> None:
     page.get_by_text("JupyterLab Dark", exact=True).click()
     page.wait_for_function("document.body.dataset.jpThemeLight === 'false'")
     page.wait_for_selector(".fmwidget[data-state='ready']")
+
+
+@contextlib.contextmanager
+def notebook_lab(tmp_path_factory, name: str, cells: list[str]) -> Iterator[tuple[str, Path]]:
+    """A JupyterLab serving one notebook ``name`` made of ``cells`` in a fresh folder: yields the
+    server's URL and the folder (where the kernel writes the files a test reads)."""
+    root = tmp_path_factory.mktemp(Path(name).stem)
+    write_notebook(root / name, cells)
+    with jupyter_lab(root, tmp_path_factory.mktemp("settings")) as url:
+        yield url, root

@@ -20,7 +20,7 @@ from .lab import (
     ARTIFACTS,
     CHROMIUM,
     CHROMIUM_ARGS,
-    jupyter_lab,
+    notebook_lab,
     open_notebook,
     run_cell,
     wait_for_file_json,
@@ -70,10 +70,8 @@ def _ready(page, timeout: float = 90_000) -> None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("lab")
-    write_notebook(root / "e2e.ipynb", [SETUP, "w", DRIVE])
-    with jupyter_lab(root, tmp_path_factory.mktemp("settings")) as url:
-        yield url, root
+    with notebook_lab(tmp_path_factory, "e2e.ipynb", [SETUP, "w", DRIVE]) as served:
+        yield served
 
 
 def test_widget_in_jupyterlab(lab) -> None:

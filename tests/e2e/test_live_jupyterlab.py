@@ -19,13 +19,12 @@ from .lab import (
     ARTIFACTS,
     CHROMIUM,
     CHROMIUM_ARGS,
-    jupyter_lab,
+    notebook_lab,
     open_notebook,
     run_cell,
     shot,
     switch_to_dark,
     wait_for_file_json,
-    write_notebook,
 )
 
 pytestmark = pytest.mark.e2e
@@ -74,10 +73,8 @@ def _live_step(root_el) -> int | None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("livelab")
-    write_notebook(root / "live.ipynb", [SETUP, "w", TRAIN])
-    with jupyter_lab(root, tmp_path_factory.mktemp("settings")) as url:
-        yield url, root
+    with notebook_lab(tmp_path_factory, "live.ipynb", [SETUP, "w", TRAIN]) as served:
+        yield served
 
 
 def test_live_refresh_and_replay_in_jupyterlab(lab) -> None:

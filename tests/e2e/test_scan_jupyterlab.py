@@ -17,13 +17,12 @@ from .lab import (
     ARTIFACTS,
     CHROMIUM,
     CHROMIUM_ARGS,
-    jupyter_lab,
+    notebook_lab,
     open_notebook,
     run_cell,
     shot,
     switch_to_dark,
     wait_for_file_json,
-    write_notebook,
 )
 
 pytestmark = pytest.mark.e2e
@@ -65,10 +64,8 @@ dump()
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("scanlab")
-    write_notebook(root / "scan.ipynb", [SETUP, "w"])
-    with jupyter_lab(root, tmp_path_factory.mktemp("settings")) as url:
-        yield url, root
+    with notebook_lab(tmp_path_factory, "scan.ipynb", [SETUP, "w"]) as served:
+        yield served
 
 
 def test_dataset_examples_in_jupyterlab(lab) -> None:
