@@ -66,6 +66,7 @@ from fmwidget.calling import (
 from fmwidget.layouts import (
     NCHW,
     NHWC,
+    Frame,
     Layout,
     as_map,
     from_map,
@@ -135,8 +136,10 @@ class LayerInfo:
     ``layout`` says what the module's own output was (``shape`` is always the (N, C, H, W) map
     the capture returns): ``nchw``; ``nhwc``, channels last, returned as ``permute(0, 3, 1, 2)``;
     or ``tokens``, a transformer block's (N, extra_tokens + H·W, C) output, returned as the map of
-    its patch tokens, the ``extra_tokens`` class/register/distillation tokens left out (see
-    :mod:`fmwidget.layouts`).
+    its patch tokens, the ``extra_tokens`` class/register/distillation tokens left out; or, for
+    video, ``ncthw`` (N, C, T, H, W) and ``nthwc`` (N, T, H, W, C), returned as the maps of one
+    frame: ``frame`` of the layer's ``frames`` (T), the one covering the capture's input frame
+    (see :mod:`fmwidget.layouts`). ``frames`` is 0 for image layers.
     """
 
     name: str
@@ -150,6 +153,8 @@ class LayerInfo:
     aliases: tuple[str, ...] = ()
     layout: str = "nchw"
     extra_tokens: int = 0
+    frames: int = 0
+    frame: int = 0
 
     def __post_init__(self) -> None:
         # A loaded capture (fmwidget.load) gives a JSON list.
@@ -192,9 +197,13 @@ class CaptureReport:
 
 
 def _layout_text(info: LayerInfo) -> str:
+    frame = f"frame {info.frame} (T={info.frames})" if info.frames else ""
     if info.layout == "tokens":
-        return f"tokens (+{info.extra_tokens})" if info.extra_tokens else "tokens"
-    return "" if info.layout == "nchw" else info.layout
+        tokens = f"tokens (+{info.extra_tokens})" if info.extra_tokens else "tokens"
+        return f"{tokens}, {frame}" if frame else tokens
+    if info.layout == "nthwc":
+        return f"{frame}, channels-last"
+    return frame or ("" if info.layout == "nchw" else info.layout)
 
 
 class CaptureBuffers:
@@ -372,6 +381,7 @@ def capture(
     grad: bool = False,
     buffers: CaptureBuffers | None = None,
     admit: Admit | None = None,
+    frame: int = 0,
 ) -> Capture:
     """Run ``model`` once on ``inputs`` and capture the (N, C, H, W) activations of its layers.
 
@@ -399,6 +409,11 @@ def capture(
             but not kept, so it costs no memory and no copy.
             When the forward has to run twice (see the module docstring), it is called again for
             every layer of the second run. Not with ``grad``.
+        frame: for video models (an (N, C, T, H, W) clip in, 5-D outputs): the input frame
+            whose maps to return. Each video layer's (N, C, H, W) maps are its frame covering
+            that input frame (``LayerInfo.frame`` of ``LayerInfo.frames``; a layer with a
+            temporal stride has fewer), copied as the layer is produced, so the peak holds one
+            frame per layer, not the clip.
 
     Raises:
         ValueError: ``layers`` matches nothing (the message lists close names).
@@ -421,6 +436,7 @@ def capture(
             "admit= cannot be combined with grad=True: every layer is kept for autograd"
         )
     args, kwargs = split_inputs(inputs)
+    video = video_frame(args, kwargs, frame)
     user_model, compiled = model, is_compiled(model)
     model = eager_model(model)
     selection = _Selection.build(model, layers)
@@ -435,14 +451,26 @@ def capture(
     try:
         # state_kept walks the model again; the selection already knows whether it must.
         with state_kept(model) if training else contextlib.nullcontext():
-            run = _run(model, args, kwargs, selection, grad, copy_all, known, buffers, admit, batch)
+            run = _run(
+                model, args, kwargs, selection, grad, copy_all, known, buffers, admit, batch, video
+            )
             if not run.described and run.off_batch and not training:
                 # No layer's first dimension is the inputs' (a sequence-first model): read the
                 # first dimension as the batch, as before. (Training mode never runs twice.)
                 run.release()
                 batch = None
                 run = _run(
-                    model, args, kwargs, selection, grad, copy_all, known, buffers, admit, batch
+                    model,
+                    args,
+                    kwargs,
+                    selection,
+                    grad,
+                    copy_all,
+                    known,
+                    buffers,
+                    admit,
+                    batch,
+                    video,
                 )
             mutated = frozenset() if copy_all else run.mutated()
             if mutated:
@@ -460,6 +488,7 @@ def capture(
                     buffers,
                     admit,
                     batch,
+                    video,
                 )
                 notes.append(
                     f"the forward ran twice: {examples(sorted(mutated))} changed in place after "
@@ -480,6 +509,7 @@ def capture(
                         buffers,
                         admit,
                         batch,
+                        video,
                     )
         if buffers is not None:
             buffers._keep_only(run.own_buffers)
@@ -754,6 +784,25 @@ _ATTENTION_REASON = (
 )
 
 
+def video_frame(args: tuple[Any, ...], kwargs: dict[str, Any], frame: int) -> Frame:
+    """Input frame ``frame`` of the inputs' clip (the first 5-D tensor's T), checked."""
+    if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
+        raise ValueError(f"frame must be an input frame index (an int >= 0), got {frame!r}")
+    clip = next(
+        (
+            v.shape[2]
+            for v in (*args, *kwargs.values())
+            if isinstance(v, torch.Tensor) and v.dim() == 5
+        ),
+        None,
+    )
+    if clip is not None and frame >= clip:
+        raise ValueError(
+            f"frame {frame} is out of range: the clip has {clip} frames (0-{clip - 1})"
+        )
+    return Frame(frame, clip)
+
+
 def _batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
     """The batch of the inputs: the first tensor's first dimension, or the length of a list of
     3-D images (torchvision's detection models)."""
@@ -790,6 +839,7 @@ class _Run:
         pool: CaptureBuffers | None,
         admit: Admit | None = None,
         batch: int | None = None,
+        frame: Frame | None = None,
     ) -> None:
         self.exact = selection.exact
         self.hooked = selection.names
@@ -798,6 +848,8 @@ class _Run:
         self.attention_inner = selection.attention_inner
         # Outputs whose first dimension is not this are left out (default selection only).
         self.batch = batch
+        # The input frame video layers show (fmwidget.layouts.Frame).
+        self.frame = frame or Frame()
         self.grad = grad
         self.copy_all = copy_all
         self.copy_names = copy_names
@@ -824,6 +876,8 @@ class _Run:
         self.views: dict[str, torch.Tensor] = {}
         # Channel count -> (h, w) of the latest convolution output: a patch embedding's grid.
         self.grids: dict[int, tuple[int, int]] = {}
+        # Token count T·h·w -> (T, h, w) of the latest 5-D output: a video transformer's grid.
+        self.clip_grids: dict[int, tuple[int, int, int]] = {}
         # 3-D outputs of leaf modules: a block returning one is no token block of its own.
         self.leaf_outputs: dict[int, weakref.ref[torch.Tensor]] = {}
         # Layers left out because their first dimension is not the batch: name -> map shape;
@@ -937,6 +991,9 @@ class _Run:
         """Remember what later outputs are read by: a convolution's grid, a leaf's tokens."""
         if t.dim() == 4 and isinstance(module, nn.modules.conv._ConvNd):
             self.grids[t.shape[1]] = (t.shape[2], t.shape[3])
+        elif t.dim() == 5 and t.is_floating_point():
+            frames, h, w = t.shape[2:]
+            self.clip_grids[frames * h * w] = (frames, h, w)
         elif t.dim() == 3 and next(module.children(), None) is None:
             self.leaf_outputs[id(t)] = weakref.ref(t)
 
@@ -951,7 +1008,7 @@ class _Run:
         """How ``t`` reads as (N, C, H, W) maps, or ``None`` when it is no feature map."""
         if not (t.is_floating_point() and t.layout == torch.strided):
             return None
-        if t.dim() == 4:
+        if t.dim() in (4, 5):
             own = self.pending_layout.pop(module, None) or self.layout_fed(t)
             if own is not None:
                 return own  # the very tensor a captured layer returned (Identity, a block)
@@ -960,7 +1017,7 @@ class _Run:
                 # Fed by code outside modules (timm's Swin reverses its windows there): a shape
                 # only channels-last layers of this model had is channels-last again.
                 fed = NHWC
-            return map_layout(module, x, fed, t)
+            return map_layout(module, x, fed, t, self.frame)
         if t.dim() != 3:
             return None
         if self.default:
@@ -968,7 +1025,7 @@ class _Run:
             leaf = self.leaf_outputs.get(id(t))
             if not block or module_name in self.attention or (leaf is not None and leaf() is t):
                 return None
-        return token_layout(t, self.grids)
+        return token_layout(t, self.grids, self.clip_grids, self.frame)
 
     def layout_fed(self, x: torch.Tensor | None) -> Layout | None:
         """The layout of the captured (or tracked) layer whose output ``x`` is (itself: a view
@@ -987,7 +1044,7 @@ class _Run:
         """An unselected module's output: its layout, for the named layers it feeds, read as
         the default capture would (attention internals and other batches aside)."""
         self.note_output(module, output)
-        if module_name in self.attention_inner or output.dim() != 4:
+        if module_name in self.attention_inner or output.dim() not in (4, 5):
             return
         if self.batch is not None and output.shape[0] != self.batch:
             return
@@ -1000,6 +1057,8 @@ class _Run:
             self.tracked[id(output)] = (weakref.ref(output), layout, output._version)
 
     def note_layout(self, t: torch.Tensor, layout: Layout) -> None:
+        if t.dim() != 4:
+            return
         own = tuple(t.shape[1:])
         if layout == NHWC:
             if own not in self.nchw_shapes:
@@ -1024,8 +1083,7 @@ class _Run:
             self.off_batch.setdefault(name, tuple(as_map(t, layout).shape))
             self.left_out[id(t)] = weakref.ref(t)
             return t
-        if t.dim() == 4:
-            self.note_layout(t, layout)
+        self.note_layout(t, layout)
         return self.keep(name, t, module, module_name, call, src, layout)
 
     def keep(
@@ -1061,6 +1119,14 @@ class _Run:
             # Let go: still known as this layer's output, for pairing ``input_from``.
             self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
             return t
+        if layout.frames:
+            # One frame of a clip, copied now: the clip is never kept, and no later in-place op
+            # can reach the copy.
+            frame = view.clone(memory_format=torch.contiguous_format)
+            self.stored[name] = self.views[name] = frame
+            self.versions[name] = frame._version
+            self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
+            return t
         kept = self.copy_of(name, t) if self.copy_all or name in self.copy_names else t
         self.stored[name] = kept
         self.versions[name] = kept._version
@@ -1093,7 +1159,7 @@ class _Run:
             kept = t if t.requires_grad else t.detach().requires_grad_()
         view = as_map(kept, layout)
         onward = from_map(view, kept, layout)
-        if layout != NCHW:
+        if layout.kind != "nchw":
             self.views[name] = view
         self.stored[name] = kept
         self.versions[name] = kept._version
@@ -1183,6 +1249,23 @@ class _Run:
                 "or LayerNorm on a 4-D tensor, or what followed one; they are returned as "
                 "(N, C, H, W) views (permute(0, 3, 1, 2)), LayerInfo.layout 'nhwc'"
             )
+        video = [i for i in infos if i.frames]
+        if video:
+            clip = self.frame.clip
+            of = f" of the {clip}-frame clip" if clip else ""
+            strided = [i.name for i in video if clip and i.frames < clip]
+            fewer = (
+                f"; {len(strided)} layers have fewer frames ({examples(strided)}): they show the "
+                "frame covering that input frame"
+                if strided
+                else ""
+            )
+            listed = examples([i.name for i in video])
+            notes.append(
+                f"{len(video)} layers are video (N, C, T, H, W) ({listed}"
+                f"): returned as the (N, C, H, W) maps of one frame, input frame "
+                f"{self.frame.index}{of} (capture(frame=k); LayerInfo.frame of .frames){fewer}"
+            )
         tokens = [i for i in infos if i.layout == "tokens"]
         for extra in sorted({i.extra_tokens for i in tokens}):
             group = [i.name for i in tokens if i.extra_tokens == extra]
@@ -1214,6 +1297,8 @@ class _Run:
             input_from=src,
             layout=layout.kind,
             extra_tokens=layout.extra,
+            frames=layout.frames,
+            frame=layout.frame,
         )
 
     def with_aliases(self, infos: list[LayerInfo]) -> list[LayerInfo]:
@@ -1247,7 +1332,8 @@ class _Run:
             outputs += f" | first dimension not the batch of {self.batch}: {examples(shapes)}"
         return (
             "nothing to capture: no selected module produced a 4-D floating-point (N, C, H, W) "
-            "output, and fmwidget shows (N, C, H, W) feature maps; select modules that do with "
+            "output (or a video one, (N, C, T, H, W)), and fmwidget shows feature maps; select "
+            "modules that do with "
             f"layers=. What they gave: {outputs or 'none of them was called'}"
         )
 
@@ -1285,8 +1371,9 @@ def _run(
     pool: CaptureBuffers | None,
     admit: Admit | None = None,
     batch: int | None = None,
+    frame: Frame | None = None,
 ) -> _Run:
-    run = _Run(selection, grad, copy_all, copy, pool, admit, batch)
+    run = _Run(selection, grad, copy_all, copy, pool, admit, batch, frame)
     handles = []
     try:
         for module, module_name in selection.names.items():
@@ -1395,8 +1482,9 @@ class _TapRun(_Run):
         selection: _Selection,
         on_tensor: Callable[[str, torch.Tensor], None],
         batch: int | None,
+        frame: Frame | None = None,
     ) -> None:
-        super().__init__(selection, False, False, frozenset(), None, None, batch)
+        super().__init__(selection, False, False, frozenset(), None, None, batch, frame)
         self.on_tensor = on_tensor
         self.infos: dict[str, LayerInfo] = {}
 
@@ -1439,8 +1527,11 @@ class LayerTaps:
         model: nn.Module,
         layers: LayerSelector | None,
         on_tensor: Callable[[str, torch.Tensor], None],
+        frame: int = 0,
     ) -> None:
         self.model = model
+        # Video layers hand over this input frame's maps (capture(frame=)).
+        self._frame = frame
         self._selection = _Selection.build(model, layers)
         self._on_tensor = on_tensor
         self._handles: list[Any] = []
@@ -1470,9 +1561,10 @@ class LayerTaps:
         """Run the model once on ``inputs`` (without autograd); returns its output."""
         args, kwargs = split_inputs(inputs)
         batch = None if self._any_batch else _batch_size(args, kwargs)
+        video = video_frame(args, kwargs, self._frame)
         model = eager_model(self.model)
         while True:
-            run = self._run = _TapRun(self._selection, self._on_tensor, batch)
+            run = self._run = _TapRun(self._selection, self._on_tensor, batch, video)
             with torch.no_grad(), state_kept(model), run_eagerly(model):
                 try:
                     output = model(*args, **kwargs)
@@ -1507,7 +1599,7 @@ class _Produced(BaseException):
     user ``except Exception`` in the model's code catches it)."""
 
 
-def layer_layout(model: nn.Module, inputs: Any, name: str) -> Layout:
+def layer_layout(model: nn.Module, inputs: Any, name: str, frame: int = 0) -> Layout:
     """How :func:`capture` reads layer ``name`` (``LayerInfo.layout``, :mod:`fmwidget.layouts`),
     from a forward that stops as soon as the layer is produced.
 
@@ -1522,14 +1614,14 @@ def layer_layout(model: nn.Module, inputs: Any, name: str) -> Layout:
             found.append(taps._run.layouts[layer])
             raise _Produced
 
-    with LayerTaps(model, [name], keep) as taps, contextlib.suppress(_Produced):
+    with LayerTaps(model, [name], keep, frame) as taps, contextlib.suppress(_Produced):
         taps.forward(inputs)
     if not found:
         raise CaptureError(f"layer {name!r} was not produced by this forward")
     return found[0]
 
 
-def capture_layer(model: nn.Module, inputs: Any, name: str) -> torch.Tensor:
+def capture_layer(model: nn.Module, inputs: Any, name: str, frame: int = 0) -> torch.Tensor:
     """One layer's activation, from a forward that stops as soon as the layer is produced.
 
     What a layer dropped by the widget's memory budget costs to recompute: the modules before it
@@ -1544,10 +1636,12 @@ def capture_layer(model: nn.Module, inputs: Any, name: str) -> torch.Tensor:
 
     def keep(layer: str, t: torch.Tensor) -> None:
         if layer == name:
-            found.append(t)
+            # A video layer's frame is a view of the clip: its own copy, as capture keeps it.
+            video = taps._run is not None and taps._run.layouts[layer].frames
+            found.append(t.clone() if video else t)
             raise _Produced
 
-    with LayerTaps(model, [name], keep) as taps, contextlib.suppress(_Produced):
+    with LayerTaps(model, [name], keep, frame) as taps, contextlib.suppress(_Produced):
         taps.forward(inputs)
     if not found:
         raise CaptureError(f"layer {name!r} was not produced by this forward")

@@ -41,7 +41,7 @@ from fmwidget.calling import (
     tapped,
 )
 from fmwidget.capture import CaptureError, layer_layout
-from fmwidget.layouts import NCHW, Layout, as_map, may_reorder
+from fmwidget.layouts import NCHW, Layout, as_clip, as_map, may_reorder
 from fmwidget.validation import CAM_LABELS
 
 __all__ = [
@@ -130,13 +130,13 @@ def _target_indices(target: Target, output: Any, n: int) -> list[int]:
     return indices
 
 
-def _layout(model: nn.Module, inputs: Any, ref: LayerRef) -> Layout:
+def _layout(model: nn.Module, inputs: Any, ref: LayerRef, frame: int = 0) -> Layout:
     """How `capture` reads the layer (a channels-last or token layer's channels are its last
     dimension): found by a forward up to it, only for models where it may not be (N, C, H, W)."""
     if not may_reorder(eager_model(model)):
         return NCHW
     try:
-        return layer_layout(model, inputs, ref.name)
+        return layer_layout(model, inputs, ref.name, frame)
     except CaptureError:
         return NCHW  # no map capture reads: the (N, C, H, W) check after the forward says so
 
@@ -147,6 +147,7 @@ def gradcam_layer(
     layer: str | nn.Module,
     target: Target = None,
     *,
+    frame: int | None = None,
     progress: bool = True,
 ) -> GradCamResult:
     """Grad-CAM at `layer` with its per-channel weights.
@@ -165,6 +166,11 @@ def gradcam_layer(
             A `torch.compile`d model runs as its original modules, eagerly, and is not recompiled.
         target: None for the predicted class per sample, an int class, one int per sample, or a
             callable `f(model_output)` returning a score per sample (N,) or one scalar.
+        frame: for a video layer ((N, C, T, H, W), channels-last (N, T, H, W, C) or a video
+            transformer's tokens, `LayerInfo.frames` > 0): the channel
+            weights are the gradient's mean over the whole clip (time and space, 3-D Grad-CAM),
+            and the heatmap is (N, T, H, W), one map per frame of the layer; with `frame` (an input
+            frame, as `capture(frame=)`), the (N, H, W) map of the layer's frame covering it.
         progress: show a progress bar in the cell when the call takes over a second (Ctrl-C
             stops it and leaves the model as it was).
 
@@ -177,7 +183,7 @@ def gradcam_layer(
         res.heatmap.shape, res.weights.shape   # (N, 2, 2), (N, 512)
     """
     ref = resolve_layer(model, layer)
-    layout = _layout(model, inputs, ref)
+    layout = _layout(model, inputs, ref, frame or 0)
     held: list[torch.Tensor] = []
 
     def substitute(out: torch.Tensor) -> torch.Tensor:
@@ -198,7 +204,7 @@ def gradcam_layer(
         output = call_model(model, normal_tensors(inputs))
         tap.check_called()
         a = held[0]
-        if a.ndim != (3 if layout.kind == "tokens" else 4):
+        if a.ndim != {"tokens": 3, "ncthw": 5, "nthwc": 5}.get(layout.kind, 4):
             raise ValueError(
                 f"Grad-CAM needs layer {ref.name!r} to output (N, C, H, W); "
                 f"it output {tuple(a.shape)}"
@@ -224,10 +230,26 @@ def gradcam_layer(
         (grad,) = torch.autograd.grad(score.sum(), a, allow_unused=True)
         if grad is None:
             raise ValueError(f"the target score does not depend on layer {ref.name!r}")
+    if layout.frames:
+        heatmap, weights = _clip_cam(grad, a.detach(), layout, frame)
+        return GradCamResult(heatmap=heatmap, weights=weights, target=indices, scores=scores)
     grad, maps = as_map(grad, layout), as_map(a.detach(), layout)
     weights = grad.mean(dim=(2, 3))
     heatmap = torch.relu(torch.einsum("nc,nchw->nhw", weights, maps))
     return GradCamResult(heatmap=heatmap, weights=weights, target=indices, scores=scores)
+
+
+def _clip_cam(
+    grad: torch.Tensor, acts: torch.Tensor, layout: Layout, frame: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """3-D Grad-CAM of a video layer: weights over the whole clip, a map per frame (or the one
+    frame of ``layout`` when ``frame`` is given)."""
+    grad, acts = as_clip(grad, layout), as_clip(acts, layout)
+    weights = grad.mean(dim=(2, 3, 4))
+    if frame is not None:
+        acts = acts[:, :, layout.frame : layout.frame + 1]
+    heatmap = torch.relu(torch.einsum("nc,ncthw->nthw", weights, acts))
+    return (heatmap[:, 0] if frame is not None else heatmap), weights
 
 
 def gradcam(

@@ -67,8 +67,9 @@ def _tensor_picture(tensor: torch.Tensor) -> np.ndarray:
     return to_rgb8(pixels.permute(1, 2, 0).numpy())
 
 
-def input_picture(inputs: Any, sample: int) -> np.ndarray:
-    """The sample's input as RGB uint8, from the first (N, 1|3, H, W) tensor among ``inputs``."""
+def input_picture(inputs: Any, sample: int, frame: int = 0) -> np.ndarray:
+    """The sample's input as RGB uint8, from the first (N, 1|3, H, W) tensor among ``inputs``,
+    or frame ``frame`` of the first (N, 1|3, T, H, W) clip."""
     if isinstance(inputs, torch.Tensor):
         candidates = [inputs]
     elif isinstance(inputs, Mapping):
@@ -80,8 +81,15 @@ def input_picture(inputs: Any, sample: int) -> np.ndarray:
     for tensor in candidates:
         if isinstance(tensor, torch.Tensor) and tensor.dim() == 4 and tensor.shape[1] in (1, 3):
             return _tensor_picture(tensor[sample])
+        if isinstance(tensor, torch.Tensor) and tensor.dim() == 5 and tensor.shape[1] in (1, 3):
+            # Scaled by the whole clip's range, so that frames do not flicker against each other.
+            c, t, h, w = tensor.shape[1:]
+            tall = _tensor_picture(tensor[sample].reshape(c, t * h, w))
+            k = min(frame, t - 1)
+            return np.ascontiguousarray(tall[k * h : (k + 1) * h])
     raise ValueError(
-        "the inputs hold no image batch (N, 1 or 3, H, W) to show; pass image= to the widget"
+        "the inputs hold no image batch (N, 1 or 3, H, W) or clip (N, 1 or 3, T, H, W) to show; "
+        "pass image= to the widget"
     )
 
 

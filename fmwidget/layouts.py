@@ -1,6 +1,6 @@
 """What an activation's dimensions mean, and its (N, C, H, W) view: for :mod:`fmwidget.capture`.
 
-Three layouts reach the view as (N, C, H, W) feature maps, each by a view of the module's own
+Five layouts reach the view as (N, C, H, W) feature maps, each by a view of the module's own
 output (no copy):
 
 - ``nchw``: a convolution's output, as it is.
@@ -10,13 +10,26 @@ output (no copy):
   a Swin block). Shown through ``permute(0, 3, 1, 2)``.
 - ``tokens``: a vision transformer block's (N, extra + h·w, D) output, the ``extra`` class /
   register / distillation tokens first. Shown as the (N, D, h, w) map of the patch tokens, with
-  h × w the grid of the patch embedding's (N, D, h, w) convolution.
+  h × w the grid of the patch embedding's (N, D, h, w) convolution. A video transformer's
+  (N, extra + T·h·w, D) tokens (MViT) are frames of such maps, their grid that of the latest
+  (N, C, T, h, w) output with as many positions (the patch embedding, a pooling).
+- ``ncthw``: a video layer's (N, C, T, H, W) output (``Conv3d``, 3-D pooling and norms), shown one
+  frame at a time: ``t[:, :, k]``.
+- ``nthwc``: a video transformer's channels-last (N, T, H, W, C) tensor (Video Swin), by the same
+  rules as ``nhwc``: ``t[:, k].permute(0, 3, 1, 2)``.
+
+Which frame ``k`` a video layer shows follows the input clip (:class:`Frame`): a layer with fewer
+frames than the clip (a temporal stride) shows the one that covers the chosen input frame, so that
+scrubbing through the clip moves every layer along with it. :mod:`fmwidget.capture` copies that
+frame as the layer is produced, so a clip's other frames are never kept.
 
 Example::
 
     >>> t = torch.zeros(2, 1 + 4 * 4, 192)
     >>> as_map(t, Layout("tokens", extra=1, grid=(4, 4))).shape
     torch.Size([2, 192, 4, 4])
+    >>> Frame(5, clip=16).of(4)  # input frame 5 of 16, in a layer with 4 frames
+    1
 """
 
 from __future__ import annotations
@@ -29,7 +42,9 @@ from torch import nn
 __all__ = [
     "NCHW",
     "NHWC",
+    "Frame",
     "Layout",
+    "as_clip",
     "as_map",
     "from_map",
     "is_attention",
@@ -45,69 +60,137 @@ MAX_EXTRA_TOKENS = 16
 
 @dataclass(frozen=True)
 class Layout:
-    """``kind`` is ``nchw``, ``nhwc`` or ``tokens``; ``extra`` and ``grid`` (h, w) only for
-    tokens."""
+    """``kind`` is ``nchw``, ``nhwc``, ``tokens``, ``ncthw`` or ``nthwc``; ``extra`` and
+    ``grid`` (h, w) only for tokens; ``frames`` (the layer's T) and ``frame`` (the one shown)
+    only for video layers."""
 
     kind: str
     extra: int = 0
     grid: tuple[int, int] = (0, 0)
+    frames: int = 0
+    frame: int = 0
+
+    @property
+    def channels_last(self) -> bool:
+        return self.kind in ("nhwc", "nthwc")
 
 
 NCHW = Layout("nchw")
 NHWC = Layout("nhwc")
 
 
+@dataclass(frozen=True)
+class Frame:
+    """The input frame a capture shows (``index``) and the clip's length (``clip``: the inputs'
+    T, ``None`` when no input is an (N, C, T, H, W) clip)."""
+
+    index: int = 0
+    clip: int | None = None
+
+    def of(self, frames: int) -> int:
+        """The frame of a layer with ``frames`` frames that covers input frame ``index``."""
+        if self.clip:
+            return min(frames - 1, self.index * frames // self.clip)
+        return min(frames - 1, self.index)
+
+
 def as_map(t: torch.Tensor, layout: Layout) -> torch.Tensor:
     """``t`` as (N, C, H, W): a view of it."""
-    if layout.kind == "nhwc":
+    kind = layout.kind
+    if kind == "nhwc":
         return t.permute(0, 3, 1, 2)
-    if layout.kind == "tokens":
+    if kind == "tokens":
         h, w = layout.grid
         patches = t[:, layout.extra :]
+        if layout.frames:
+            patches = patches.reshape(t.shape[0], layout.frames, h * w, t.shape[2])
+            patches = patches[:, layout.frame]
         return patches.reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
+    if kind == "ncthw":
+        return t[:, :, layout.frame]
+    if kind == "nthwc":
+        return t[:, layout.frame].permute(0, 3, 1, 2)
+    return t
+
+
+def as_clip(t: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """A video layer's ``t`` as (N, C, T, H, W), every frame: a view of it."""
+    if layout.kind == "nthwc":
+        return t.permute(0, 4, 1, 2, 3)
+    if layout.kind == "tokens":
+        h, w = layout.grid
+        patches = t[:, layout.extra :].reshape(t.shape[0], layout.frames, h, w, t.shape[2])
+        return patches.permute(0, 4, 1, 2, 3)
     return t
 
 
 def from_map(m: torch.Tensor, t: torch.Tensor, layout: Layout) -> torch.Tensor:
     """What a differentiable capture lets the model continue with: a new tensor equal to ``t``
     computed from its map ``m``, so that gradients with respect to ``m`` flow."""
-    if layout.kind == "nhwc":
+    kind, k = layout.kind, layout.frame
+    if kind == "nhwc":
         return m.permute(0, 2, 3, 1).clone()
-    if layout.kind == "tokens":
+    if kind == "tokens":
         patches = m.permute(0, 2, 3, 1).reshape(t.shape[0], -1, t.shape[2])
+        if layout.frames:
+            per_frame = layout.grid[0] * layout.grid[1]
+            start = layout.extra + layout.frame * per_frame
+            before, after = t[:, :start], t[:, start + per_frame :]
+            return torch.cat([before, patches, after], dim=1)
         return torch.cat([t[:, : layout.extra], patches], dim=1)
+    if kind == "ncthw":
+        return torch.cat([t[:, :, :k], m.unsqueeze(2), t[:, :, k + 1 :]], dim=2)
+    if kind == "nthwc":
+        frame = m.permute(0, 2, 3, 1).unsqueeze(1)
+        return torch.cat([t[:, :k], frame, t[:, k + 1 :]], dim=1)
     return m.clone()
 
 
 def map_layout(
-    module: nn.Module, x: torch.Tensor | None, fed: Layout | None, out: torch.Tensor
+    module: nn.Module,
+    x: torch.Tensor | None,
+    fed: Layout | None,
+    out: torch.Tensor,
+    frame: Frame | None = None,
 ) -> Layout:
-    """The layout of ``module``'s 4-D output ``out``, from its first input ``x`` and ``fed``,
-    the layout of the captured layer whose output ``x`` is (``None``: not known)."""
-    if isinstance(module, nn.Linear) and x is not None and x.dim() == 4:
-        return NHWC
-    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and _over_last_dim(module, x):
-        return NHWC
+    """The layout of ``module``'s 4-D or 5-D output ``out``, from its first input ``x`` and
+    ``fed``, the layout of the captured layer whose output ``x`` is (``None``: not known); a
+    video layer shows the frame of it that covers ``frame``."""
+    last = _channels_last(module, x, fed, out)
+    if out.dim() == 5:
+        frames = out.shape[1] if last else out.shape[2]
+        index = (frame or Frame()).of(frames)
+        return Layout("nthwc" if last else "ncthw", frames=frames, frame=index)
+    return NHWC if last else NCHW
+
+
+def _channels_last(
+    module: nn.Module, x: torch.Tensor | None, fed: Layout | None, out: torch.Tensor
+) -> bool:
+    rank = out.dim()
+    if isinstance(module, nn.Linear) and x is not None and x.dim() == rank:
+        return True
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and _over_last_dim(module, x, rank):
+        return True
     dims = getattr(module, "dims", None)
-    if isinstance(dims, (list, tuple)) and len(dims) == 4:
-        if list(dims) == [0, 2, 3, 1]:
-            return NHWC
-        if list(dims) == [0, 3, 1, 2]:
-            return NCHW
-    if (
-        fed == NHWC
+    if isinstance(dims, (list, tuple)) and len(dims) == rank:
+        if list(dims) == [0, *range(2, rank), 1]:
+            return True
+        if list(dims) == [0, rank - 1, *range(1, rank - 1)]:
+            return False
+    # Element-wise (activation, dropout, layer scale) or a residual block on that input.
+    return (
+        fed is not None
+        and fed.channels_last
         and x is not None
         and x.shape == out.shape
         and not isinstance(module, (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase))
-    ):
-        # Element-wise (activation, dropout, layer scale) or a residual block on that input.
-        return NHWC
-    return NCHW
+    )
 
 
-def _over_last_dim(module: nn.Module, x: torch.Tensor | None) -> bool:
+def _over_last_dim(module: nn.Module, x: torch.Tensor | None, rank: int = 4) -> bool:
     shape = tuple(getattr(module, "normalized_shape", ()) or ())
-    if x is None or x.dim() != 4 or len(shape) != 1 or x.shape[-1] != shape[0]:
+    if x is None or x.dim() != rank or len(shape) != 1 or x.shape[-1] != shape[0]:
         return False
     if x.shape[1] != shape[0]:
         return True
@@ -115,30 +198,43 @@ def _over_last_dim(module: nn.Module, x: torch.Tensor | None) -> bool:
     return "2d" not in type(module).__name__.lower()
 
 
-def token_layout(t: torch.Tensor, grids: dict[int, tuple[int, int]]) -> Layout | None:
+def token_layout(
+    t: torch.Tensor,
+    grids: dict[int, tuple[int, int]],
+    clip_grids: dict[int, tuple[int, int, int]] | None = None,
+    frame: Frame | None = None,
+) -> Layout | None:
     """The tokens layout of a 3-D (N, T, D) output, or ``None`` when it is not patch tokens.
 
     ``grids`` maps a channel count D to the (h, w) of the latest (N, D, h, w) convolution output:
-    a patch embedding's grid, without which tokens are no map."""
+    a patch embedding's grid, without which tokens are no map. ``clip_grids`` maps a token count
+    T·h·w to the (T, h, w) of the latest 5-D output with that many positions (video tokens; the
+    frame covering ``frame`` is shown)."""
     tokens, dim = t.shape[1], t.shape[2]
     grid = grids.get(dim)
-    if grid is None or grid[0] * grid[1] < 2:
-        return None
-    extra = tokens - grid[0] * grid[1]
-    if not 0 <= extra <= MAX_EXTRA_TOKENS:
-        return None
-    return Layout("tokens", extra=extra, grid=grid)
+    if grid is not None and grid[0] * grid[1] >= 2:
+        extra = tokens - grid[0] * grid[1]
+        if 0 <= extra <= MAX_EXTRA_TOKENS:
+            return Layout("tokens", extra=extra, grid=grid)
+    for extra in range(MAX_EXTRA_TOKENS + 1):
+        clip = (clip_grids or {}).get(tokens - extra)
+        if clip is not None and clip[0] * clip[1] * clip[2] >= 2:
+            frames, h, w = clip
+            index = (frame or Frame()).of(frames)
+            return Layout("tokens", extra=extra, grid=(h, w), frames=frames, frame=index)
+    return None
 
 
 def may_reorder(model: nn.Module) -> bool:
     """Whether some layer of ``model`` may not be (N, C, H, W) as it is: it has a LayerNorm, an
-    RMSNorm or a 4-D ``Permute`` module (channels last), or attention (tokens). A plain CNN's
-    layers all read as they are, without a forward to find out."""
+    RMSNorm or a 4-D or 5-D ``Permute`` module (channels last), attention (tokens) or 3-D
+    convolutions (video). A plain CNN's layers all read as they are, without a forward to find
+    out."""
     for m in model.modules():
         dims = getattr(m, "dims", None)
-        if isinstance(m, (nn.LayerNorm, nn.RMSNorm, nn.MultiheadAttention)):
+        if isinstance(m, (nn.LayerNorm, nn.RMSNorm, nn.MultiheadAttention, nn.Conv3d)):
             return True
-        if isinstance(dims, (list, tuple)) and len(dims) == 4:
+        if isinstance(dims, (list, tuple)) and len(dims) in (4, 5):
             return True
         if is_attention(m):
             return True

@@ -78,6 +78,9 @@ class Session:
     predictions: list[list[dict[str, Any]]] = field(default_factory=list)
     classes: int | None = None
     pool: CaptureBuffers | None = None
+    # Video: the input frame shown and how many the clip has (0: no video layer).
+    frame: int = 0
+    frames: int = 0
     cams: OrderedDict[tuple[str, int | None, str], CamMaps] = field(default_factory=OrderedDict)
     closed_because: str | None = None
 
@@ -94,6 +97,7 @@ class Session:
         image: Any = None,
         groups: Sequence[Hashable] | None = None,
         pool: CaptureBuffers | None = None,
+        frame: int = 0,
     ) -> Session:
         """A session serving ``store``; checks ``image=``, ``groups=`` and ``labels=``."""
         if not len(store):
@@ -114,6 +118,8 @@ class Session:
             predictions=predictions,
             classes=classes,
             pool=pool,
+            frame=frame,
+            frames=clip_length(inputs, report),
         )
 
     # -- what the view is told ---------------------------------------------------------------
@@ -129,6 +135,8 @@ class Session:
             "status": {"state": "ready", "message": ""},
             "groups": self.groups,
             "group_pair": default_pair(self.groups),
+            "frames": self.frames,
+            "frame": self.frame,
         }
 
     def label(self, index: int | None) -> str | None:
@@ -143,7 +151,7 @@ class Session:
             )
         if self.images is not None:
             return self.images[sample]
-        return input_picture(self.inputs, sample)
+        return input_picture(self.inputs, sample, self.frame)
 
     def cam(self, key: tuple[str, int | None, str], compute: Callable[[], CamMaps]) -> CamMaps:
         """The CAM maps of ``key`` (layer, target, method), computed once and kept (LRU)."""
@@ -188,6 +196,8 @@ class Source:
     selector: LayerSelector | None = None
     labels: Sequence[str] | None = None
     budget_bytes: int | None = None
+    # The input frame video layers show (capture(frame=)).
+    frame: int = 0
     buffers: CaptureBuffers = field(default_factory=CaptureBuffers)
     # Shapes, dtypes and devices of the inputs the buffers were last filled for.
     _buffers_for: tuple[tuple[str, tuple[int, ...], str, str], ...] | None = field(
@@ -223,9 +233,12 @@ class Source:
             self.buffers.clear()
             self._buffers_for = signature
         intake = LayerIntake(self.budget_bytes, keep_all=training, means=groups is not None)
-        captured = capture(model, inputs, self.selector, buffers=self.buffers, admit=intake)
+        frame = self.frame = _frame_within(self.frame, inputs)
+        captured = capture(
+            model, inputs, self.selector, buffers=self.buffers, admit=intake, frame=frame
+        )
         report, output = captured.report, captured.output
-        recompute = None if training else Recompute(model, inputs)
+        recompute = None if training else Recompute(model, inputs, frame)
         try:
             store = ActivationStore(
                 captured,
@@ -253,6 +266,7 @@ class Source:
                 image=image,
                 groups=groups,
                 pool=self.buffers,
+                frame=frame,
             )
         except BaseException:
             store.close()
@@ -284,6 +298,22 @@ def from_activations(
     except BaseException:
         store.close()
         raise
+
+
+def _frame_within(frame: int, inputs: Any) -> int:
+    """``frame``, or the last frame of a shorter clip among new ``inputs``."""
+    clips = [t.shape[2] for _, t in tensors_in(inputs, "") if t.dim() == 5]
+    return min(frame, clips[0] - 1) if clips and clips[0] > 0 and frame > 0 else frame
+
+
+def clip_length(inputs: Any, report: CaptureReport) -> int:
+    """The frames of a video capture: the input clip's T (the first 5-D input tensor's), else
+    the most any layer has; 0 when no layer is video."""
+    frames = [info.frames for info in report.captured if info.frames]
+    if not frames:
+        return 0
+    clips = [t.shape[2] for _, t in tensors_in(inputs, "") if t.dim() == 5]
+    return clips[0] if clips else max(frames)
 
 
 def _predictions(
@@ -382,9 +412,10 @@ class Recompute:
     batch when it is further off).
     """
 
-    def __init__(self, model: nn.Module, inputs: Any) -> None:
+    def __init__(self, model: nn.Module, inputs: Any, frame: int = 0) -> None:
         self._model = model
         self._inputs = inputs
+        self._frame = frame
         self._flags = training_flags(model)
         self._inputs_seen, self._weights_seen = versions(model, inputs)
         self._sliceable = [t for _, t in tensors_in(inputs, "") if t.dim() > 0]
@@ -433,7 +464,7 @@ class Recompute:
             )
             fix = again
         else:
-            maps = capture_layer(self._model, inputs, name)
+            maps = capture_layer(self._model, inputs, name, self._frame)
             # A model may change its own inputs in place; that is not a change by the user.
             self._inputs_seen, self._weights_seen = versions(self._model, self._inputs)
             return maps

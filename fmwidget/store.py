@@ -606,6 +606,9 @@ class ActivationStore:
                 # What the module computed: "nchw", "nhwc" (shown permuted), "tokens" (patch maps).
                 "layout": info.layout,
                 "extra_tokens": info.extra_tokens,
+                # Video: the layer's frames (T) and the one shown; 0 and 0 for images.
+                "frames": info.frames,
+                "frame": info.frame,
             }
             stats = precomputed.get(i)
             self._layers[info.name] = _Layer(

@@ -92,6 +92,22 @@ def check_sample(sample: Any, num_samples: int) -> int:
     return int(sample)
 
 
+def check_frame(frame: Any, frames: int) -> int:
+    """An input frame of a clip of ``frames`` frames (0: the model has no video layer)."""
+    if frames == 0:
+        if is_int(frame) and frame == 0:
+            return 0
+        raise ValueError(
+            f"frame {frame!r}: this model has no video layers ((N, C, T, H, W) outputs), so "
+            "there is only frame 0"
+        )
+    if not is_int(frame) or not 0 <= frame < frames:
+        raise ValueError(
+            f"frame {frame!r} is out of range: the clip has {frames} frames (0 to {frames - 1})"
+        )
+    return int(frame)
+
+
 def check_target(target: Any, classes: int | None) -> int | None:
     """A class index (``None``: the predicted class) of a model with ``classes`` outputs."""
     if target is None:

@@ -47,6 +47,7 @@ from fmwidget.validation import (
     check_cam_method,
     check_channel,
     check_channels,
+    check_frame,
     check_options,
     check_sample,
     check_target,
@@ -87,6 +88,7 @@ _KERNEL_TRAITS = (
     "steps",
     "now_label",
     "training",
+    "frames",
 )
 
 
@@ -164,6 +166,10 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
     training = traitlets.Bool(False).tag(sync=True)
     # The view's long job (fmwidget.tasks): {id, label, done, total, unit, elapsed}, or None.
     task = traitlets.Dict(allow_none=True).tag(sync=True)
+    # Video models: the input frame shown (each re-runs the model) and the clip's length (0:
+    # no video layer).
+    frame = traitlets.Int(0).tag(sync=True)
+    frames = traitlets.Int(0).tag(sync=True)
 
     _preprocess: Callable[[Any], Any] | None = None
 
@@ -200,7 +206,7 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
         inputs, pictures = model_inputs(model, inputs, preprocess)
         self._preprocess = preprocess
         first = self._first_step(model, checkpoints, view)
-        source = Source(first, layers, labels, budget_bytes)
+        source = Source(first, layers, labels, budget_bytes, frame=view.get("frame", 0))
         self._source: Source | None = source
         # Checked before the model runs (fingerprinting the model once).
         context = None if scan is None else DatasetContext.checked(scan, dataset, model)
@@ -463,6 +469,19 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
     def _valid_selected(self, proposal: dict[str, Any]) -> list[int]:
         count = self._channel_count()
         return self._checked(check_channels, proposal, self.layer, count, "selected channels")
+
+    @traitlets.validate("frame")
+    def _valid_frame(self, proposal: dict[str, Any]) -> int:
+        return self._checked(check_frame, proposal, self._session.frames)
+
+    @traitlets.observe("frame")
+    def _on_frame(self, change: dict[str, Any]) -> None:
+        source = self._source
+        if source is None or change["new"] == source.frame or not self._steps_ready:
+            return
+        # Every layer follows the frame: the model runs again, as for another step.
+        source.frame = change["new"]
+        self._rerun_same()
 
     @traitlets.validate("target")
     def _valid_target(self, proposal: dict[str, Any]) -> int | None:

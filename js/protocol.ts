@@ -36,10 +36,15 @@ export interface LayerMeta {
   aliases?: string[];
   /**
    * What the module computed: "nchw"; "nhwc" (a channels-last tensor, shown permuted); "tokens" (a transformer
-   * block's (N, extra_tokens + H·W, C) output, shown as the maps of its patch tokens). Absent: "nchw".
+   * block's (N, extra_tokens + H·W, C) output, shown as the maps of its patch tokens); "ncthw" / "nthwc" (a
+   * video layer's (N, C, T, H, W) or channels-last (N, T, H, W, C) output, shown one frame at a time).
+   * Absent: "nchw".
    */
-  layout?: "nchw" | "nhwc" | "tokens";
+  layout?: "nchw" | "nhwc" | "tokens" | "ncthw" | "nthwc";
   extra_tokens?: number;
+  /** A video layer's frames (T) and the one shown (the one covering the input frame `frame`); 0 for images. */
+  frames?: number;
+  frame?: number;
 }
 
 /** One entry of a sample's top-5 in the `predictions` trait (`label` is null when the model has no class names). */
@@ -262,6 +267,10 @@ export interface Traits {
   now_label: string;
   /** The model ran in training mode: BatchNorm used the batch's statistics and dropout was random. */
   training: boolean;
+  /** The input frame every video layer shows (from 0); each one is a new run of the model. */
+  frame: number;
+  /** Frames of the input clip; 0 for a model without video layers. */
+  frames: number;
 }
 
 /** One entry of the `steps` trait. */

@@ -94,6 +94,8 @@ const TRAIT_DEFAULTS: Traits = {
   steps: [],
   now_label: "",
   training: false,
+  frame: 0,
+  frames: 0,
 };
 
 const TRAITS = Object.keys(TRAIT_DEFAULTS) as (keyof Traits)[];

@@ -427,6 +427,8 @@ function traits(): Traits {
     steps: [],
     now_label: "",
     training: false,
+    frame: 0,
+    frames: 0,
   };
 }
 
@@ -697,6 +699,38 @@ describe("FeatureMapWidget view", () => {
     expect(asked.filter((m) => m.kind === "layer" || m.kind === "channel")).toEqual([]);
     expect(bar.hidden).toBe(false);
     expect(bar.textContent).toContain("step 40 (live)");
+  });
+
+  it("moves through a video clip with the frame slider and plays it one kernel run at a time", async () => {
+    const { root, model } = await mount();
+    const bar = root.querySelector<HTMLElement>(".fm-frame-row")!;
+    expect(bar.hidden).toBe(true);
+    const layers = model.get("layers").map((m) => ({ ...m, layout: "ncthw" as const, frames: 4, frame: 1 }));
+    model.set("layers", layers);
+    model.set("frames", 8);
+    model.set("frame", 3);
+    await expect.poll(() => bar.hidden).toBe(false);
+    const slider = bar.querySelector<HTMLInputElement>('input[aria-label="Video frame"]')!;
+    expect(slider.max).toBe("7");
+    expect(slider.value).toBe("3");
+    expect(bar.querySelector(".fm-frame-label")!.textContent).toBe("frame 3 of 8 · layer frame 1 of 4");
+    expect(root.querySelector(".fm-header")!.textContent).toContain("frame 1 of 4");
+    slider.value = "6";
+    slider.dispatchEvent(new Event("input"));
+    expect(model.get("frame")).toBe(3);
+    slider.dispatchEvent(new Event("change"));
+    expect(model.get("frame")).toBe(6);
+    // Play asks for the next frame, and for the one after only once the kernel has shown it.
+    bar.querySelector<HTMLButtonElement>(".fm-frame-play")!.click();
+    expect(model.get("frame")).toBe(7);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(model.get("frame")).toBe(7);
+    model.set("revision", 2);
+    await expect.poll(() => model.get("frame"), { timeout: 2000 }).toBe(0);
+    bar.querySelector<HTMLButtonElement>(".fm-frame-play")!.click();
+    model.set("revision", 3);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(model.get("frame")).toBe(0);
   });
 
   it("moves between checkpoints with the step slider; a saved file cannot", async () => {

@@ -14,6 +14,7 @@ import { ablationPanel } from "./panels/ablation";
 import { colorbarPanel } from "./panels/colorbar";
 import { controlsPanel } from "./panels/controls";
 import { type DetailPanel, detailPanel } from "./panels/detail";
+import { framesPanel } from "./panels/frames";
 import { gradcamPanel } from "./panels/gradcam";
 import { type GridPanel, gridPanel } from "./panels/grid";
 import { groupsPanel } from "./panels/groups";
@@ -50,6 +51,8 @@ function buildPanels(
   keep(controlsPanel(ctx, root));
   // Which weights: right under the layer slider, the other axis of what the grid shows.
   keep(stepsPanel(ctx, root));
+  // Which frame of a clip: the other axis of a video model's maps.
+  keep(framesPanel(ctx, root));
   keep(ablationPanel(ctx, root));
   const banner = el("div", "fm-banner");
   const main = el("div", "fm-main");

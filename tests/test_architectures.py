@@ -5,8 +5,9 @@ hook time (bit for bit), every block alias is a block whose own output equals it
 model is left exactly as it was, activations are recognised whatever library defines them, and
 every layer quantizes within the documented bound. Channels-last layers (ConvNeXt's MLPs, Swin)
 and transformer tokens (ViT blocks) are compared the way their layout reads: permuted, or the
-patch tokens laid out row by row. The longer sweep over 157 architectures is
-issue 11's; this one is kept to a few seconds per model for CI.
+patch tokens laid out row by row; video models (8-frame clips) as the frame covering input frame 5.
+The longer sweep over 157 architectures is issue 11's; this one is kept to a few seconds per model
+for CI.
 """
 
 from __future__ import annotations
@@ -44,7 +45,14 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "timm_mobilenetv3_timm_acts": lambda: timm.create_model(
         "mobilenetv3_small_050", pretrained=False, act_layer=timm.layers.activations.HardSwish
     ),
+    # Video: (N, C, T, H, W) layers, and a channels-last (N, T, H, W, C) video transformer.
+    "tv_r2plus1d_18": lambda: torchvision.models.video.r2plus1d_18(),
+    "tv_swin3d_t": lambda: torchvision.models.video.swin3d_t(),
 }
+
+# Video models run on a clip of 8 frames of 32×32 and are captured at input frame 5.
+_VIDEO_MODELS = {"tv_r2plus1d_18", "tv_swin3d_t"}
+FRAME = 5
 
 # Transformers whose maps are token blocks only (no activation module outputs a map).
 _TOKEN_MODELS = {"tv_vit_b_16"}
@@ -67,7 +75,7 @@ def reference_outputs(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
             calls[name] = calls.get(name, 0) + 1
             base = display(name) if calls[name] == 1 else f"{display(name)}:{calls[name]}"
             for key, t in tensors_in(out, base):
-                if t.dim() in (3, 4) and t.is_floating_point():
+                if t.dim() in (3, 4, 5) and t.is_floating_point():
                     clones[key] = t.detach().clone()
 
         return keep
@@ -84,6 +92,10 @@ def as_read(raw: torch.Tensor, info: LayerInfo) -> torch.Tensor:
     """A module's own output read as the (N, C, H, W) maps its layout says it holds."""
     if info.layout == "nhwc":
         return raw.permute(0, 3, 1, 2)
+    if info.layout == "ncthw":
+        return raw[:, :, info.frame]
+    if info.layout == "nthwc":
+        return raw[:, info.frame].permute(0, 3, 1, 2)
     if info.layout == "tokens":
         h, w = info.shape[2:]
         patches = raw[:, info.extra_tokens :]
@@ -99,9 +111,10 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 def case(request: pytest.FixtureRequest) -> tuple[str, nn.Module, torch.Tensor, Capture]:
     torch.manual_seed(0)
     model = ARCHITECTURES[request.param]().eval()
-    x = torch.rand(1, 3, 64, 64)
+    video = request.param in _VIDEO_MODELS
+    x = torch.rand(1, 3, 8, 32, 32) if video else torch.rand(1, 3, 64, 64)
     before, state = flags(model), _state(model)
-    cap = capture(model, x)
+    cap = capture(model, x, frame=FRAME if video else 0)
     assert_no_hooks(model)
     assert flags(model) == before
     for key, value in _state(model).items():
@@ -134,7 +147,7 @@ def test_block_names_resolve(case: tuple[str, nn.Module, torch.Tensor, Capture])
     # Every block with a 4-D output is reachable by its name: an alias or a layer of its own.
     with torch.no_grad(), reference_outputs(model) as ref:
         model(case[2])
-    with_maps = [b for b in blocks if b in ref and ref[b].dim() == 4]
+    with_maps = [b for b in blocks if b in ref and ref[b].dim() in (4, 5)]
     assert covered and set(with_maps) <= covered, (arch, set(with_maps) - covered)
     for alias in cap.aliases:
         assert cap.resolve(alias) == cap.aliases[alias]
@@ -179,9 +192,12 @@ def test_named_layers_are_served_as_captured(
     arch, model, x, cap = case
     infos = cap.report.captured
     odd = [i for i in infos if i.layout != "nchw"][:2]
+    frame = FRAME if arch in _VIDEO_MODELS else 0
     for info in {i.name: i for i in [infos[0], infos[len(infos) // 2], infos[-1], *odd]}.values():
-        assert torch.equal(capture_layer(model, x, info.name), cap[info.name]), (arch, info.name)
-        assert capture(model, x, [info.name]).info(info.name).layout == info.layout
+        served = capture_layer(model, x, info.name, frame)
+        assert torch.equal(served, cap[info.name]), (arch, info.name)
+        alone = capture(model, x, [info.name], frame=frame).info(info.name)
+        assert (alone.layout, alone.frame) == (info.layout, info.frame)
 
 
 def test_gradcam_by_block_name_is_gradcam_of_its_layer(

@@ -23,28 +23,28 @@ def _traceback(error: BaseException) -> str:
     return "".join(traceback.format_exception(error))
 
 
-class Video(nn.Module):
-    """A video network's shape: 300 modules, every output (N, C, T, H, W)."""
+class Audio(nn.Module):
+    """An audio network's shape: 300 modules, every output (N, C, L), no feature map."""
 
     def __init__(self) -> None:
         super().__init__()
         self.blocks = nn.Sequential(
-            *[nn.Sequential(nn.Conv3d(2, 2, 1), nn.ReLU()) for _ in range(150)]
+            *[nn.Sequential(nn.Conv1d(2, 2, 1), nn.ReLU()) for _ in range(150)]
         )
         self.fc = nn.Linear(2, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.blocks(x).mean((2, 3, 4)))
+        return self.fc(self.blocks(x).mean(2))
 
 
 def test_nothing_to_capture_is_one_entry_per_reason() -> None:
-    model = Video().eval()
+    model = Audio().eval()
     with pytest.raises(CaptureError) as caught:
-        capture(model, torch.randn(1, 2, 2, 4, 4))
+        capture(model, torch.randn(1, 2, 16))
     message = str(caught.value)
     assert message.startswith("nothing to capture: no selected module produced a 4-D")
     assert "select modules that do with layers=" in message
-    first = "blocks.0.0: output is 5-D (1, 2, 2, 4, 4), not (N, C, H, W)"
+    first = "blocks.0.0: output is 3-D (1, 2, 16), not (N, C, H, W)"
     assert f"{first}; 299 more like it: 'blocks.0.1', " in message
     assert "fc: output is 2-D (1, 3), not (N, C, H, W)" in message
     assert len(message) < 600  # one line per module was 19,000 characters for swin3d

@@ -90,6 +90,8 @@ def test_layer_meta_counts_and_ranges(health) -> None:
         "aliases": ["(model)"],
         "layout": "nchw",
         "extra_tokens": 0,
+        "frames": 0,
+        "frame": 0,
     }
     assert (metas["relu"]["dead"], metas["relu"]["constant"], metas["relu"]["nonfinite"]) == (
         1,

@@ -40,6 +40,12 @@ NO_MODEL = (
 )
 
 
+VIDEO = (
+    "a video layer: its values are computed over several frames, and the breakdown and the "
+    "receptive field are shown for image layers (N, C, H, W) only"
+)
+
+
 @dataclass(frozen=True)
 class ExplainRequest:
     layer: str
@@ -98,6 +104,9 @@ def handle(request: ExplainRequest, view: View) -> wire.Payload:
     model = session.model
     if model is None:
         meta["note"] = NO_MODEL
+        return meta, {}
+    if store.info(name).frames:
+        meta["note"] = VIDEO
         return meta, {}
     _receptive_box(session, name, row, col, meta)
     ref = resolve_layer(model, name)

@@ -68,12 +68,18 @@ def cam_maps(session: Session, name: str, target: int | None, method: str) -> Ca
     assert model is not None  # parse() refuses requests without a model
     if method == "gradcam":
         try:
-            ours = gradcam_layer(model, session.inputs, name, target=target)
+            frame = session.frame if session.store.info(name).frames else None
+            ours = gradcam_layer(model, session.inputs, name, target=target, frame=frame)
         except ValueError as error:
             raise BadRequest(str(error)) from error
         return CamMaps(ours.heatmap, ours.weights, ours.target, normalized=False)
     label = CAM_LABELS.get(method, method)
     info = session.store.info(name)
+    if info.frames:
+        raise BadRequest(
+            f"{label} (the grad-cam package) draws 2-D maps, and layer {name!r} is video "
+            "(N, C, T, H, W); Grad-CAM (ours) explains video layers frame by frame"
+        )
     if info.call != 1 or name != display(info.module_name):
         what = (
             f"call {info.call} of module {info.module_name!r}"

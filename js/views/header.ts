@@ -60,6 +60,13 @@ export interface Header {
  *   layoutText({ ...meta, layout: "tokens", extra_tokens: 1 }); // {text: "patch tokens", title: "…1 class/register token…"}
  */
 export function layoutText(meta: LayerMeta | undefined): { text: string; title: string } | null {
+  if ((meta?.layout === "ncthw" || meta?.layout === "nthwc") && meta.frames !== undefined) {
+    const last = meta.layout === "nthwc" ? ", channels last: (N, T, H, W, C)" : "";
+    return {
+      text: `frame ${meta.frame ?? 0} of ${meta.frames}`,
+      title: `A video layer's (N, C, T, H, W) output${last}, with ${meta.frames} frames: shown one frame at a time (the Frame slider picks it; a layer with fewer frames than the clip shows the one covering the chosen input frame).`,
+    };
+  }
   if (meta?.layout === "nhwc") {
     return {
       text: "channels-last",
@@ -69,6 +76,12 @@ export function layoutText(meta: LayerMeta | undefined): { text: string; title: 
   }
   if (meta?.layout === "tokens") {
     const extra = meta.extra_tokens ?? 0;
+    if ((meta.frames ?? 0) > 0) {
+      return {
+        text: `tokens · frame ${meta.frame ?? 0} of ${meta.frames}`,
+        title: `A video transformer block's tokens (N, ${extra > 0 ? `${extra} + ` : ""}T·H·W, C) with T = ${meta.frames}, shown as C maps of one frame's H × W patch grid (the Frame slider picks it).`,
+      };
+    }
     const left = extra > 0 ? `; ${extra} class/register token${extra === 1 ? "" : "s"} not shown` : "";
     return {
       text: "patch tokens",
