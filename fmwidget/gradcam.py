@@ -273,7 +273,9 @@ def gradcam(
     `layer` naming a module's first call, and `target` as None, class index(es), or a list of
     `pytorch_grad_cam` target objects. The package records activations with module forward hooks;
     we add a hook after its own that hands a copy downstream, so later in-place ops leave its
-    recorded activation intact. It switches the model to eval mode and writes `.grad` in its
+    recorded activation intact. A channels-last or token layer is handed to the package as its
+    (N, C, H, W) maps (its `reshape_transform`), as `capture` reads it; a video layer is refused
+    (the package's maps are 2-D). It switches the model to eval mode and writes `.grad` in its
     backward; both are restored afterwards.
 
     Cost: one forward and one backward, except for the methods of :data:`CHANNEL_COST`: Score-CAM
@@ -328,9 +330,19 @@ def _package_cam(
         targets = [
             ClassifierOutputTarget(int(t)) for t in torch.as_tensor(target).reshape(-1).tolist()
         ]
+    layout = _layout(model, inputs, ref)
+    if layout.frames:
+        raise ValueError(
+            f"method={method!r} (the grad-cam package) draws 2-D maps, and layer {ref.name!r} is "
+            "video; method='gradcam' gives 3-D Grad-CAM, a map per frame"
+        )
+    # The package reads (N, C, H, W): a channels-last or token layer is handed over as its maps.
+    reshape = None if layout == NCHW else (lambda t: as_map(t, layout))
     modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.grad) for p in model.parameters()]
-    cam = getattr(pytorch_grad_cam, CAM_METHODS[method])(model=model, target_layers=[ref.module])
+    cam = getattr(pytorch_grad_cam, CAM_METHODS[method])(
+        model=model, target_layers=[ref.module], reshape_transform=reshape
+    )
     # Registered after the package's hooks, so they record the layer's own output and the rest of
     # the network (with its in-place ops) runs on a copy.
     handle = ref.module.register_forward_hook(
@@ -339,7 +351,7 @@ def _package_cam(
     label = f"{CAM_LABELS.get(method, method)} on {ref.name}"
     try:
         with (
-            _cam_progress(label, method, model, ref, inputs, bar),
+            _cam_progress(label, method, model, ref, inputs, bar, layout),
             state_kept(model),
             tasks.quiet_bars(),
             run_eagerly(model),
@@ -358,7 +370,13 @@ def _package_cam(
 
 @contextlib.contextmanager
 def _cam_progress(
-    label: str, method: str, model: nn.Module, ref: LayerRef, inputs: torch.Tensor, bar: bool
+    label: str,
+    method: str,
+    model: nn.Module,
+    ref: LayerRef,
+    inputs: torch.Tensor,
+    bar: bool,
+    layout: Layout = NCHW,
 ) -> Iterator[tasks.Progress]:
     """Progress of one grad-cam package call: in channels for the methods of CHANNEL_COST (their
     first forward records the activations; each later one scores a batch of masked inputs, one
@@ -380,7 +398,8 @@ def _cam_progress(
 
         def seen(_m: nn.Module, _a: Any, out: Any) -> None:
             if not p.total and isinstance(out, torch.Tensor) and out.ndim >= 2:
-                p.total = int(out.shape[1]) * n
+                channels = out.shape[1] if layout == NCHW else as_map(out, layout).shape[1]
+                p.total = int(channels) * n
 
         handle = ref.module.register_forward_hook(seen)
         try:

@@ -294,6 +294,51 @@ def test_gradcam_plus_plus_through_package_is_inplace_safe_and_clean() -> None:
         torch.testing.assert_close(after, before, rtol=0, atol=0)
 
 
+class _Permute(nn.Module):
+    def __init__(self, *dims: int) -> None:
+        super().__init__()
+        self.dims = list(dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+def _channels_last_net() -> nn.Module:
+    """A Linear on (N, H, W, C), then the same values as (N, C, H, W) out of an Identity."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        _Permute(0, 2, 3, 1),
+        nn.Linear(6, 5),
+        _Permute(0, 3, 1, 2),
+        nn.Identity(),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 4),
+    ).eval()
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "layercam", "scorecam"])
+def test_package_methods_read_a_channels_last_layer_as_channels(method: str) -> None:
+    pytest.importorskip("pytorch_grad_cam")
+    model, x = _channels_last_net(), torch.rand(2, 3, 12, 12)
+    # "2" computes (N, H, W, C); "4" returns the very same values as (N, C, H, W).
+    last = gradcam(model, x, "2", target=[1, 3], method=method, progress=False)
+    first = gradcam(model, x, "4", target=[1, 3], method=method, progress=False)
+    assert last.shape == (2, 12, 12) and last.max() > 0
+    torch.testing.assert_close(last, first, rtol=1e-4, atol=1e-5)
+
+
+def test_package_methods_refuse_video_layers() -> None:
+    pytest.importorskip("pytorch_grad_cam")
+    model = nn.Sequential(nn.Conv3d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2)).eval()
+    x = torch.rand(1, 3, 4, 8, 8)
+    model(x)
+    with pytest.raises(ValueError, match="draws 2-D maps, and layer '0' is video"):
+        gradcam(model, x, "0", method="gradcam++", progress=False)
+
+
 def test_top_classes() -> None:
     logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]])
     probs = torch.softmax(logits, dim=1)
