@@ -865,6 +865,8 @@ class _Run:
         self.consumed: set[str] = set()
         self.pending_source: dict[nn.Module, str | None] = {}
         self.pending_layout: dict[nn.Module, Layout] = {}
+        # In-place modules running out of place on a stored tensor: module -> (it, its version).
+        self.swapping: dict[nn.Module, tuple[torch.Tensor, int]] = {}
         self.skipped: dict[str, str] = {}
         # Block output name -> the captured layer whose output tensor it was.
         self.aliases: dict[str, str] = {}
@@ -915,13 +917,15 @@ class _Run:
         else:
             self.pending_layout.pop(module, None)
         if not (self.copy_all or self.grad):
-            self.protect(x)
+            self.protect(x, module)
 
     def on_output(
         self, module: nn.Module, module_name: str, args: tuple[Any, ...], output: Any
     ) -> Any:
         call = self.calls[module_name] = self.calls.get(module_name, 0) + 1
         base = display(module_name) if call == 1 else f"{display(module_name)}:{call}"
+        if module in self.swapping:
+            output = self.swap_back(module, output)
         if module in self.pending_source:
             src = self.pending_source.pop(module)
         else:
@@ -1172,13 +1176,22 @@ class _Run:
         self.own_buffers.add(name)
         return self.pool._take(name, t).copy_(t)
 
-    def protect(self, x: Any) -> None:
-        """Clone the stored tensors an ``inplace=True`` module is about to overwrite."""
+    def protect(self, x: Any, module: nn.Module | None = None) -> None:
+        """Keep the values of the stored tensors an ``inplace=True`` module is about to
+        overwrite: by running it out of place (:meth:`swap_back`), else by a copy."""
         if not isinstance(x, torch.Tensor):
             return
         entry = self.seen.get(id(x))
         if entry is None or entry.ref() is not x or entry.version != x._version:
             return
+        if module is not None and self.may_swap(module, x):
+            try:
+                module.inplace = False  # type: ignore[assignment]
+            except (AttributeError, TypeError):
+                pass  # a read-only flag: copy instead
+            else:
+                self.swapping[module] = (x, x._version)
+                return
         clone = None
         for name in entry.names:
             if self.stored.get(name) is x:
@@ -1186,8 +1199,56 @@ class _Run:
                 self.stored[name] = clone
                 self.versions[name] = clone._version
 
+    def may_swap(self, module: nn.Module, x: torch.Tensor) -> bool:
+        """Whether ``module`` can run out of place on ``x`` with the effect of its in-place run:
+        a hooked module (its hook puts the result back into ``x``) and no other tensor sharing
+        ``x``'s memory (a view would not see the result)."""
+        return (
+            module in self.hooked
+            and module not in self.swapping
+            and x._base is None
+            and x.layout == torch.strided
+            # x and the temporary storage object: nothing else uses the memory.
+            and torch._C._storage_Use_Count(x.untyped_storage()._cdata) == 2
+        )
+
+    def swap_back(self, module: nn.Module, output: Any) -> Any:
+        """After an ``inplace=True`` module ran out of place on a stored tensor ``x``: ``x``
+        takes the result's memory (as if changed in place, and the module returns ``x`` as it
+        would have), and the stored layers keep ``x``'s old memory, which nothing else shares.
+        No copy, where protecting by a copy would read and write the whole tensor once more."""
+        x, version = self.swapping.pop(module)
+        module.inplace = True  # type: ignore[assignment]
+        if output is x:
+            return output  # it ran in place after all: the stored copy check (mutated) sees it
+        if (
+            not isinstance(output, torch.Tensor)
+            or output.shape != x.shape
+            or output.dtype != x.dtype
+            or x._version != version
+        ):
+            return output
+        kept = x.new_empty(0).set_(x.untyped_storage(), x.storage_offset(), x.size(), x.stride())
+        entry = self.seen.get(id(x))
+        for name in entry.names if entry is not None else ():
+            if self.stored.get(name) is x:
+                self.stored[name] = kept
+                self.versions[name] = kept._version
+        with torch.no_grad():
+            x.set_(
+                output.untyped_storage(), output.storage_offset(), output.size(), output.stride()
+            )
+        return x
+
+    def restore_flags(self) -> None:
+        """Put back the ``inplace`` flag of a module whose call did not return (it raised)."""
+        for module in self.swapping:
+            module.inplace = True  # type: ignore[assignment]
+        self.swapping.clear()
+
     def release(self) -> None:
         """Drop every tensor this run holds: before another run, or when the capture failed."""
+        self.restore_flags()
         self.stored.clear()
         self.described.clear()
         self.versions.clear()
@@ -1397,6 +1458,7 @@ def _run(
     finally:
         for handle in handles:
             handle.remove()
+        run.restore_flags()
     run.output = output if grad else rebuild(output, torch.Tensor.detach)
     return run
 
@@ -1404,7 +1466,7 @@ def _run(
 def _output_hook(run: _Run, module_name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
     def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         kept = run.on_output(module, module_name, args, output)
-        return kept if run.grad else None
+        return kept if run.grad or kept is not output else None
 
     return hook
 

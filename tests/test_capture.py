@@ -141,8 +141,9 @@ def test_pool_reuses_memory_and_invalidates_previous_capture(
     first = checked(resnet, image, buffers=pool)
     for name in resnet_capture:
         torch.testing.assert_close(first[name], resnet_capture[name], rtol=0, atol=0, msg=name)
-    # bn1 is copied in both modes (an in-place ReLU follows it); conv1 only when copying all.
-    pooled = ["bn1", "layer1.0.bn2"] + (["conv1"] if copy_all else [])
+    # layer1.0.bn2 is copied in both modes (`out += identity` changes it in place); bn1 and conv1
+    # only when copying all (the in-place ReLU after bn1 runs out of place, into new memory).
+    pooled = ["layer1.0.bn2"] + (["bn1", "conv1"] if copy_all else [])
     pointers = {name: first[name].data_ptr() for name in pooled}
 
     other = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
@@ -152,7 +153,7 @@ def test_pool_reuses_memory_and_invalidates_previous_capture(
     for name, want in expected.items():
         torch.testing.assert_close(second[name], want, rtol=0, atol=0, msg=name)
     with pytest.raises(CaptureError, match="reused by a later capture"):
-        first["bn1"]
+        first["layer1.0.bn2"]
 
 
 def test_mobilenet_v2_layers_blocks_and_pairing() -> None:
@@ -483,3 +484,91 @@ def test_admit_sees_each_value_before_later_in_place_ops_and_can_let_it_go() -> 
 def test_admit_cannot_be_combined_with_grad() -> None:
     with pytest.raises(ValueError, match="admit= cannot be combined with grad=True"):
         capture(InplaceNet(), torch.randn(1, 3, 8, 8), grad=True, admit=lambda *_: True)
+
+
+# --- in-place modules run out of place on stored tensors -----------------------------------------
+
+
+class _SideEffectNet(nn.Module):
+    """Relies on ReLU(inplace=True) changing its input: its return value is dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn(self.conv(x))
+        self.relu(out)
+        return self.head(out)
+
+
+class _ViewNet(_SideEffectNet):
+    """Reads a view of the tensor the in-place ReLU changes, taken before the change."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn(self.conv(x))
+        left = out[:, :2]
+        out = self.relu(out)
+        return self.head(out) + left.sum()
+
+
+class _StubbornReLU(nn.Module):
+    """Says `inplace` but changes its input whatever the flag says."""
+
+    inplace = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp_(min=0)
+
+
+def _randomised(model: nn.Module) -> nn.Module:
+    torch.manual_seed(3)
+    model.bn.running_mean.normal_()
+    return model.eval()
+
+
+@pytest.mark.parametrize("net", [_SideEffectNet, _ViewNet])
+def test_inplace_modules_keep_their_effect_and_their_input_values(net: type[nn.Module]) -> None:
+    model = _randomised(net())
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(x)
+        bn = model.bn(model.conv(x))
+    cap = checked(model, x)
+    # The model computed what it computes without fmwidget (the ReLU's effect on `out` kept),
+    # and the stored norm output is from before the ReLU.
+    torch.testing.assert_close(cap.output, expected, rtol=0, atol=0)
+    torch.testing.assert_close(cap["bn"], bn, rtol=0, atol=0)
+    torch.testing.assert_close(cap["relu"], bn.relu(), rtol=0, atol=0)
+    assert cap["bn"].min() < 0 and model.relu.inplace is True
+
+
+def test_an_inplace_module_that_ignores_its_flag_is_still_caught() -> None:
+    model = _SideEffectNet()
+    model.relu = _StubbornReLU()
+    model = _randomised(model)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        bn = model.bn(model.conv(x))
+    cap = checked(model, x)
+    torch.testing.assert_close(cap["bn"], bn, rtol=0, atol=0)
+    assert model.relu.inplace is True
+    # Found changed after its hook, as `out += identity` is: the forward ran again with a copy.
+    assert any("ran twice" in note for note in cap.report.notes)
+
+
+def test_the_inplace_flag_is_restored_when_the_forward_fails() -> None:
+    class FailingReLU(nn.ReLU):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert not self.inplace, "fmwidget runs it out of place"
+            raise RuntimeError("the activation failed")
+
+    model = _SideEffectNet()
+    model.relu = FailingReLU(inplace=True)
+    model = _randomised(model)
+    with pytest.raises(CaptureError, match="the activation failed"):
+        checked(model, torch.randn(1, 3, 8, 8))
+    assert model.relu.inplace is True
