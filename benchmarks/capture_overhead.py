@@ -48,6 +48,23 @@ def bench(name: str, device: torch.device, repeats: int, batch: int) -> None:
         with torch.no_grad():
             model(x)
 
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+
+    def references() -> None:
+        # The floor of any capture that keeps every layer: hooks that only hold each output
+        # (values wrong under in-place ops; no names, no report). What it costs over the bare
+        # forward is the memory held, no longer reused from one layer to the next in cache.
+        kept: list[object] = []
+        held.pop("references", None)
+        handles = [m.register_forward_hook(lambda _m, _a, out: kept.append(out)) for m in leaves]
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        held["references"] = kept
+
     def fresh() -> None:
         # As the widget does on a re-run: the previous capture is released before the next one.
         held.pop("fresh", None)
@@ -81,6 +98,7 @@ def bench(name: str, device: torch.device, repeats: int, batch: int) -> None:
     source = Source(model)
     variants = {
         "bare forward": bare,
+        "hooks keeping references": references,
         "capture": fresh,
         "capture, previous held": fresh_held,
         "capture + pool": pooled,

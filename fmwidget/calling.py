@@ -108,19 +108,22 @@ def eager_model(model: nn.Module) -> nn.Module:
 
 def is_compiled(model: nn.Module) -> bool:
     """Whether ``model`` or one of its modules is ``torch.compile``'d (wrapped or in place)."""
+    return any(compiled_module(m) for m in model.modules())
+
+
+def compiled_module(module: nn.Module) -> bool:
+    """Whether ``module`` itself is ``torch.compile``'d (a wrapper, or compiled in place)."""
     wrapper = _optimized_module()
     if wrapper is None:
         return False
-    return any(
-        isinstance(m, wrapper) or getattr(m, "_compiled_call_impl", None) is not None
-        for m in model.modules()
-    )
+    return isinstance(module, wrapper) or module.__dict__.get("_compiled_call_impl") is not None
 
 
 @contextmanager
-def run_eagerly(model: nn.Module) -> Iterator[None]:
-    """For the block, ``model``'s compiled code runs eagerly: hooks fire, nothing compiles."""
-    if not is_compiled(model):
+def run_eagerly(model: nn.Module, compiled: bool | None = None) -> Iterator[None]:
+    """For the block, ``model``'s compiled code runs eagerly: hooks fire, nothing compiles
+    (``compiled``: :func:`is_compiled` of it, when the caller knows already)."""
+    if not (is_compiled(model) if compiled is None else compiled):
         yield
         return
     with torch.compiler.set_stance("force_eager"):

@@ -50,6 +50,7 @@ __all__ = [
     "is_attention",
     "map_layout",
     "may_reorder",
+    "reorders",
     "token_layout",
 ]
 
@@ -230,15 +231,18 @@ def may_reorder(model: nn.Module) -> bool:
     RMSNorm or a 4-D or 5-D ``Permute`` module (channels last), attention (tokens) or 3-D
     convolutions (video). A plain CNN's layers all read as they are, without a forward to find
     out."""
-    for m in model.modules():
-        dims = getattr(m, "dims", None)
-        if isinstance(m, (nn.LayerNorm, nn.RMSNorm, nn.MultiheadAttention, nn.Conv3d)):
-            return True
-        if isinstance(dims, (list, tuple)) and len(dims) in (4, 5):
-            return True
-        if is_attention(m):
-            return True
-    return False
+    return any(reorders(m) for m in model.modules())
+
+
+def reorders(module: nn.Module) -> bool:
+    """Whether ``module`` is one that makes :func:`may_reorder` true."""
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm, nn.MultiheadAttention, nn.Conv3d)):
+        return True
+    # From the instance or its class, without nn.Module.__getattr__'s slow miss.
+    dims = module.__dict__.get("dims", getattr(type(module), "dims", None))
+    if isinstance(dims, (list, tuple)) and len(dims) in (4, 5):
+        return True
+    return is_attention(module)
 
 
 # Transformer attention classes whose names do not say "attention" (timm's CaiT, EdgeNeXt and

@@ -165,8 +165,21 @@ class LayerIntake:
         self.taken: dict[str, _Taken] = {}
         self.kept_bytes = 0
 
-    def __call__(
+    def take_derived(
         self, name: str, maps: torch.Tensor, module: nn.Module, source: str | None
+    ) -> None:
+        """A layer the capture keeps as how to compute it (an activation of a kept layer,
+        ``Capture.derived``): its statistics as for a layer let go, and no bytes."""
+        self(name, maps, module, source, derived=True)
+
+    def __call__(
+        self,
+        name: str,
+        maps: torch.Tensor,
+        module: nn.Module,
+        source: str | None,
+        *,
+        derived: bool = False,
     ) -> bool:
         old = self.taken.pop(name, None)
         if old is not None and old.kept:
@@ -179,7 +192,7 @@ class LayerIntake:
             return True
         if self.budget_bytes is None:
             self.budget_bytes = default_budget_bytes(maps.device)
-        keep = self.keep_all or self.kept_bytes + nbytes <= self.budget_bytes
+        keep = not derived and (self.keep_all or self.kept_bytes + nbytes <= self.budget_bytes)
         lo, hi = self._derived(maps, module, source) or _extremes(maps)
         taken = _Taken(lo, hi, nbytes, keep)
         if keep:
@@ -308,6 +321,9 @@ class ActivationStore:
         self.skipped: list[tuple[str, str]] = []
         # Block name -> the layer whose output tensor the block returned (LayerInfo.aliases).
         self._aliases: dict[str, str] = {}
+        # Activations computed from their source layer when read (Capture.derived): never
+        # evicted for good, since reading them costs one pass over the source, no forward.
+        self._derived = dict(capture.derived) if intake is not None else {}
         dropped = set(capture.dropped)
         if dropped and (intake is None or recompute is None):
             raise ValueError(
@@ -320,7 +336,8 @@ class ActivationStore:
             if info.shape[2] * info.shape[3] == 0:
                 self.skipped.append((info.name, f"output shape {tuple(info.shape)} is empty"))
                 continue
-            maps = None if info.name in dropped else capture[info.name]
+            gone = info.name in dropped or info.name in self._derived
+            maps = None if gone else capture[info.name]
             taken = intake.taken.get(info.name) if intake is not None else None
             if taken is None:
                 if maps is None:
@@ -390,11 +407,15 @@ class ActivationStore:
         if tensor is not None:
             self._resident.move_to_end(name)
             return tensor
-        if self._recompute is None:
+        derived = self._derived.get(name)
+        if derived is not None:
+            maps = derived.apply(self.maps(derived.source))
+        elif self._recompute is None:
             raise RuntimeError(
                 f"layer {name!r} is no longer held and the store cannot recompute it"
             )
-        maps = self._recompute(name)
+        else:
+            maps = self._recompute(name)
         if tuple(maps.shape) != layer.shape:
             raise RuntimeError(
                 f"recomputing layer {name!r} gave shape {tuple(maps.shape)}, captured "
@@ -416,6 +437,11 @@ class ActivationStore:
         if tensor is not None:
             self._resident.move_to_end(name)
             return tensor[sample]
+        derived = self._derived.get(name)
+        if derived is not None:
+            if derived.exact:
+                return derived.apply(self.sample_maps(derived.source, sample))
+            return self.maps(name)[sample]
         if self._recompute_sample is None:
             return self.maps(name)[sample]
         key = (name, sample)
@@ -472,6 +498,9 @@ class ActivationStore:
     def holds(self, name: str, sample: int) -> bool:
         """Whether ``sample`` of layer ``name`` is in memory (else serving it runs the model)."""
         name = self.check_name(name)
+        derived = self._derived.get(name)
+        if derived is not None and name not in self._resident:
+            return self.holds(derived.source, sample)
         return name in self._resident or (name, sample) in self._samples
 
     def is_resident(self, name: str) -> bool:
@@ -480,8 +509,9 @@ class ActivationStore:
 
     @property
     def evicted(self) -> bool:
-        """Whether some layer is not held now (the capture did not fit the budget)."""
-        return len(self._resident) < len(self._layers)
+        """Whether some layer is not held now (the capture did not fit the budget); a derived
+        activation (computed from its held source when read) does not count."""
+        return any(n not in self._resident and n not in self._derived for n in self._layers)
 
     @property
     def closed(self) -> bool:

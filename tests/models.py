@@ -69,6 +69,22 @@ class InplaceNet(nn.Module):
         return self.relu(out)
 
 
+class AddedToNet(nn.Module):
+    """conv → conv, then ``out += skip`` on the second conv's output (outside modules): the
+    capture copies that layer, into the reused buffers when it has them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.conv1(x)
+        out = self.conv2(skip)
+        out += skip
+        return torch.relu(out)
+
+
 class ReusedNet(nn.Module):
     """One conv applied three times in a row: three entries, ``conv``, ``conv:2``, ``conv:3``."""
 

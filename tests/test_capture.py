@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -118,14 +120,41 @@ def test_resnet18_pairs_layers_with_what_consumed_them_unchanged(resnet_capture:
     assert resnet_capture.info("layer1.1.conv1").input_from == "layer1.0.relu:2"
 
 
-def test_second_capture_copies_known_mutated_layers_at_once(
-    resnet: nn.Module, image: torch.Tensor, resnet_capture: Capture
-) -> None:
-    assert any("ran twice" in note for note in resnet_capture.report.notes)
-    again = checked(resnet, image)
+class _AddedTo(nn.Module):
+    """A conv output changed in place by code outside modules: ``out += skip``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.conv1(x)
+        out = self.conv2(skip)
+        out += skip
+        return out
+
+
+def test_second_capture_copies_known_mutated_layers_at_once(image: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = _AddedTo().eval()
+    first = checked(model, image)
+    assert any("ran twice" in note for note in first.report.notes)
+    with torch.no_grad():
+        conv2 = model.conv2(model.conv1(image))
+    torch.testing.assert_close(first["conv2"], conv2, rtol=0, atol=0)
+    again = checked(model, image)
     assert not any("ran twice" in note for note in again.report.notes)
-    for name in resnet_capture:
-        torch.testing.assert_close(again[name], resnet_capture[name], rtol=0, atol=0, msg=name)
+    for name in first:
+        torch.testing.assert_close(again[name], first[name], rtol=0, atol=0, msg=name)
+
+
+def test_a_resnet_runs_once_with_no_copy(resnet_capture: Capture) -> None:
+    # Its norms (before `ReLU(inplace=True)` and `out += identity`) are computed from their
+    # convs when read: nothing the forward changes in place was kept.
+    assert not any("ran twice" in note for note in resnet_capture.report.notes)
+    norms = [n for n in resnet_capture if resnet_capture.info(n).kind == "norm"]
+    assert norms and all(n in resnet_capture.derived for n in norms)
 
 
 def test_reports_outputs_consumed_only_by_functional_code(resnet_capture: Capture) -> None:
@@ -133,17 +162,14 @@ def test_reports_outputs_consumed_only_by_functional_code(resnet_capture: Captur
     assert "'layer1.0.bn2'" in note
 
 
-@pytest.mark.parametrize("copy_all", [False, True])
 def test_pool_reuses_memory_and_invalidates_previous_capture(
-    resnet: nn.Module, image: torch.Tensor, resnet_capture: Capture, copy_all: bool
+    resnet: nn.Module, image: torch.Tensor, resnet_capture: Capture
 ) -> None:
-    pool = CaptureBuffers(copy_all=copy_all)
+    pool = CaptureBuffers(copy_all=True)
     first = checked(resnet, image, buffers=pool)
     for name in resnet_capture:
         torch.testing.assert_close(first[name], resnet_capture[name], rtol=0, atol=0, msg=name)
-    # layer1.0.bn2 is copied in both modes (`out += identity` changes it in place); bn1 and conv1
-    # only when copying all (the in-place ReLU after bn1 runs out of place, into new memory).
-    pooled = ["layer1.0.bn2"] + (["bn1", "conv1"] if copy_all else [])
+    pooled = ["conv1", "bn1", "layer1.0.bn2"]
     pointers = {name: first[name].data_ptr() for name in pooled}
 
     other = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
@@ -153,7 +179,23 @@ def test_pool_reuses_memory_and_invalidates_previous_capture(
     for name, want in expected.items():
         torch.testing.assert_close(second[name], want, rtol=0, atol=0, msg=name)
     with pytest.raises(CaptureError, match="reused by a later capture"):
-        first["layer1.0.bn2"]
+        first["bn1"]
+
+
+def test_pool_holds_the_copies_of_layers_changed_in_place(image: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = _AddedTo().eval()
+    pool = CaptureBuffers()
+    first = checked(model, image, buffers=pool)
+    # conv2 is changed by `out += skip` after its hook: copied, into the pool.
+    pointer = first["conv2"].data_ptr()
+    other = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    second = checked(model, other, buffers=pool)
+    assert second["conv2"].data_ptr() == pointer and pool.nbytes > 0
+    with torch.no_grad():
+        torch.testing.assert_close(second["conv2"], model.conv2(model.conv1(other)))
+    with pytest.raises(CaptureError, match="reused by a later capture"):
+        first["conv2"]
 
 
 def test_mobilenet_v2_layers_blocks_and_pairing() -> None:
@@ -518,7 +560,9 @@ class _ViewNet(_SideEffectNet):
 class _StubbornReLU(nn.Module):
     """Says `inplace` but changes its input whatever the flag says."""
 
-    inplace = True
+    def __init__(self) -> None:
+        super().__init__()
+        self.inplace = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp_(min=0)
@@ -547,17 +591,35 @@ def test_inplace_modules_keep_their_effect_and_their_input_values(net: type[nn.M
 
 
 def test_an_inplace_module_that_ignores_its_flag_is_still_caught() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), _StubbornReLU(), nn.Conv2d(4, 2, 1)).eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        conv = model[0](x)
+    cap = checked(model, x)
+    torch.testing.assert_close(cap["0"], conv, rtol=0, atol=0)
+    assert cap["0"].min() < 0
+    assert model[1].inplace is True
+    # Found changed after its hook, as `out += identity` is: the forward ran again with a copy.
+    assert any("ran twice" in note for note in cap.report.notes)
+
+
+def test_an_inplace_flag_of_the_class_is_protected_by_a_copy() -> None:
+    class ClassFlag(nn.Module):
+        inplace = True
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.clamp_(min=0)
+
     model = _SideEffectNet()
-    model.relu = _StubbornReLU()
+    model.relu = ClassFlag()
     model = _randomised(model)
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         bn = model.bn(model.conv(x))
     cap = checked(model, x)
     torch.testing.assert_close(cap["bn"], bn, rtol=0, atol=0)
-    assert model.relu.inplace is True
-    # Found changed after its hook, as `out += identity` is: the forward ran again with a copy.
-    assert any("ran twice" in note for note in cap.report.notes)
+    assert not any("ran twice" in note for note in cap.report.notes)
 
 
 def test_the_inplace_flag_is_restored_when_the_forward_fails() -> None:
@@ -566,9 +628,85 @@ def test_the_inplace_flag_is_restored_when_the_forward_fails() -> None:
             assert not self.inplace, "fmwidget runs it out of place"
             raise RuntimeError("the activation failed")
 
-    model = _SideEffectNet()
-    model.relu = FailingReLU(inplace=True)
-    model = _randomised(model)
+    # Straight after a conv, whose output it would overwrite: run out of place.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), FailingReLU(inplace=True)).eval()
     with pytest.raises(CaptureError, match="the activation failed"):
         checked(model, torch.randn(1, 3, 8, 8))
-    assert model.relu.inplace is True
+    assert model[1].inplace is True
+
+
+@pytest.mark.parametrize(
+    ("arch", "derived_type"),
+    [
+        # conv -> BatchNorm2d -> SiLU(inplace): the norm, from its conv; the SiLU keeps its tensor.
+        ("efficientnet_b0", "BatchNorm2d"),
+        # Linear -> GELU on (N, H, W, C): the GELU, from the Linear's channels-last output.
+        ("convnext_tiny", "GELU"),
+        # conv -> ReLU(inplace) without a norm: the ReLU, from the conv it would overwrite.
+        ("squeezenet1_1", "ReLU"),
+    ],
+)
+def test_norms_and_activations_of_captured_layers_are_computed_when_read(
+    arch: str, derived_type: str
+) -> None:
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), _clones(model) as ref:
+        model(x)
+    cap = checked(model, x)
+    of_type = [n for n in cap if cap.info(n).type == derived_type]
+    assert of_type and all(n in cap.derived for n in of_type), arch
+    for name in of_type:
+        assert torch.equal(cap[name], _read(ref[name], cap.info(name).layout)), name
+    # A store built on it serves a sample of a derived layer as the whole layer has it.
+    from fmwidget.session import Source
+
+    session = Source(model).run(x)
+    try:
+        store = session.store
+        name = of_type[len(of_type) // 2]
+        expected = _read(ref[name], cap.info(name).layout)
+        assert not store.is_resident(name) and store.holds(name, 1)
+        assert torch.equal(store.sample_maps(name, 1), expected[1])
+        assert torch.equal(store.maps(name), expected)
+    finally:
+        session.close("done")
+
+
+def test_a_derived_norm_keeps_the_statistics_of_its_capture() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 32, 32)
+    cap = checked(model, x)
+    with torch.no_grad():
+        before = model.bn1(model.conv1(x))
+        # Training moves BatchNorm's running statistics; what was captured stays.
+        model.train()
+        model(torch.randn(4, 3, 32, 32) * 3)
+        model.eval()
+    assert "bn1" in cap.derived
+    assert torch.equal(cap["bn1"], before)
+
+
+def _read(raw: torch.Tensor, layout: str) -> torch.Tensor:
+    return raw.permute(0, 3, 1, 2) if layout == "nhwc" else raw
+
+
+@contextlib.contextmanager
+def _clones(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    clones: dict[str, torch.Tensor] = {}
+
+    def keeper(name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def keep(_m: nn.Module, _a: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor) and name not in clones:
+                clones[name] = out.detach().clone()
+
+        return keep
+
+    handles = [m.register_forward_hook(keeper(n)) for n, m in model.named_modules() if n]
+    try:
+        yield clones
+    finally:
+        for h in handles:
+            h.remove()

@@ -318,9 +318,11 @@ def test_an_intake_keeps_layers_while_they_fit_and_describes_the_rest_alike() ->
     full = ActivationStore(capture(model, x))
     layer_bytes = 3 * 8 * 12 * 12 * 4
     store, dropped = _intake_store(model, x, 2 * layer_bytes)
-    # Kept in call order while they fit; bn1 (overwritten by the in-place ReLU) is one of them.
-    assert [n for n in store.names if store.is_resident(n)] == ["conv1", "bn1"]
-    assert dropped == ["relu", "conv2", "bn2", "relu:2"] and store.resident_bytes <= 2 * layer_bytes
+    # Kept in call order while they fit; bn1 is kept as how to compute it from conv1 (no bytes,
+    # no forward to read it), and the in-place ReLU's output is the other layer that fits.
+    assert [n for n in store.names if store.is_resident(n)] == ["conv1", "relu"]
+    assert dropped == ["conv2", "bn2", "relu:2"] and store.resident_bytes <= 2 * layer_bytes
+    assert store.holds("bn1", 0)
     assert store.layers_meta() == full.layers_meta()
     for name in store.names:
         np.testing.assert_array_equal(store.flags(name), full.flags(name))

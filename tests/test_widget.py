@@ -23,7 +23,7 @@ from fmwidget.analysis import ablate, group_differences
 from fmwidget.capture import capture
 from fmwidget.gradcam import CAM_METHODS, gradcam
 from fmwidget.widget import FeatureMapWidget
-from tests.models import InplaceNet
+from tests.models import AddedToNet
 
 Make = Callable[..., FeatureMapWidget]
 
@@ -859,8 +859,8 @@ def test_a_bfloat16_model_is_served_end_to_end(make: Make) -> None:
 
 def test_tensors_read_from_capture_keep_their_values_after_a_rerun(make: Make) -> None:
     torch.manual_seed(0)
-    # In-place ReLUs and `out += skip`: some layers are copies held in the reused buffers.
-    w = make(InplaceNet().eval(), torch.randn(1, 3, 8, 8))
+    # `out += skip` on a conv's output: that layer is a copy held in the reused buffers.
+    w = make(AddedToNet().eval(), torch.randn(1, 3, 8, 8))
     read = {name: w.capture[name] for name in w.capture}
     kept = {name: t.clone() for name, t in read.items()}
     w.inputs = torch.randn(1, 3, 8, 8)
