@@ -62,6 +62,7 @@ CAM_METHODS: dict[str, str] = {
     "xgradcam": "XGradCAM",
     "layercam": "LayerCAM",
     "scorecam": "ScoreCAM",
+    "ablationcam": "AblationCAM",
     "eigencam": "EigenCAM",
     "eigengradcam": "EigenGradCAM",
     "hirescam": "HiResCAM",
@@ -72,7 +73,10 @@ CAM_METHODS: dict[str, str] = {
 #: input (the grad-cam package batches 16 at a time). Score-CAM on a 1280-channel layer took 54.7 s
 #: from the view (issue 12); every other method takes one forward and at most one backward. The
 #: view's method picker says so with the count for the shown layer (js/views/gradcam.ts).
-CHANNEL_COST: dict[str, str] = {"scorecam": "one forward per channel"}
+CHANNEL_COST: dict[str, str] = {
+    "scorecam": "one forward per channel",
+    "ablationcam": "one forward per channel",
+}
 
 
 @dataclass(frozen=True)

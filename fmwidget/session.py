@@ -81,7 +81,10 @@ class Session:
     # Video: the input frame shown and how many the clip has (0: no video layer).
     frame: int = 0
     frames: int = 0
-    cams: OrderedDict[tuple[str, int | None, str], CamMaps] = field(default_factory=OrderedDict)
+    # (layer, target, method, sample): sample is None for maps of the whole batch.
+    cams: OrderedDict[tuple[str, int | None, str, int | None], CamMaps] = field(
+        default_factory=OrderedDict
+    )
     closed_because: str | None = None
 
     @classmethod
@@ -153,8 +156,11 @@ class Session:
             return self.images[sample]
         return input_picture(self.inputs, sample, self.frame)
 
-    def cam(self, key: tuple[str, int | None, str], compute: Callable[[], CamMaps]) -> CamMaps:
-        """The CAM maps of ``key`` (layer, target, method), computed once and kept (LRU)."""
+    def cam(
+        self, key: tuple[str, int | None, str, int | None], compute: Callable[[], CamMaps]
+    ) -> CamMaps:
+        """The CAM maps of ``key`` (layer, target, method, and the sample for maps of one sample
+        only), computed once and kept (LRU)."""
         found = self.cams.get(key)
         if found is None:
             found = compute()

@@ -37,6 +37,7 @@ CAM_LABELS = {
     "xgradcam": "XGrad-CAM",
     "layercam": "LayerCAM",
     "scorecam": "Score-CAM",
+    "ablationcam": "Ablation-CAM",
     "eigencam": "EigenCAM",
     "eigengradcam": "Eigen-Grad-CAM",
     "hirescam": "HiResCAM",

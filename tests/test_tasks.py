@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from fakecomm import FakeComm
@@ -334,3 +335,30 @@ def test_a_dropped_layer_is_recomputed_as_a_job_the_view_can_follow_and_cancel(
     _assert_same(before, model)
     gate.hold_at = 0
     assert browser.request("layer", layer="3", sample=0, revision=w.revision).ok
+
+
+@pytest.mark.parametrize("method", ["scorecam", "ablationcam"])
+def test_the_view_computes_a_slow_method_for_the_shown_sample_only(make: Make, method: str) -> None:
+    from fmwidget.gradcam import gradcam
+
+    model, _gate = _model()
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    w = make(model, x)
+    browser = _browser(w)
+    before = _snapshot(model)
+    request = {"layer": "1", "revision": w.revision, "method": method, "target": 2}
+    reply = browser.reply_to(browser.send_request("gradcam", sample=1, **request))
+    assert reply.ok, reply.error
+    # One sample's channels, not the batch's: C forwards' worth of masked inputs.
+    totals = {t["total"] for t in _tasks_sent(browser) if t is not None and t["total"]}
+    assert totals == {CHANNELS}
+    expected = gradcam(model, x[1:2], "1", target=2, method=method, progress=False)[0]
+    np.testing.assert_allclose(reply.arrays["heatmap"], expected.numpy(), rtol=1e-5, atol=1e-6)
+    # Kept for that sample; another sample is computed on its own.
+    sent = len(_tasks_sent(browser))
+    assert browser.reply_to(browser.send_request("gradcam", sample=1, **request)).ok
+    assert len(_tasks_sent(browser)) == sent
+    other = browser.reply_to(browser.send_request("gradcam", sample=0, **request))
+    expected = gradcam(model, x[0:1], "1", target=2, method=method, progress=False)[0]
+    np.testing.assert_allclose(other.arrays["heatmap"], expected.numpy(), rtol=1e-5, atol=1e-6)
+    _assert_same(before, model)

@@ -27,7 +27,7 @@ export function gradcamPanel({ store, source }: PanelContext, container: HTMLEle
     const key = store.layerKey();
     if (open) {
       const channels = store.metaOf(key.layer)?.shape[1] ?? 0;
-      panel.setMethods(store.get("cam_methods"), store.get("cam_method"), channels, store.get("num_samples"));
+      panel.setMethods(store.get("cam_methods"), store.get("cam_method"), channels);
       panel.setClasses(store.get("predictions")[key.sample] ?? [], store.get("target"));
       requestInput();
     }

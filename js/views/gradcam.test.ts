@@ -180,21 +180,19 @@ describe("slow CAM methods", () => {
   });
 
   it("say they are slow, with the forwards they take for the shown layer", () => {
-    expect(camMethodOption("scorecam", 1280, 1)).toBe("Score-CAM (slow: one forward per channel — about 1,280 here)");
-    expect(camMethodOption("scorecam", 64, 4)).toBe(
-      "Score-CAM (slow: one forward per channel and input — about 256 here)",
-    );
-    expect(camMethodOption("scorecam", 0, 1)).toBe("Score-CAM (slow: one forward per channel)");
-    expect(camMethodOption("gradcam++", 1280, 1)).toBe("Grad-CAM++");
+    expect(camMethodOption("scorecam", 1280)).toBe("Score-CAM (slow: one forward per channel — about 1,280 here)");
+    expect(camMethodOption("ablationcam", 64)).toBe("Ablation-CAM (slow: one forward per channel — about 64 here)");
+    expect(camMethodOption("scorecam", 0)).toBe("Score-CAM (slow: one forward per channel)");
+    expect(camMethodOption("gradcam++", 1280)).toBe("Grad-CAM++");
     const panel = createGradcamPanel(document.body, { onTarget: () => {}, onMethod: () => {} });
-    panel.setMethods(["gradcam", "scorecam"], "gradcam", 96, 1);
+    panel.setMethods(["gradcam", "scorecam"], "gradcam", 96);
     const select = document.querySelector<HTMLSelectElement>('select[aria-label="CAM method"]')!;
     expect(Array.from(select.options).map((o) => o.textContent)).toEqual([
       "Grad-CAM (ours)",
       "Score-CAM (slow: one forward per channel — about 96 here)",
     ]);
     // Another layer, another count.
-    panel.setMethods(["gradcam", "scorecam"], "scorecam", 1280, 1);
+    panel.setMethods(["gradcam", "scorecam"], "scorecam", 1280);
     expect(select.options[1].textContent).toBe("Score-CAM (slow: one forward per channel — about 1,280 here)");
     expect(select.value).toBe("scorecam");
   });

@@ -23,6 +23,7 @@ const METHOD_LABELS: Record<string, string> = {
   xgradcam: "XGrad-CAM",
   layercam: "LayerCAM",
   scorecam: "Score-CAM",
+  ablationcam: "Ablation-CAM",
   eigencam: "EigenCAM",
   eigengradcam: "Eigen-Grad-CAM",
   hirescam: "HiResCAM",
@@ -31,26 +32,28 @@ const METHOD_LABELS: Record<string, string> = {
 
 /**
  * Methods whose cost scales with the layer's channels, and how (python: `CHANNEL_COST` in
- * fmwidget/gradcam.py): Score-CAM runs the model once per channel and input.
+ * fmwidget/gradcam.py): Score-CAM and Ablation-CAM run the model once per channel.
  */
-const CHANNEL_COST: Record<string, string> = { scorecam: "one forward per channel" };
+const CHANNEL_COST: Record<string, string> = {
+  scorecam: "one forward per channel",
+  ablationcam: "one forward per channel",
+};
 
 /**
  * A method's entry in the picker: its name, and for a method whose cost scales with channels, that it
- * is slow and how many forwards it takes for the shown layer (`channels` × `samples`; the kernel
- * computes every sample's map at once).
+ * is slow and how many forwards it takes for the shown layer (`channels`: the kernel computes the shown
+ * sample's map only, and keeps it).
  *
  * @example
- *   camMethodOption("scorecam", 1280, 1); // "Score-CAM (slow: one forward per channel — about 1,280 here)"
- *   camMethodOption("gradcam++", 1280, 1); // "Grad-CAM++"
+ *   camMethodOption("scorecam", 1280); // "Score-CAM (slow: one forward per channel — about 1,280 here)"
+ *   camMethodOption("gradcam++", 1280); // "Grad-CAM++"
  */
-export function camMethodOption(method: string, channels: number, samples: number): string {
+export function camMethodOption(method: string, channels: number): string {
   const cost = CHANNEL_COST[method];
   const label = camMethodLabel(method);
   if (cost === undefined) return label;
   if (!(channels > 0)) return `${label} (slow: ${cost})`;
-  const per = samples > 1 ? `${cost} and input` : cost;
-  return `${label} (slow: ${per} — about ${(channels * Math.max(1, samples)).toLocaleString("en-US")} here)`;
+  return `${label} (slow: ${cost} — about ${channels.toLocaleString("en-US")} here)`;
 }
 
 /**
@@ -137,10 +140,10 @@ export function heatmapPicture(result: GradcamResult, input: InputPicture | null
 export interface GradcamPanel {
   readonly element: HTMLElement;
   /**
-   * The method picker's entries (hidden when there is only one) and the chosen one; `channels` and
-   * `samples` (the shown layer's) give the slow methods' cost.
+   * The method picker's entries (hidden when there is only one) and the chosen one; `channels` (the shown
+   * layer's) gives the slow methods' cost.
    */
-  setMethods(methods: readonly string[], method: string, channels?: number, samples?: number): void;
+  setMethods(methods: readonly string[], method: string, channels?: number): void;
   /** The class picker's entries: the sample's top predictions, "predicted" first; `target` is selected. */
   setClasses(predictions: readonly Prediction[], target: number | null): void;
   /** The picture under the heatmap; null with a reason when there is none (the heatmap is drawn alone). */
@@ -277,15 +280,15 @@ export function createGradcamPanel(
 
   return {
     element,
-    setMethods(list: readonly string[], method: string, channels = 0, samples = 1): void {
-      const signature = JSON.stringify([list, channels, samples]);
+    setMethods(list: readonly string[], method: string, channels = 0): void {
+      const signature = JSON.stringify([list, channels]);
       if (signature !== methodSignature) {
         methodSignature = signature;
         methods.replaceChildren(
           ...list.map((m) => {
             const o = document.createElement("option");
             o.value = m;
-            o.textContent = camMethodOption(m, channels, samples);
+            o.textContent = camMethodOption(m, channels);
             return o;
           }),
         );
