@@ -101,8 +101,9 @@ def save_html(
             raise RuntimeError(f"could not save layer {name!r}: the kernel refused to serve it")
     has_input = record("input", {"sample": sample})
     cams = 0
-    for layer, target, method in list(session.cams):
-        if layer in names:
+    for layer, target, method, one in list(session.cams):
+        # A map computed for another sample only (a slow method) is not computed again here.
+        if layer in names and one in (None, sample):
             cams += record(
                 "gradcam", {"layer": layer, "sample": sample, "target": target, "method": method}
             )
