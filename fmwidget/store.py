@@ -197,8 +197,10 @@ class LayerIntake:
         taken = _Taken(lo, hi, nbytes, keep)
         if keep:
             self.kept_bytes += nbytes
-        else:
-            # A host sync, but only for layers let go: those beyond the budget, i.e. big runs.
+        elif not derived:
+            # What cannot be read later without the batch again (a derived layer can: it is
+            # computed from its held source). A host sync, but only for layers let go: those
+            # beyond the budget, i.e. big runs.
             if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
                 taken.full = channel_stats(maps)
             if self.means:
@@ -589,7 +591,12 @@ class ActivationStore:
             info, taken = pending[i]
             full = taken.full
             if full is None:
-                full = channel_stats(self._resident[info.name])
+                maps = self._resident.get(info.name)
+                if maps is None:
+                    # Derived from a held layer (Capture.derived): computed here, once.
+                    derived = self._derived[info.name]
+                    maps = derived.apply(self._resident[derived.source])
+                full = channel_stats(maps)
             precomputed[i] = dict(enumerate(full.unbind(0)))
             host = full.cpu().numpy()
             bad = host[..., 4] + host[..., 5]
