@@ -24,6 +24,7 @@ from fmwidget.capture import (
 )
 from tests.models import (
     MLP,
+    AddedToNet,
     FailingNet,
     FunctionalNet,
     InplaceNet,
@@ -120,24 +121,9 @@ def test_resnet18_pairs_layers_with_what_consumed_them_unchanged(resnet_capture:
     assert resnet_capture.info("layer1.1.conv1").input_from == "layer1.0.relu:2"
 
 
-class _AddedTo(nn.Module):
-    """A conv output changed in place by code outside modules: ``out += skip``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = self.conv1(x)
-        out = self.conv2(skip)
-        out += skip
-        return out
-
-
 def test_second_capture_copies_known_mutated_layers_at_once(image: torch.Tensor) -> None:
     torch.manual_seed(0)
-    model = _AddedTo().eval()
+    model = AddedToNet().eval()
     first = checked(model, image)
     assert any("ran twice" in note for note in first.report.notes)
     with torch.no_grad():
@@ -184,7 +170,7 @@ def test_pool_reuses_memory_and_invalidates_previous_capture(
 
 def test_pool_holds_the_copies_of_layers_changed_in_place(image: torch.Tensor) -> None:
     torch.manual_seed(0)
-    model = _AddedTo().eval()
+    model = AddedToNet().eval()
     pool = CaptureBuffers()
     first = checked(model, image, buffers=pool)
     # conv2 is changed by `out += skip` after its hook: copied, into the pool.
