@@ -45,6 +45,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -1695,13 +1696,15 @@ def _global_hooks(
     Two handles instead of one per module: registering and removing a module's hook costs
     about 10 µs, a quarter of what a capture adds per layer. Global hooks run before a module's
     own, so a capture reads a module's output as it returned it, before any hook of the user's
-    replaces it."""
+    replaces it. Only this thread's calls count: a forward of the same model on another thread
+    (a widget's job) is not this capture's."""
     names, blocks, trackers = selection.names, selection.blocks, selection.trackers
     inplace = frozenset(selection.inplace)
+    owner = threading.get_ident()
 
     def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         run = current()
-        if run is None:
+        if run is None or threading.get_ident() != owner:
             return None
         name = names.get(module)
         if name is not None:
@@ -1718,7 +1721,7 @@ def _global_hooks(
 
     def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
         run = current()
-        if run is not None and args and module in inplace:
+        if run is not None and args and module in inplace and threading.get_ident() == owner:
             run.before_inplace(module, args[0])
 
     handles = [nn.modules.module.register_module_forward_hook(post)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -696,3 +697,25 @@ def _clones(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     finally:
         for h in handles:
             h.remove()
+
+
+def test_a_forward_of_the_model_on_another_thread_is_not_captured() -> None:
+    class Spawner(nn.Module):
+        """Runs its conv once on another thread (a widget's job, say), then itself."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            elsewhere = threading.Thread(target=lambda: self.conv(x * 2))
+            elsewhere.start()
+            elsewhere.join()
+            return self.conv(x)
+
+    model = Spawner().eval()
+    x = torch.randn(1, 3, 8, 8)
+    cap = checked(model, x)
+    assert list(cap) == ["conv"]
+    with torch.no_grad():
+        torch.testing.assert_close(cap["conv"], model.conv(x), rtol=0, atol=0)
