@@ -521,10 +521,12 @@ class ActivationStore:
         return self._closed
 
     def close(self) -> None:
-        """Drop every tensor, statistic and the recompute callback."""
+        """Drop every tensor, statistic and the recompute callback (and the model's modules the
+        derived layers would run)."""
         self._resident.clear()
         self._samples.clear()
         self._layers.clear()
+        self._derived.clear()
         self._recompute = self._recompute_sample = None
         self._closed = True
 
