@@ -394,7 +394,10 @@ class Derived:
         return type(self.module) in _EXACT
 
     def apply(self, maps: torch.Tensor) -> torch.Tensor:
-        """The layer's maps from its source's (a new tensor; ``maps`` is not changed)."""
+        """The layer's maps from its source's (a new tensor; ``maps`` is not changed): (N, C, H, W),
+        or one sample's (C, H, W)."""
+        if maps.dim() == 3:
+            return self.apply(maps[None])[0]
         if self.layout.kind != "nhwc":
             return self._forward(maps)
         # The (N, H, W, C) tensor the module had, with its strides: the kernel takes its path.

@@ -719,3 +719,29 @@ def test_a_forward_of_the_model_on_another_thread_is_not_captured() -> None:
     assert list(cap) == ["conv"]
     with torch.no_grad():
         torch.testing.assert_close(cap["conv"], model.conv(x), rtol=0, atol=0)
+
+
+def test_a_derived_channels_last_activation_serves_one_sample() -> None:
+    class Permute(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dims = [0, 2, 3, 1]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.permute(*self.dims)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Permute(), nn.Linear(4, 6), nn.ReLU()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    cap = checked(model, x)
+    assert cap.info("3").layout == "nhwc" and "3" in cap.derived
+    with torch.no_grad():
+        expected = model(x).permute(0, 3, 1, 2)
+    assert torch.equal(cap["3"], expected)
+    from fmwidget.session import Source
+
+    session = Source(model).run(x)
+    try:
+        assert torch.equal(session.store.sample_maps("3", 1), expected[1])
+    finally:
+        session.close("done")
