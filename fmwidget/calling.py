@@ -172,6 +172,11 @@ def tensors_in(value: Any, prefix: str, depth: int = 0) -> Iterator[tuple[str, t
             yield from tensors_in(getattr(value, f.name), f"{prefix}[{f.name!r}]", depth + 1)
 
 
+def input_clip(inputs: Any) -> int | None:
+    """The frames (T) of the first (N, C, T, H, W) clip among ``inputs``; ``None`` without one."""
+    return next((t.shape[2] for _, t in tensors_in(inputs, "") if t.dim() == 5), None)
+
+
 def rebuild(value: Any, swap: Callable[[torch.Tensor], torch.Tensor], depth: int = 0) -> Any:
     """The same structure as ``value`` with every tensor replaced by ``swap(tensor)``."""
     if isinstance(value, torch.Tensor):

@@ -58,6 +58,7 @@ from torch.nn import functional as F
 from fmwidget.calling import (
     compiled_module,
     eager_model,
+    input_clip,
     is_compiled,
     module_names,
     rebuild,
@@ -431,7 +432,9 @@ class Capture(Mapping[str, torch.Tensor]):
     ``report`` says what was captured and skipped, ``output`` is the model's output (detached
     unless the capture ran with ``grad=True``), ``info(name)`` describes one layer. A block name
     (``cap["layer4"]``) reads the layer it is an alias of (``LayerInfo.aliases``); iteration
-    gives each layer once, under its own name.
+    gives each layer once, under its own name. The layers of ``derived`` (an eval-mode
+    BatchNorm2d or an elementwise activation of a kept layer) are computed from it when first
+    read, bit for bit what the forward gave.
 
     Example::
 
@@ -562,7 +565,10 @@ def capture(
             produced (before any later in-place op); ``source`` is the captured layer whose
             output, unchanged, was the module's input (``LayerInfo.input_from``). A false result
             lets the layer go: it is described in the report and listed in ``Capture.dropped``
-            but not kept, so it costs no memory and no copy.
+            but not kept, so it costs no memory and no copy. A layer the capture keeps as how to
+            compute it (``Capture.derived``: an eval-mode BatchNorm2d or an elementwise
+            activation of a kept layer, computed when read) goes to ``admit.take_derived`` when
+            the admit has one (``LayerIntake``: statistics, no bytes), else to ``admit``.
             When the forward has to run twice (see the module docstring), it is called again for
             every layer of the second run. Not with ``grad``.
         frame: for video models (an (N, C, T, H, W) clip in, 5-D outputs): the input frame
@@ -810,18 +816,17 @@ class _Selection:
         # One walk for what the selection needs of every module (each attribute read from the
         # instance or its class: nn.Module.__getattr__ makes a miss slow).
         leaves, inplace, attention_list = [], [], []
-        training = plain = compiled = False
+        training = reorder = compiled = False
         for m, n in by_module.items():
             if all(child is None for child in m._modules.values()):
                 leaves.append(m)
             if m.__dict__.get("inplace", getattr(type(m), "inplace", False)) is True:
                 inplace.append(m)
             training = training or m.training
-            plain = plain or reorders(m)
+            reorder = reorder or reorders(m)
             compiled = compiled or compiled_module(m)
             if n and is_attention(m):
                 attention_list.append(n)
-        plain = not plain
         exact: dict[str, set[str]] = {}
         if layers is None:
             chosen = leaves
@@ -869,7 +874,7 @@ class _Selection:
             all(m in names for m in leaves),
             training,
             leaves=frozenset(leaves),
-            plain=plain,
+            plain=not reorder,
             compiled=compiled,
             default=layers is None,
             attention=attention,
@@ -925,13 +930,7 @@ def _describe(value: Any) -> str:
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
-    name = _DTYPE_NAMES.get(dtype)
-    if name is None:
-        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
-    return name
-
-
-_DTYPE_NAMES: dict[torch.dtype, str] = {}
+    return str(dtype).removeprefix("torch.")
 
 
 def _skip_reason(value: Any) -> str:
@@ -972,14 +971,7 @@ def video_frame(args: tuple[Any, ...], kwargs: dict[str, Any], frame: int) -> Fr
     """Input frame ``frame`` of the inputs' clip (the first 5-D tensor's T), checked."""
     if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
         raise ValueError(f"frame must be an input frame index (an int >= 0), got {frame!r}")
-    clip = next(
-        (
-            v.shape[2]
-            for v in (*args, *kwargs.values())
-            if isinstance(v, torch.Tensor) and v.dim() == 5
-        ),
-        None,
-    )
+    clip = input_clip((args, kwargs))
     if clip is not None and frame >= clip:
         raise ValueError(
             f"frame {frame} is out of range: the clip has {clip} frames (0-{clip - 1})"
@@ -1347,10 +1339,10 @@ class _Run:
     def derivable(
         self, module: nn.Module, src: str | None, view: torch.Tensor, layout: Layout
     ) -> bool:
-        """Whether the layer is an elementwise activation applied to stored layer ``src``, with
-        its shape and layout: it is then kept as :class:`Derived`, not as a tensor (and its
-        output may even be freed by the model as it goes on). Not in training mode, where the
-        capture copies every output."""
+        """Whether the layer is an eval-mode BatchNorm2d or an elementwise activation applied to
+        stored layer ``src``, with its shape and layout: it is then kept as :class:`Derived`, not
+        as a tensor (and its output may be freed, or changed in place, by the model as it goes
+        on). Not in training mode, where the capture copies every output."""
         if src is None or self.copy_all or src not in self.stored or src in self.derived:
             return False
         if self.layouts.get(src) != layout:

@@ -250,10 +250,9 @@ def _clip_cam(
     frame of ``layout`` when ``frame`` is given)."""
     grad, acts = as_clip(grad, layout), as_clip(acts, layout)
     weights = grad.mean(dim=(2, 3, 4))
-    if frame is not None:
-        acts = acts[:, :, layout.frame : layout.frame + 1]
-    heatmap = torch.relu(torch.einsum("nc,ncthw->nthw", weights, acts))
-    return (heatmap[:, 0] if frame is not None else heatmap), weights
+    if frame is None:
+        return torch.relu(torch.einsum("nc,ncthw->nthw", weights, acts)), weights
+    return torch.relu(torch.einsum("nc,nchw->nhw", weights, acts[:, :, layout.frame])), weights
 
 
 def gradcam(

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fmwidget.calling import rebuild, tensors_in, training_flags, versions
+from fmwidget.calling import input_clip, rebuild, tensors_in, training_flags, versions
 from fmwidget.capture import (
     CaptureBuffers,
     CaptureReport,
@@ -308,8 +308,8 @@ def from_activations(
 
 def _frame_within(frame: int, inputs: Any) -> int:
     """``frame``, or the last frame of a shorter clip among new ``inputs``."""
-    clips = [t.shape[2] for _, t in tensors_in(inputs, "") if t.dim() == 5]
-    return min(frame, clips[0] - 1) if clips and clips[0] > 0 and frame > 0 else frame
+    clip = input_clip(inputs)
+    return min(frame, clip - 1) if clip and frame > 0 else frame
 
 
 def clip_length(inputs: Any, report: CaptureReport) -> int:
@@ -318,8 +318,7 @@ def clip_length(inputs: Any, report: CaptureReport) -> int:
     frames = [info.frames for info in report.captured if info.frames]
     if not frames:
         return 0
-    clips = [t.shape[2] for _, t in tensors_in(inputs, "") if t.dim() == 5]
-    return clips[0] if clips else max(frames)
+    return input_clip(inputs) or max(frames)
 
 
 def _predictions(

@@ -91,11 +91,6 @@ def cam_maps(
         return CamMaps(ours.heatmap, ours.weights, ours.target, normalized=False)
     label = CAM_LABELS.get(method, method)
     info = session.store.info(name)
-    if info.frames:
-        raise BadRequest(
-            f"{label} (the grad-cam package) draws 2-D maps, and layer {name!r} is video "
-            "(N, C, T, H, W); Grad-CAM (ours) explains video layers frame by frame"
-        )
     if info.call != 1 or name != display(info.module_name):
         what = (
             f"call {info.call} of module {info.module_name!r}"
