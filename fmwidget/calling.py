@@ -108,7 +108,7 @@ def eager_model(model: nn.Module) -> nn.Module:
 
 def is_compiled(model: nn.Module) -> bool:
     """Whether ``model`` or one of its modules is ``torch.compile``'d (wrapped or in place)."""
-    return any(compiled_module(m) for m in model.modules())
+    return walk_modules(model)[1]
 
 
 def compiled_module(module: nn.Module) -> bool:
@@ -133,15 +133,36 @@ def run_eagerly(model: nn.Module, compiled: bool | None = None) -> Iterator[None
 def module_names(model: nn.Module) -> dict[str, nn.Module]:
     """``model.named_modules()`` as fmwidget names them: a compiled model's original modules,
     without the ``_orig_mod`` parts of the names (``_orig_mod.conv1`` is ``conv1``)."""
+    return walk_modules(eager_model(model))[0]
+
+
+def walk_modules(model: nn.Module) -> tuple[dict[str, nn.Module], bool]:
+    """:func:`module_names` of ``model``, and whether some module is compiled: one walk, in the
+    order of ``named_modules()`` (each module once, under its first name), about twice as fast as
+    it (no generator per level)."""
     wrapper = _optimized_module()
-    named = eager_model(model).named_modules()
-    if wrapper is None:
-        return dict(named)
-    return {
-        ".".join(p for p in name.split(".") if p != COMPILED_PART): module
-        for name, module in named
-        if not isinstance(module, wrapper)
-    }
+    named: dict[str, nn.Module] = {}
+    seen: set[nn.Module] = set()
+    compiled = False
+    stack: list[tuple[str, nn.Module]] = [("", model)]
+    while stack:
+        prefix, module = stack.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        wrapped = wrapper is not None and isinstance(module, wrapper)
+        if wrapper is not None and (wrapped or "_compiled_call_impl" in module.__dict__):
+            compiled = compiled or wrapped or module.__dict__["_compiled_call_impl"] is not None
+        if not wrapped:
+            named[prefix] = module
+        children = module._modules
+        if children:
+            dot = prefix + "." if prefix else ""
+            for name, child in reversed(children.items()):
+                if child is not None:
+                    strip = wrapper is not None and name == COMPILED_PART
+                    stack.append((prefix if strip else dot + name, child))
+    return named, compiled
 
 
 def normal_tensors(inputs: Any) -> Any:

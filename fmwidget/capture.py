@@ -56,16 +56,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from fmwidget.calling import (
-    compiled_module,
     eager_model,
     input_clip,
-    is_compiled,
     module_names,
     rebuild,
     run_eagerly,
     split_inputs,
     state_kept,
     tensors_in,
+    walk_modules,
 )
 from fmwidget.layouts import (
     NCHW,
@@ -164,6 +163,20 @@ class LayerInfo:
     def __post_init__(self) -> None:
         # A loaded capture (fmwidget.load) gives a JSON list.
         object.__setattr__(self, "aliases", tuple(self.aliases))
+
+
+def _layer_info(**fields: Any) -> LayerInfo:
+    """A LayerInfo of fields already checked (``aliases`` a tuple), made without the frozen
+    dataclass's ``__init__``, which sets each field through ``object.__setattr__``: seven times
+    faster, and a capture makes one per layer."""
+    info = object.__new__(LayerInfo)
+    info.__dict__.update(_LAYER_INFO_DEFAULTS, **fields)
+    return info
+
+
+_LAYER_INFO_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(LayerInfo) if f.default is not dataclasses.MISSING
+}
 
 
 @dataclass
@@ -317,9 +330,15 @@ def elementwise_activation(module: nn.Module) -> bool:
     """Whether ``module`` is one of the known value-by-value activations (its exact class: a
     subclass may compute something else)."""
     cls = type(module)
-    if cls in _ELEMENTWISE:
-        return True
-    return cls.__module__ == "timm.layers.activations" and cls.__name__ in _TIMM_ELEMENTWISE
+    found = _ELEMENTWISE_BY_TYPE.get(cls)
+    if found is None:
+        found = _ELEMENTWISE_BY_TYPE[cls] = cls in _ELEMENTWISE or (
+            cls.__module__ == "timm.layers.activations" and cls.__name__ in _TIMM_ELEMENTWISE
+        )
+    return found
+
+
+_ELEMENTWISE_BY_TYPE: dict[type, bool] = {}
 
 
 def frozen_norm(module: nn.Module) -> bool:
@@ -426,6 +445,34 @@ class Derived:
                 module.__dict__["inplace"] = True
 
 
+def derive(
+    derived: Mapping[str, Derived],
+    name: str,
+    have: Mapping[str, torch.Tensor],
+    read: Callable[[str], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Derived layer ``name`` computed from the nearest layer of its chain in ``have`` (else from
+    the chain's stored layer, read with ``read``), without keeping the layers in between: a
+    ReLU6 of a BatchNorm of a conv is two passes over the conv's maps."""
+    steps: list[Derived] = []
+    while name in derived and name not in have:
+        steps.append(derived[name])
+        name = derived[name].source
+    maps = have[name] if name in have or read is None else read(name)
+    for step in reversed(steps):
+        maps = step.apply(maps)
+    return maps
+
+
+def derived_exactly(derived: Mapping[str, Derived], name: str) -> bool:
+    """Whether every step of ``name``'s chain is exact on one sample (clamps all the way)."""
+    while name in derived:
+        if not derived[name].exact:
+            return False
+        name = derived[name].source
+    return True
+
+
 class Capture(Mapping[str, torch.Tensor]):
     """Activations of one forward pass, by layer name, in call order (a read-only mapping).
 
@@ -499,9 +546,8 @@ class Capture(Mapping[str, torch.Tensor]):
         if tensor is not None:
             return tensor
         layer = self.resolve(name)
-        derived = self.derived.get(layer)
-        if derived is not None and layer not in self._tensors:
-            self._tensors[layer] = derived.apply(self[derived.source])
+        if layer in self.derived and layer not in self._tensors:
+            self._tensors[layer] = derive(self.derived, layer, self._tensors)
         if layer not in self._tensors:
             raise KeyError(
                 f"layer {layer!r} was captured but not kept: admit= let it go at hook time"
@@ -599,9 +645,10 @@ def capture(
         )
     args, kwargs = split_inputs(inputs)
     video = video_frame(args, kwargs, frame)
-    user_model, compiled = model, is_compiled(model)
+    user_model = model
     model = eager_model(model)
     selection = _Selection.build(model, layers)
+    compiled = model is not user_model or selection.compiled
     training = selection.training
     if buffers is not None:
         buffers._start()
@@ -811,22 +858,25 @@ class _Selection:
 
     @classmethod
     def build(cls, model: nn.Module, layers: LayerSelector | None) -> _Selection:
-        named = module_names(model)
+        named, compiled = walk_modules(model)
         by_module = {m: n for n, m in named.items()}
-        # One walk for what the selection needs of every module (each attribute read from the
-        # instance or its class: nn.Module.__getattr__ makes a miss slow).
-        leaves, inplace, attention_list = [], [], []
-        training = reorder = compiled = False
+        # One pass for what the selection needs of every module (each attribute read from the
+        # instance or its class: nn.Module.__getattr__ makes a miss slow; what only the class
+        # says is cached per class).
+        leaves, inplace, attention_list, scripted = [], [], [], set()
+        training = reorder = False
         for m, n in by_module.items():
-            if all(child is None for child in m._modules.values()):
+            children = m._modules
+            if not children or all(child is None for child in children.values()):
                 leaves.append(m)
             if m.__dict__.get("inplace", getattr(type(m), "inplace", False)) is True:
                 inplace.append(m)
             training = training or m.training
             reorder = reorder or reorders(m)
-            compiled = compiled or compiled_module(m)
             if n and is_attention(m):
                 attention_list.append(n)
+            if isinstance(m, torch.jit.ScriptModule):
+                scripted.add(m)
         exact: dict[str, set[str]] = {}
         if layers is None:
             chosen = leaves
@@ -859,13 +909,10 @@ class _Selection:
         blocks = {}
         if layers is None:
             # A scripted container runs its children as TorchScript, where no hook fires.
-            blocks = {
-                m: n
-                for m, n in by_module.items()
-                if m not in names and not isinstance(m, torch.jit.ScriptModule)
-            }
+            blocks = {m: n for m, n in by_module.items() if m not in names and m not in scripted}
         attention = frozenset(attention_list)
-        inner = frozenset(n for n in named if any(n.startswith(a + ".") for a in attention))
+        prefixes = tuple(a + "." for a in attention)
+        inner = frozenset(n for n in named if n.startswith(prefixes)) if prefixes else frozenset()
         return cls(
             names,
             blocks,
@@ -882,9 +929,7 @@ class _Selection:
             trackers={}
             if layers is None
             else {
-                m: n
-                for m, n in by_module.items()
-                if n and m not in names and not isinstance(m, torch.jit.ScriptModule)
+                m: n for m, n in by_module.items() if n and m not in names and m not in scripted
             },
         )
 
@@ -930,7 +975,13 @@ def _describe(value: Any) -> str:
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
+
+
+_DTYPE_NAMES: dict[torch.dtype, str] = {}
 
 
 def _skip_reason(value: Any) -> str:
@@ -994,7 +1045,7 @@ def _batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
     return None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Seen:
     """A tensor object seen as some captured output: for input pairing, aliases and protection."""
 
@@ -1343,11 +1394,20 @@ class _Run:
         stored layer ``src``, with its shape and layout: it is then kept as :class:`Derived`, not
         as a tensor (and its output may be freed, or changed in place, by the model as it goes
         on). Not in training mode, where the capture copies every output."""
-        if src is None or self.copy_all or src not in self.stored or src in self.derived:
+        if src is None or self.copy_all:
             return False
-        if self.layouts.get(src) != layout:
+        fed = self.layouts.get(src)
+        if fed is not layout and fed != layout:
             return False
-        if frozen_norm(module):
+        if src in self.derived:
+            # An activation of a derived norm (conv → BN → ReLU6): computed from it in turn, so
+            # the forward keeps only the conv's tensor and runs the activation in place on the
+            # norm's, as the bare forward does.
+            if frozen_norm(module):
+                return False
+        elif src not in self.stored:
+            return False
+        elif frozen_norm(module):
             # Computed again on the very (N, C, H, W) tensor the forward normalized.
             return layout == NCHW and self.stored[src].shape == view.shape
         if not elementwise_activation(module):
@@ -1569,7 +1629,7 @@ class _Run:
         module_name, call, module, src = self.origin[name]
         shape, dtype = self.described[name]
         layout = self.layouts[name]
-        return LayerInfo(
+        return _layer_info(
             name=name,
             module_name=module_name,
             call=call,

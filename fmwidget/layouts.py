@@ -236,13 +236,32 @@ def may_reorder(model: nn.Module) -> bool:
 
 def reorders(module: nn.Module) -> bool:
     """Whether ``module`` is one that makes :func:`may_reorder` true."""
-    if isinstance(module, (nn.LayerNorm, nn.RMSNorm, nn.MultiheadAttention, nn.Conv3d)):
-        return True
+    cls = type(module)
     # From the instance or its class, without nn.Module.__getattr__'s slow miss.
-    dims = module.__dict__.get("dims", getattr(type(module), "dims", None))
-    if isinstance(dims, (list, tuple)) and len(dims) in (4, 5):
-        return True
-    return is_attention(module)
+    if "dims" in module.__dict__:
+        return _permutes(module.__dict__["dims"]) or _reorders_type(cls, own_dims=False)
+    return _reorders_type(cls, own_dims=True)
+
+
+def _permutes(dims: object) -> bool:
+    return isinstance(dims, (list, tuple)) and len(dims) in (4, 5)
+
+
+# What the class alone says (a model has a few classes and many modules): (class, with its own
+# dims attribute) -> reorders.
+_REORDERS_BY_TYPE: dict[tuple[type, bool], bool] = {}
+
+
+def _reorders_type(cls: type, own_dims: bool) -> bool:
+    found = _REORDERS_BY_TYPE.get((cls, own_dims))
+    if found is None:
+        found = (
+            issubclass(cls, (nn.LayerNorm, nn.RMSNorm, nn.MultiheadAttention, nn.Conv3d))
+            or (own_dims and _permutes(getattr(cls, "dims", None)))
+            or _attention_class(cls)
+        )
+        _REORDERS_BY_TYPE[(cls, own_dims)] = found
+    return found
 
 
 # Transformer attention classes whose names do not say "attention" (timm's CaiT, EdgeNeXt and
@@ -265,5 +284,15 @@ def is_attention(module: nn.Module) -> bool:
     timm's ``Attention``, ``WindowAttention``, ``ClassAttn``, EdgeNeXt's ``CrossCovarianceAttn``,
     torchvision's ``ShiftedWindowAttention``): what runs inside one (q/k/v, attention weights, a
     position-bias table) is not a feature map of the input."""
-    name = type(module).__name__.lower()
-    return "attention" in name or name in _ATTENTION_CLASSES
+    return _attention_class(type(module))
+
+
+_ATTENTION_BY_TYPE: dict[type, bool] = {}
+
+
+def _attention_class(cls: type) -> bool:
+    found = _ATTENTION_BY_TYPE.get(cls)
+    if found is None:
+        name = cls.__name__.lower()
+        found = _ATTENTION_BY_TYPE[cls] = "attention" in name or name in _ATTENTION_CLASSES
+    return found

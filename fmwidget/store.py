@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fmwidget.analysis import health_masks
-from fmwidget.capture import Capture, CaptureReport, LayerInfo
+from fmwidget.capture import Capture, CaptureReport, LayerInfo, derive, derived_exactly
 from fmwidget.names import UnknownLayerError, resolve_name
 from fmwidget.wire import FLAG_CONSTANT, FLAG_DEAD, FLAG_NONFINITE, channel_stats
 
@@ -409,9 +409,9 @@ class ActivationStore:
         if tensor is not None:
             self._resident.move_to_end(name)
             return tensor
-        derived = self._derived.get(name)
-        if derived is not None:
-            maps = derived.apply(self.maps(derived.source))
+        if name in self._derived:
+            # From the nearest held layer of its chain; the layers in between are not kept.
+            maps = derive(self._derived, name, self._resident, self.maps)
         elif self._recompute is None:
             raise RuntimeError(
                 f"layer {name!r} is no longer held and the store cannot recompute it"
@@ -439,10 +439,10 @@ class ActivationStore:
         if tensor is not None:
             self._resident.move_to_end(name)
             return tensor[sample]
-        derived = self._derived.get(name)
-        if derived is not None:
-            if derived.exact:
-                return derived.apply(self.sample_maps(derived.source, sample))
+        if name in self._derived:
+            if derived_exactly(self._derived, name):
+                source = self._derived[name].source
+                return self._derived[name].apply(self.sample_maps(source, sample))
             return self.maps(name)[sample]
         if self._recompute_sample is None:
             return self.maps(name)[sample]
@@ -596,8 +596,7 @@ class ActivationStore:
                 maps = self._resident.get(info.name)
                 if maps is None:
                     # Derived from a held layer (Capture.derived): computed here, once.
-                    derived = self._derived[info.name]
-                    maps = derived.apply(self._resident[derived.source])
+                    maps = derive(self._derived, info.name, self._resident)
                 full = channel_stats(maps)
             precomputed[i] = dict(enumerate(full.unbind(0)))
             host = full.cpu().numpy()

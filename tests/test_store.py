@@ -317,12 +317,13 @@ def test_an_intake_keeps_layers_while_they_fit_and_describes_the_rest_alike() ->
     x = torch.randn(3, 3, 12, 12)
     full = ActivationStore(capture(model, x))
     layer_bytes = 3 * 8 * 12 * 12 * 4
-    store, dropped = _intake_store(model, x, 2 * layer_bytes)
-    # Kept in call order while they fit; bn1 is kept as how to compute it from conv1 (no bytes,
-    # no forward to read it), and the in-place ReLU's output is the other layer that fits.
-    assert [n for n in store.names if store.is_resident(n)] == ["conv1", "relu"]
-    assert dropped == ["conv2", "bn2", "relu:2"] and store.resident_bytes <= 2 * layer_bytes
-    assert store.holds("bn1", 0)
+    store, dropped = _intake_store(model, x, layer_bytes)
+    # Kept in call order while they fit; bn1 and the in-place ReLU after it are kept as how to
+    # compute them from conv1 (no bytes, no forward to read them); conv2 does not fit, and what
+    # follows it has no held layer to be computed from.
+    assert [n for n in store.names if store.is_resident(n)] == ["conv1"]
+    assert dropped == ["conv2", "bn2", "relu:2"] and store.resident_bytes <= layer_bytes
+    assert store.holds("bn1", 0) and store.holds("relu", 0) and not store.holds("bn2", 0)
     assert store.layers_meta() == full.layers_meta()
     for name in store.names:
         np.testing.assert_array_equal(store.flags(name), full.flags(name))
