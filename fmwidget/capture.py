@@ -855,6 +855,12 @@ class _Selection:
     plain: bool = False
     # Some module is torch.compile'd (in place): the forward runs it eagerly.
     compiled: bool = False
+    # Selected leaves whose every output is kept under its own name (no Linear, no name[i]
+    # selection, not inside attention): what _Run.on_output's fast path may take.
+    fast: frozenset[nn.Module] = frozenset()
+    # Modules a layer may be derived with (Derived): True for an eval-mode BatchNorm2d, False
+    # for an elementwise activation.
+    derives: dict[nn.Module, bool] = field(default_factory=dict)
 
     @classmethod
     def build(cls, model: nn.Module, layers: LayerSelector | None) -> _Selection:
@@ -913,6 +919,15 @@ class _Selection:
         attention = frozenset(attention_list)
         prefixes = tuple(a + "." for a in attention)
         inner = frozenset(n for n in named if n.startswith(prefixes)) if prefixes else frozenset()
+        fast = frozenset(
+            m
+            for m in leaves
+            if m in names
+            and names[m] not in exact
+            and not isinstance(m, nn.Linear)
+            and not (layers is None and names[m] in inner)
+        )
+        derives = {m: frozen_norm(m) for m in names if frozen_norm(m) or elementwise_activation(m)}
         return cls(
             names,
             blocks,
@@ -923,14 +938,14 @@ class _Selection:
             leaves=frozenset(leaves),
             plain=not reorder,
             compiled=compiled,
+            fast=fast,
+            derives=derives,
             default=layers is None,
             attention=attention,
             attention_inner=inner,
             trackers={}
             if layers is None
-            else {
-                m: n for m, n in by_module.items() if n and m not in names and m not in scripted
-            },
+            else {m: n for m, n in by_module.items() if n and m not in names and m not in scripted},
         )
 
     @staticmethod
@@ -1070,6 +1085,8 @@ class _Run:
     ) -> None:
         self.exact = selection.exact
         self.hooked = selection.names
+        self.fast = selection.fast if type(self) is _Run and not (grad or copy_all) else frozenset()
+        self.derives = selection.derives
         self.leaves = selection.leaves
         # Every layer so far is (N, C, H, W) as it is, and nothing can make one otherwise but a
         # Linear: layouts need no bookkeeping (see _Selection.plain).
@@ -1129,21 +1146,25 @@ class _Run:
         """The captured layer whose output ``x`` still is (or is a view of), unchanged since."""
         if not isinstance(x, torch.Tensor):
             return None
-        for t in (x, x._base):
-            if t is None:
-                continue
-            entry = self.seen.get(id(t))
-            if entry is not None and entry.ref() is t and entry.version == t._version:
-                self.consumed.add(entry.names[-1])
-                return entry.names[-1]
-        return None
+        entry = self.seen.get(id(x))
+        if entry is None or entry.ref() is not x or entry.version != x._version:
+            base = x._base  # read only when needed: a property, not a field
+            if base is None:
+                return None
+            entry = self.seen.get(id(base))
+            if entry is None or entry.ref() is not base or entry.version != base._version:
+                return None
+        name = entry.names[-1]
+        self.consumed.add(name)
+        return name
 
     def before_inplace(self, module: nn.Module, x: Any) -> None:
         """Pair an ``inplace=True`` module with its input before it overwrites it, and (when
         keeping references) clone the stored tensors it is about to overwrite."""
         if module in self.hooked:
             self.pending_source[module] = self.source(x)
-        fed = self.layout_fed(x) if isinstance(x, torch.Tensor) else None
+        # In a plain model every layer is (N, C, H, W): layout_of needs no pending layout.
+        fed = self.layout_fed(x) if not self.plain and isinstance(x, torch.Tensor) else None
         if fed is not None:
             # Its output is its input, changed: the same layout, known only before the change.
             self.pending_layout[module] = fed
@@ -1157,12 +1178,23 @@ class _Run:
     ) -> Any:
         call = self.calls[module_name] = self.calls.get(module_name, 0) + 1
         base = display(module_name) if call == 1 else f"{display(module_name)}:{call}"
-        if module in self.swapping:
+        if self.swapping and module in self.swapping:
             output = self.swap_back(module, output)
-        if module in self.pending_source:
+        if self.pending_source and module in self.pending_source:
             src = self.pending_source.pop(module)
         else:
             src = self.source(args[0]) if args else None
+        if (
+            self.plain
+            and module in self.fast
+            and type(output) is torch.Tensor
+            and output.dim() == 4
+            and output.is_floating_point()
+            and output.layout == torch.strided
+        ):
+            kept = self.keep_plain(base, output, module, module_name, call, src)
+            if kept is not None:
+                return kept
         only = self.exact.get(module_name)
         if self.default and module_name in self.attention_inner:
             self.skipped.setdefault(module_name, _ATTENTION_REASON)
@@ -1206,6 +1238,12 @@ class _Run:
         base = display(module_name) if call == 1 else f"{display(module_name)}:{call}"
         # Also marks the input as consumed by a module (a conv feeding timm's BatchNormAct2d).
         src = self.source(args[0]) if args else None
+        if type(output) is torch.Tensor:
+            entry = self.seen.get(id(output))
+            if entry is not None and entry.ref() is output and entry.version == output._version:
+                # The common case, in one look-up: the block returned its last layer's output.
+                self.aliases[base] = entry.names[0]
+                return output
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
         swaps = {}
         for name, t in tensors_in(output, base):
@@ -1387,6 +1425,58 @@ class _Run:
         self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
         return t
 
+    def keep_plain(
+        self,
+        name: str,
+        t: torch.Tensor,
+        module: nn.Module,
+        module_name: str,
+        call: int,
+        src: str | None,
+    ) -> torch.Tensor | None:
+        """:meth:`take` of an (N, C, H, W) leaf output in a plain model, without grad or copies:
+        the same result in fewer steps (a hook runs once per module call, between kernels that
+        leave the caches cold, so each step counts). ``None``: not this case, take it the long
+        way (a first dimension not the batch, an output seen already, a layer to copy)."""
+        shape = tuple(t.shape)
+        version = t._version
+        entry = self.seen.get(id(t))
+        if (
+            (self.default and self.batch is not None and shape[0] != self.batch)
+            or (entry is not None and entry.ref() is t and entry.version == version)
+            or name in self.copy_names
+        ):
+            return None
+        if self.pending_layout:
+            self.pending_layout.pop(module, None)
+        self.origin[name] = (module_name, call, module, src)
+        self.described[name] = (shape, _dtype_name(t.dtype))
+        self.layouts[name] = NCHW
+        norm = self.derives.get(module)
+        fed = self.layouts.get(src) if norm is not None and src is not None else None
+        if src is not None and (fed is NCHW or (fed is not None and fed == NCHW)):
+            if src in self.derived:
+                derivable = not norm and self.described[src][0] == shape
+            elif src in self.stored:
+                had = self.stored[src].shape if norm else self.described[src][0]
+                derivable = had == shape
+            else:
+                derivable = False
+            if derivable:
+                take = getattr(self.admit, "take_derived", None)
+                if take is not None:
+                    take(name, t, module, src)
+                if take is not None or self.admit is None or self.admit(name, t, module, src):
+                    self.derived[name] = Derived(module, src)
+                self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
+                return t
+        self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
+        if self.admit is not None and not self.admit(name, t, module, src):
+            return t
+        self.stored[name] = t
+        self.versions[name] = version
+        return t
+
     def derivable(
         self, module: nn.Module, src: str | None, view: torch.Tensor, layout: Layout
     ) -> bool:
@@ -1429,7 +1519,7 @@ class _Run:
         layout: Layout,
     ) -> torch.Tensor:
         """Record where layer ``name`` comes from, its shape, dtype and layout; its map view."""
-        view = as_map(t, layout)
+        view = t if layout is NCHW else as_map(t, layout)
         self.origin[name] = (module_name, call, module, src)
         self.described[name] = (tuple(view.shape), _dtype_name(t.dtype))
         self.layouts[name] = layout
@@ -1465,7 +1555,8 @@ class _Run:
         entry = self.seen.get(id(x))
         if entry is None or entry.ref() is not x or entry.version != x._version:
             return
-        if not any(self.stored.get(name) is x for name in entry.names):
+        names, stored = entry.names, self.stored
+        if not (stored.get(names[0]) is x or any(stored.get(n) is x for n in names[1:])):
             return  # not kept (a norm kept as how to compute it, a layer let go)
         if module is not None and self.may_swap(module, x):
             # The instance's own attribute (a class attribute or a property: copy instead),

@@ -30,7 +30,7 @@ import torch
 import traitlets
 from torch import nn
 
-from fmwidget import export, router, tasks
+from fmwidget import allocator, export, router, tasks
 from fmwidget.ablation import AblationFeature
 from fmwidget.capture import CaptureReport, LayerSelector
 from fmwidget.dataset import DatasetContext, ScanFeature
@@ -382,6 +382,8 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
             worker.cancel_all()
         # The buffers are about to be overwritten: the old session's tensors may live in them.
         self._session.close("the widget is re-running the model")
+        # What the old session held goes back to the system before the new capture's peak.
+        allocator.trim()
         try:
             self._session = source.run(inputs, image, groups)
         except Exception as error:
