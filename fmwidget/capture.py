@@ -1396,6 +1396,18 @@ class _Run:
                 if entry.names[-2] in self.views:
                     self.views[name] = self.views[entry.names[-2]]
                 return t
+            same = self.derived.get(entry.names[-1])
+            if same is not None and not self.grad:
+                # A leaf returning a derived layer's output as it is (Dropout, StochasticDepth
+                # in eval mode): the same values, computed the same way. Not kept, so the
+                # forward may go on to change it in place (EfficientNet's `result += input`).
+                take = getattr(self.admit, "take_derived", None)
+                if take is not None:
+                    take(name, view, module, src)
+                if take is not None or self.admit is None or self.admit(name, view, module, src):
+                    self.derived[name] = same
+                entry.names.append(name)
+                return t
         if self.grad:
             return self.keep_differentiable(name, t, layout)
         if self.derivable(module, src, view, layout):

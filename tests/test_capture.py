@@ -8,6 +8,7 @@ import gc
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -625,8 +626,14 @@ def test_the_inplace_flag_is_restored_when_the_forward_fails() -> None:
 @pytest.mark.parametrize(
     ("arch", "derived_type"),
     [
-        # conv -> BatchNorm2d -> SiLU(inplace): the norm, from its conv; the SiLU keeps its tensor.
+        # conv -> BatchNorm2d -> SiLU(inplace): the norm, from its conv; the SiLU from the norm.
         ("efficientnet_b0", "BatchNorm2d"),
+        ("efficientnet_b0", "SiLU"),
+        # StochasticDepth (eval: its input as it is) of a derived norm, later changed in place
+        # by `result += input`: derived too, so the forward runs once.
+        ("efficientnet_b0", "StochasticDepth"),
+        # conv -> BatchNorm2d -> ReLU6(inplace): the clamp of a derived norm.
+        ("mobilenet_v2", "ReLU6"),
         # Linear -> GELU on (N, H, W, C): the GELU, from the Linear's channels-last output.
         ("convnext_tiny", "GELU"),
         # conv -> ReLU(inplace) without a norm: the ReLU, from the conv it would overwrite.
@@ -659,6 +666,31 @@ def test_norms_and_activations_of_captured_layers_are_computed_when_read(
         assert torch.equal(store.maps(name), expected)
     finally:
         session.close("done")
+
+
+def test_conv_norm_activation_keeps_only_the_convs_tensor() -> None:
+    """conv → BN → ReLU(inplace) → conv → BN, `out += skip`: the ReLU is computed from the norm
+    computed from the conv, so the model's ReLU runs in place on the norm's output as in a bare
+    forward, the forward runs once, and every value is the forward's."""
+    from tests.models import InplaceNet
+
+    torch.manual_seed(0)
+    model = InplaceNet().eval()
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        a = model.conv1(x)
+        bn1 = model.bn1(a)
+        relu = torch.relu(bn1)
+        conv2 = model.conv2(relu)
+        bn2 = model.bn2(conv2)
+    cap = checked(model, x)
+    assert not any("ran twice" in note for note in cap.report.notes)
+    assert set(cap.derived) == {"bn1", "relu", "bn2"}
+    assert cap.derived["relu"].source == "bn1" and cap.derived["bn1"].source == "conv1"
+    assert cap.info("relu").input_from == "bn1"
+    for name, want in {"conv1": a, "bn1": bn1, "relu": relu, "conv2": conv2, "bn2": bn2}.items():
+        assert torch.equal(cap[name], want), name
+    assert torch.equal(cap["relu:2"], torch.relu(bn2 + relu))
 
 
 def test_a_derived_norm_keeps_the_statistics_of_its_capture() -> None:
@@ -745,3 +777,45 @@ def test_a_derived_channels_last_activation_serves_one_sample() -> None:
         assert torch.equal(session.store.sample_maps("3", 1), expected[1])
     finally:
         session.close("done")
+
+
+def test_module_names_walk_in_named_modules_order() -> None:
+    """The fast walk gives what named_modules() gives: each module once (a shared one under its
+    first name), parents before children, children in order, None children left out."""
+    from fmwidget.calling import module_names, walk_modules
+
+    shared = nn.Conv2d(3, 3, 1)
+    model = nn.Sequential(
+        nn.Sequential(shared, nn.ReLU()), shared, nn.Sequential(nn.Identity(), shared)
+    )
+    model.register_module("nothing", None)
+    assert list(module_names(model).items()) == list(dict(model.named_modules()).items())
+    assert walk_modules(model)[1] is False
+    resnet = torchvision.models.resnet18()
+    assert list(module_names(resnet).items()) == list(dict(resnet.named_modules()).items())
+
+
+def test_allocator_trim_gives_back_freed_heap_memory() -> None:
+    """Memory freed inside the C heap (below a tensor still alive) stays in the resident set until
+    trim() hands it back, where the C library is glibc."""
+    import re
+
+    from fmwidget import allocator
+
+    def rss_mib() -> float:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+    if allocator._TRIM is None or not Path("/proc/self/status").exists():
+        assert allocator.trim() is False
+        return
+    allocator.trim()
+    # 64 KiB tensors (heap-sized, below glibc's mmap threshold), one in eight kept: the 56 MiB
+    # freed are holes between live ones, which glibc keeps.
+    many = [torch.ones(2**14) for _ in range(1024)]
+    kept = many[::8]
+    del many
+    before = rss_mib()
+    assert allocator.trim() is True
+    assert rss_mib() < before - 28, "trim() gave back less than half of the 56 MiB freed"
+    del kept
