@@ -388,10 +388,15 @@ class Derived:
     def frozen(derived: dict[str, Derived]) -> dict[str, Derived]:
         """``derived`` with each norm's statistics, weight and bias copied as they are now, in
         one copy for all of them (per device and dtype)."""
-        norms = [n for n, d in derived.items() if frozen_norm(d.module)]
+        # Derived norms are eval-mode BatchNorm2d by construction; a layer that is another's
+        # output as it is (Dropout, StochasticDepth) shares its Derived.
+        norms = {id(d): d for d in derived.values() if d.norm is None and frozen_norm(d.module)}
+        if not norms:
+            return derived
+        parts = {key: _norm_tensors(d.module) for key, d in norms.items()}
         groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-        for name in norms:
-            for t in _norm_tensors(derived[name].module):
+        for tensors in parts.values():
+            for t in tensors:
                 if t is not None:
                     groups.setdefault((t.device, t.dtype), []).append(t)
         at: dict[int, tuple[torch.Tensor, int, int]] = {}
@@ -400,13 +405,19 @@ class Derived:
                 flat = torch.cat(tensors)  # 1-D (C,) each
                 start = 0
                 for t in tensors:
-                    at[id(t)] = (flat, start, t.numel())
-                    start += t.numel()
-        frozen = dict(derived)
-        for name in norms:
-            d = derived[name]
-            norm = tuple(None if t is None else at[id(t)] for t in _norm_tensors(d.module))
-            frozen[name] = Derived(d.module, d.source, d.layout, norm)
+                    size = t.shape[0]
+                    at[id(t)] = (flat, start, size)
+                    start += size
+        made = {
+            key: Derived(
+                d.module,
+                d.source,
+                d.layout,
+                tuple(None if t is None else at[id(t)] for t in parts[key]),
+            )
+            for key, d in norms.items()
+        }
+        frozen = {name: made.get(id(d), d) for name, d in derived.items()}
         return frozen
 
     @property
@@ -1244,6 +1255,19 @@ class _Run:
                 # The common case, in one look-up: the block returned its last layer's output.
                 self.aliases[base] = entry.names[0]
                 return output
+            if (
+                self.plain
+                and self.fast
+                and module_name
+                and module_name not in self.attention_inner
+                and output.dim() == 4
+                and output.is_floating_point()
+                and output.layout == torch.strided
+            ):
+                # A new (N, C, H, W) tensor (a residual sum): a layer of its own.
+                kept = self.keep_plain(base, output, module, module_name, call, src)
+                if kept is not None:
+                    return kept
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
         swaps = {}
         for name, t in tensors_in(output, base):
