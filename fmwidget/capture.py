@@ -395,16 +395,16 @@ class Derived:
             return derived
         parts = {key: _norm_tensors(d.module) for key, d in norms.items()}
         groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-        for tensors in parts.values():
-            for t in tensors:
+        for four in parts.values():
+            for t in four:
                 if t is not None:
                     groups.setdefault((t.device, t.dtype), []).append(t)
         at: dict[int, tuple[torch.Tensor, int, int]] = {}
         with torch.no_grad():
-            for tensors in groups.values():
-                flat = torch.cat(tensors)  # 1-D (C,) each
+            for group in groups.values():
+                flat = torch.cat(group)  # 1-D (C,) each
                 start = 0
-                for t in tensors:
+                for t in group:
                     size = t.shape[0]
                     at[id(t)] = (flat, start, size)
                     start += size
