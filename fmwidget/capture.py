@@ -23,7 +23,10 @@ modules, run eagerly (no recompile), named without ``_orig_mod.``.
 
 In-place safety: a stored activation never shows a later in-place change (``ReLU(inplace=True)``,
 ``out += identity``). Outputs are kept by reference and their ``_version`` recorded; a module with
-``inplace=True`` about to overwrite a stored tensor gets it copied first (forward pre-hook). Every
+``inplace=True`` about to overwrite a stored tensor runs out of place, the tensor taking the
+result's memory (``Tensor.set_``), or, for a small or shared tensor, gets it copied first (forward
+pre-hook). Eval-mode BatchNorm2d and elementwise activations of kept layers are not kept at all but
+computed when read (:class:`Derived`), so a conv → BN → ReLU(inplace) block keeps one tensor. Every
 version is checked after the forward; if other code changed a stored tensor (``out += identity``
 inside a block's ``forward``), the forward runs once more, copying exactly those layers at hook
 time. Those names are remembered per model, so later captures of the same model copy them at once
@@ -369,9 +372,11 @@ class Derived:
     later training does not change what it gives). The same function on the same values gives
     the same values; it costs one pass when read, and no memory until then.
 
-    A norm's own output is then free to be changed in place by the activation after it, as in
-    the model's forward, with nothing to copy: a conv → norm → ReLU(inplace=True) block keeps the
-    conv's and the ReLU's tensors, the two the forward makes anyway.
+    ``source`` may itself be derived: the activation after a derived norm is computed from the
+    norm, computed from the conv (:func:`derive`), and a leaf that returns a derived layer's output
+    as it is (``Dropout``, ``StochasticDepth`` in eval mode) shares its ``Derived``. A
+    conv → norm → ReLU(inplace=True) block keeps only the conv's tensor; the model's ReLU runs in
+    place on the norm's output and frees it as in the bare forward, with nothing to copy.
 
     ``exact``: a clamp-like activation, exact on any slice (one sample of it); the others are
     computed on the source's whole tensor in the memory order the model's forward had, where the
