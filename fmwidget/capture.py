@@ -1200,14 +1200,7 @@ class _Run:
             src = self.pending_source.pop(module)
         else:
             src = self.source(args[0]) if args else None
-        if (
-            self.plain
-            and module in self.fast
-            and type(output) is torch.Tensor
-            and output.dim() == 4
-            and output.is_floating_point()
-            and output.layout == torch.strided
-        ):
+        if self.plain and module in self.fast and type(output) is torch.Tensor:
             kept = self.keep_plain(base, output, module, module_name, call, src)
             if kept is not None:
                 return kept
@@ -1260,15 +1253,7 @@ class _Run:
                 # The common case, in one look-up: the block returned its last layer's output.
                 self.aliases[base] = entry.names[0]
                 return output
-            if (
-                self.plain
-                and self.fast
-                and module_name
-                and module_name not in self.attention_inner
-                and output.dim() == 4
-                and output.is_floating_point()
-                and output.layout == torch.strided
-            ):
+            if self.plain and self.fast and module_name and module_name not in self.attention_inner:
                 # A new (N, C, H, W) tensor (a residual sum): a layer of its own.
                 kept = self.keep_plain(base, output, module, module_name, call, src)
                 if kept is not None:
@@ -1430,22 +1415,14 @@ class _Run:
                 # A leaf returning a derived layer's output as it is (Dropout, StochasticDepth
                 # in eval mode): the same values, computed the same way. Not kept, so the
                 # forward may go on to change it in place (EfficientNet's `result += input`).
-                take = getattr(self.admit, "take_derived", None)
-                if take is not None:
-                    take(name, view, module, src)
-                if take is not None or self.admit is None or self.admit(name, view, module, src):
-                    self.derived[name] = same
+                self.keep_derived(name, view, module, src, same)
                 entry.names.append(name)
                 return t
         if self.grad:
             return self.keep_differentiable(name, t, layout)
         if self.derivable(module, src, view, layout):
             # Kept as how to compute it (no bytes); an admit= may still let it go.
-            take = getattr(self.admit, "take_derived", None)
-            if take is not None:
-                take(name, view, module, src)
-            if take is not None or self.admit is None or self.admit(name, view, module, src):
-                self.derived[name] = Derived(module, cast(str, src), layout)
+            self.keep_derived(name, view, module, src, Derived(module, cast(str, src), layout))
             self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
             return t
         if self.admit is not None and not self.admit(name, view, module, src):
@@ -1466,6 +1443,17 @@ class _Run:
         self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
         return t
 
+    def keep_derived(
+        self, name: str, view: torch.Tensor, module: nn.Module, src: str | None, how: Derived
+    ) -> None:
+        """Keep layer ``name`` as how to compute it; an ``admit`` with ``take_derived`` takes its
+        statistics (no bytes), a plain ``admit`` may still let it go."""
+        take = getattr(self.admit, "take_derived", None)
+        if take is not None:
+            take(name, view, module, src)
+        if take is not None or self.admit is None or self.admit(name, view, module, src):
+            self.derived[name] = how
+
     def keep_plain(
         self,
         name: str,
@@ -1478,7 +1466,10 @@ class _Run:
         """:meth:`take` of an (N, C, H, W) leaf output in a plain model, without grad or copies:
         the same result in fewer steps (a hook runs once per module call, between kernels that
         leave the caches cold, so each step counts). ``None``: not this case, take it the long
-        way (a first dimension not the batch, an output seen already, a layer to copy)."""
+        way (not an (N, C, H, W) floating map, a first dimension not the batch, an output seen
+        already, a layer to copy)."""
+        if not (t.dim() == 4 and t.is_floating_point() and t.layout == torch.strided):
+            return None
         shape = tuple(t.shape)
         version = t._version
         entry = self.seen.get(id(t))
@@ -1504,11 +1495,7 @@ class _Run:
             else:
                 derivable = False
             if derivable:
-                take = getattr(self.admit, "take_derived", None)
-                if take is not None:
-                    take(name, t, module, src)
-                if take is not None or self.admit is None or self.admit(name, t, module, src):
-                    self.derived[name] = Derived(module, src)
+                self.keep_derived(name, t, module, src, Derived(module, src))
                 self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
                 return t
         self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
