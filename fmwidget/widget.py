@@ -449,8 +449,6 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
             session.close("this FeatureMapWidget is closed; create a new one")
         self._source = None
         self._steps = None
-        # Back to the system, not kept in the process for tensors that may never come.
-        allocator.trim()
 
     # -- trait validation: each check lives in fmwidget.validation or fmwidget.groups -----------
 
