@@ -111,14 +111,6 @@ def is_compiled(model: nn.Module) -> bool:
     return walk_modules(model)[1]
 
 
-def compiled_module(module: nn.Module) -> bool:
-    """Whether ``module`` itself is ``torch.compile``'d (a wrapper, or compiled in place)."""
-    wrapper = _optimized_module()
-    if wrapper is None:
-        return False
-    return isinstance(module, wrapper) or module.__dict__.get("_compiled_call_impl") is not None
-
-
 @contextmanager
 def run_eagerly(model: nn.Module, compiled: bool | None = None) -> Iterator[None]:
     """For the block, ``model``'s compiled code runs eagerly: hooks fire, nothing compiles

@@ -869,14 +869,14 @@ class _Selection:
     # No layer of the model can be other than (N, C, H, W) as it is, but by a Linear on a 4-D
     # tensor (fmwidget.layouts.may_reorder): hooks skip the layout bookkeeping until one does.
     plain: bool = False
-    # Some module is torch.compile'd (in place): the forward runs it eagerly.
+    # Some module is torch.compile'd (wrapped or in place): the forward runs it eagerly.
     compiled: bool = False
     # Selected leaves whose every output is kept under its own name (no Linear, no name[i]
     # selection, not inside attention): what _Run.on_output's fast path may take.
     fast: frozenset[nn.Module] = frozenset()
-    # Modules a layer may be derived with (Derived): True for an eval-mode BatchNorm2d, False
-    # for an elementwise activation.
-    derives: dict[nn.Module, bool] = field(default_factory=dict)
+    # Selected modules whose output may be kept as Derived (an eval-mode BatchNorm2d, an
+    # elementwise activation): the others skip that check.
+    derivers: frozenset[nn.Module] = frozenset()
 
     @classmethod
     def build(cls, model: nn.Module, layers: LayerSelector | None) -> _Selection:
@@ -943,7 +943,7 @@ class _Selection:
             and not isinstance(m, nn.Linear)
             and not (layers is None and names[m] in inner)
         )
-        derives = {m: frozen_norm(m) for m in names if frozen_norm(m) or elementwise_activation(m)}
+        derivers = frozenset(m for m in names if frozen_norm(m) or elementwise_activation(m))
         return cls(
             names,
             blocks,
@@ -955,7 +955,7 @@ class _Selection:
             plain=not reorder,
             compiled=compiled,
             fast=fast,
-            derives=derives,
+            derivers=derivers,
             default=layers is None,
             attention=attention,
             attention_inner=inner,
@@ -1102,7 +1102,7 @@ class _Run:
         self.exact = selection.exact
         self.hooked = selection.names
         self.fast = selection.fast if type(self) is _Run and not (grad or copy_all) else frozenset()
-        self.derives = selection.derives
+        self.derivers = selection.derivers
         self.leaves = selection.leaves
         # Every layer so far is (N, C, H, W) as it is, and nothing can make one otherwise but a
         # Linear: layouts need no bookkeeping (see _Selection.plain).
@@ -1484,21 +1484,10 @@ class _Run:
         self.origin[name] = (module_name, call, module, src)
         self.described[name] = (shape, _dtype_name(t.dtype))
         self.layouts[name] = NCHW
-        norm = self.derives.get(module)
-        fed = self.layouts.get(src) if norm is not None and src is not None else None
-        if src is not None and (fed is NCHW or (fed is not None and fed == NCHW)):
-            if src in self.derived:
-                derivable = not norm and self.described[src][0] == shape
-            elif src in self.stored:
-                had = self.stored[src].shape if norm else self.described[src][0]
-                derivable = had == shape
-            else:
-                derivable = False
-            if derivable:
-                self.keep_derived(name, t, module, src, Derived(module, src))
-                self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
-                return t
         self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
+        if module in self.derivers and self.derivable(module, src, t, NCHW):
+            self.keep_derived(name, t, module, src, Derived(module, cast(str, src)))
+            return t
         if self.admit is not None and not self.admit(name, t, module, src):
             return t
         self.stored[name] = t

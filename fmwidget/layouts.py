@@ -238,30 +238,18 @@ def reorders(module: nn.Module) -> bool:
     """Whether ``module`` is one that makes :func:`may_reorder` true."""
     cls = type(module)
     # From the instance or its class, without nn.Module.__getattr__'s slow miss.
-    if "dims" in module.__dict__:
-        return _permutes(module.__dict__["dims"]) or _reorders_type(cls, own_dims=False)
-    return _reorders_type(cls, own_dims=True)
-
-
-def _permutes(dims: object) -> bool:
-    return isinstance(dims, (list, tuple)) and len(dims) in (4, 5)
-
-
-# What the class alone says (a model has a few classes and many modules): (class, with its own
-# dims attribute) -> reorders.
-_REORDERS_BY_TYPE: dict[tuple[type, bool], bool] = {}
-
-
-def _reorders_type(cls: type, own_dims: bool) -> bool:
-    found = _REORDERS_BY_TYPE.get((cls, own_dims))
+    dims = module.__dict__.get("dims", getattr(cls, "dims", None))
+    if isinstance(dims, (list, tuple)) and len(dims) in (4, 5):
+        return True
+    found = _REORDERS_BY_TYPE.get(cls)
     if found is None:
-        found = (
-            issubclass(cls, (nn.LayerNorm, nn.RMSNorm, nn.MultiheadAttention, nn.Conv3d))
-            or (own_dims and _permutes(getattr(cls, "dims", None)))
-            or _attention_class(cls)
-        )
-        _REORDERS_BY_TYPE[(cls, own_dims)] = found
+        kinds = (nn.LayerNorm, nn.RMSNorm, nn.MultiheadAttention, nn.Conv3d)
+        found = _REORDERS_BY_TYPE[cls] = issubclass(cls, kinds) or _attention_class(cls)
     return found
+
+
+# What the class alone says (a model has a few classes and many modules).
+_REORDERS_BY_TYPE: dict[type, bool] = {}
 
 
 # Transformer attention classes whose names do not say "attention" (timm's CaiT, EdgeNeXt and

@@ -1,7 +1,10 @@
-"""Small models for capture tests (importable by other test files), and hook/flag checks."""
+"""Small models for capture tests (importable by other test files), hook/flag checks, and clones of
+every module's output taken in its own forward hook (what captures are checked against)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as module_mod
+
+from fmwidget.calling import tensors_in
+from fmwidget.capture import LayerInfo
+from fmwidget.names import display
 
 _MODULE_HOOK_DICTS = (
     "_forward_hooks",
@@ -239,3 +246,49 @@ def small_convnet(dtype: torch.dtype = torch.float32) -> nn.Sequential:
         nn.Conv2d(6, 4, 3, padding=1),
     )
     return net.to(dtype).eval()
+
+
+@contextmanager
+def reference_outputs(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Every 3-D and 4-D floating tensor each module call returns, cloned in its forward hook,
+    named as layer names are (``name``, ``name:k``, ``name[i]``): independent of fmwidget's
+    capture."""
+    clones: dict[str, torch.Tensor] = {}
+    calls: dict[str, int] = {}
+
+    def hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def keep(_m: nn.Module, _a: Any, out: Any) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            base = display(name) if calls[name] == 1 else f"{display(name)}:{calls[name]}"
+            for key, t in tensors_in(out, base):
+                if t.dim() in (3, 4, 5) and t.is_floating_point():
+                    clones[key] = t.detach().clone()
+
+        return keep
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()]
+    try:
+        yield clones
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def as_read(raw: torch.Tensor, info: LayerInfo) -> torch.Tensor:
+    """A module's own output read as the (N, C, H, W) maps its layout says it holds."""
+    if info.layout == "nhwc":
+        return raw.permute(0, 3, 1, 2)
+    if info.layout == "ncthw":
+        return raw[:, :, info.frame]
+    if info.layout == "nthwc":
+        return raw[:, info.frame].permute(0, 3, 1, 2)
+    if info.layout == "tokens":
+        h, w = info.shape[2:]
+        patches = raw[:, info.extra_tokens :]
+        return torch.stack([patches[:, i * w : (i + 1) * w].transpose(1, 2) for i in range(h)], 2)
+    return raw
+
+
+def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter and buffer, to check the model was left as it was."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

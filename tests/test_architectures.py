@@ -12,23 +12,20 @@ for CI.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import timm
 import torch
 import torchvision
-from models import assert_no_hooks, flags
+from models import as_read, assert_no_hooks, flags, reference_outputs, state_copy
 from torch import nn
 
 from fmwidget import wire
-from fmwidget.calling import tensors_in
-from fmwidget.capture import Capture, LayerInfo, capture, capture_layer
+from fmwidget.capture import Capture, capture, capture_layer
 from fmwidget.gradcam import gradcam
-from fmwidget.names import display, parse_layer_name
+from fmwidget.names import parse_layer_name
 
 torch.set_num_threads(1)
 
@@ -62,62 +59,17 @@ _ACTIVATION_CLASSES = {"ReLU", "ReLU6", "GELU", "SiLU", "Swish", "Hardswish", "H
 _ACTIVATION_CLASSES |= {"Sigmoid", "Hardsigmoid", "HardSigmoid", "Tanh", "Mish"}
 
 
-@contextmanager
-def reference_outputs(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    """Every 3-D and 4-D floating tensor each module call returns, cloned in its forward hook,
-    named as layer names are (``name``, ``name:k``, ``name[i]``): independent of fmwidget's
-    capture."""
-    clones: dict[str, torch.Tensor] = {}
-    calls: dict[str, int] = {}
-
-    def hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
-        def keep(_m: nn.Module, _a: Any, out: Any) -> None:
-            calls[name] = calls.get(name, 0) + 1
-            base = display(name) if calls[name] == 1 else f"{display(name)}:{calls[name]}"
-            for key, t in tensors_in(out, base):
-                if t.dim() in (3, 4, 5) and t.is_floating_point():
-                    clones[key] = t.detach().clone()
-
-        return keep
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()]
-    try:
-        yield clones
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def as_read(raw: torch.Tensor, info: LayerInfo) -> torch.Tensor:
-    """A module's own output read as the (N, C, H, W) maps its layout says it holds."""
-    if info.layout == "nhwc":
-        return raw.permute(0, 3, 1, 2)
-    if info.layout == "ncthw":
-        return raw[:, :, info.frame]
-    if info.layout == "nthwc":
-        return raw[:, info.frame].permute(0, 3, 1, 2)
-    if info.layout == "tokens":
-        h, w = info.shape[2:]
-        patches = raw[:, info.extra_tokens :]
-        return torch.stack([patches[:, i * w : (i + 1) * w].transpose(1, 2) for i in range(h)], 2)
-    return raw
-
-
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 @pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
 def case(request: pytest.FixtureRequest) -> tuple[str, nn.Module, torch.Tensor, Capture]:
     torch.manual_seed(0)
     model = ARCHITECTURES[request.param]().eval()
     video = request.param in _VIDEO_MODELS
     x = torch.rand(1, 3, 8, 32, 32) if video else torch.rand(1, 3, 64, 64)
-    before, state = flags(model), _state(model)
+    before, state = flags(model), state_copy(model)
     cap = capture(model, x, frame=FRAME if video else 0)
     assert_no_hooks(model)
     assert flags(model) == before
-    for key, value in _state(model).items():
+    for key, value in state_copy(model).items():
         assert torch.equal(value, state[key]), f"{request.param}: {key} changed"
     return request.param, model, x, cap
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import gc
 import importlib
 import threading
 import weakref
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +33,10 @@ from tests.models import (
     ReusedNet,
     StructuredNet,
     TwoInputNet,
+    as_read,
     assert_no_hooks,
     flags,
+    reference_outputs,
     small_convnet,
 )
 
@@ -662,13 +662,13 @@ def test_norms_and_activations_of_captured_layers_are_computed_when_read(
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(weights=None).eval()
     x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad(), _clones(model) as ref:
+    with torch.no_grad(), reference_outputs(model) as ref:
         model(x)
     cap = checked(model, x)
     of_type = [n for n in cap if cap.info(n).type == derived_type]
     assert of_type and all(n in cap.derived for n in of_type), arch
     for name in of_type:
-        assert torch.equal(cap[name], _read(ref[name], cap.info(name).layout)), name
+        assert torch.equal(cap[name], as_read(ref[name], cap.info(name))), name
     # A store built on it serves a sample of a derived layer as the whole layer has it.
     from fmwidget.session import Source
 
@@ -676,7 +676,7 @@ def test_norms_and_activations_of_captured_layers_are_computed_when_read(
     try:
         store = session.store
         name = of_type[len(of_type) // 2]
-        expected = _read(ref[name], cap.info(name).layout)
+        expected = as_read(ref[name], cap.info(name))
         assert not store.is_resident(name) and store.holds(name, 1)
         assert torch.equal(store.sample_maps(name, 1), expected[1])
         assert torch.equal(store.maps(name), expected)
@@ -722,29 +722,6 @@ def test_a_derived_norm_keeps_the_statistics_of_its_capture() -> None:
         model.eval()
     assert "bn1" in cap.derived
     assert torch.equal(cap["bn1"], before)
-
-
-def _read(raw: torch.Tensor, layout: str) -> torch.Tensor:
-    return raw.permute(0, 3, 1, 2) if layout == "nhwc" else raw
-
-
-@contextlib.contextmanager
-def _clones(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    clones: dict[str, torch.Tensor] = {}
-
-    def keeper(name: str) -> Callable[[nn.Module, Any, Any], None]:
-        def keep(_m: nn.Module, _a: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor) and name not in clones:
-                clones[name] = out.detach().clone()
-
-        return keep
-
-    handles = [m.register_forward_hook(keeper(n)) for n, m in model.named_modules() if n]
-    try:
-        yield clones
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def test_a_forward_of_the_model_on_another_thread_is_not_captured() -> None:

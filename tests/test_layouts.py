@@ -7,8 +7,7 @@ way each layout means: (N, H, W, C) permuted, tokens after the extra ones laid o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,35 +16,15 @@ import timm
 import torch
 import torchvision
 from fakecomm import FakeComm
+from models import reference_outputs
 from torch import nn
 
 from fmwidget.capture import LayerTaps, capture, capture_layer
 from fmwidget.files import load
 from fmwidget.gradcam import gradcam
-from fmwidget.names import display
 from fmwidget.widget import FeatureMapWidget
 
 torch.set_num_threads(1)
-
-
-@contextmanager
-def raw_outputs(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    """Each module call's own tensor output (first call), cloned when the module returned."""
-    clones: dict[str, torch.Tensor] = {}
-
-    def hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
-        def keep(_m: nn.Module, _a: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor) and display(name) not in clones:
-                clones[display(name)] = out.detach().clone()
-
-        return keep
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()]
-    try:
-        yield clones
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _vit(**kwargs: Any) -> nn.Module:
@@ -65,7 +44,7 @@ def convnext() -> tuple[nn.Module, torch.Tensor]:
 def test_channels_last_layers_are_permuted_views(convnext: tuple[nn.Module, torch.Tensor]) -> None:
     model, x = convnext
     cap = capture(model, x)
-    with torch.no_grad(), raw_outputs(model) as raw:
+    with torch.no_grad(), reference_outputs(model) as raw:
         model(x)
     # CNBlock: Conv2d, Permute(0, 2, 3, 1), LayerNorm, Linear(96, 384), GELU, Linear, Permute back.
     layouts = {i.name: i.layout for i in cap.report.captured if i.name.startswith("features.1.0")}
@@ -187,7 +166,7 @@ def _patch_maps(tokens: torch.Tensor, extra: int, h: int, w: int) -> torch.Tenso
 def test_vit_blocks_are_patch_token_maps() -> None:
     model, x = _vit(), torch.rand(2, 3, 64, 64)
     cap = capture(model, x)
-    with torch.no_grad(), raw_outputs(model) as raw:
+    with torch.no_grad(), reference_outputs(model) as raw:
         model(x)
     names = [i.name for i in cap.report.captured]
     assert names == ["patch_embed.proj"] + [f"blocks.{k}" for k in range(12)]
@@ -230,7 +209,7 @@ def test_distillation_token_and_non_square_grid() -> None:
     wide = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=(64, 96)).eval()
     cap = capture(wide, x)
     assert cap["blocks.5"].shape == (1, 192, 4, 6)
-    with torch.no_grad(), raw_outputs(wide) as raw:
+    with torch.no_grad(), reference_outputs(wide) as raw:
         wide(x)
     assert torch.equal(cap["blocks.5"], _patch_maps(raw["blocks.5"], 1, 4, 6))
     # Named alone (the patch embedding unselected), the grid still comes from its convolution.
@@ -345,7 +324,7 @@ def test_swin_v2_position_bias_table_is_not_a_layer() -> None:
 def test_widget_serves_token_and_channels_last_maps(make: Callable[..., FeatureMapWidget]) -> None:
     model, x = _vit(), torch.rand(2, 3, 64, 64)
     w = make(model, x)
-    with torch.no_grad(), raw_outputs(model) as raw:
+    with torch.no_grad(), reference_outputs(model) as raw:
         model(x)
     browser = w.comm
     assert isinstance(browser, FakeComm)
@@ -400,7 +379,7 @@ def test_timm_swin_window_reversal_outside_modules_stays_channels_last() -> None
     ).eval()
     x = torch.rand(1, 3, 64, 64)
     cap = capture(model, x)
-    with torch.no_grad(), raw_outputs(model) as raw:
+    with torch.no_grad(), reference_outputs(model) as raw:
         model(x)
     name = "layers.1.blocks.1.drop_path1"
     assert cap.info(name).layout == "nhwc" and cap[name].shape == (1, 192, 8, 8)
@@ -416,7 +395,7 @@ def test_timm_edgenext_mlps_are_channels_last_and_its_xca_weights_left_out() -> 
         torch.rand(1, 3, 64, 64),
     )
     cap = capture(model, x)
-    with torch.no_grad(), raw_outputs(model) as raw:
+    with torch.no_grad(), reference_outputs(model) as raw:
         model(x)
     for name in (
         "stages.0.blocks.0.norm",

@@ -6,9 +6,7 @@ independently of fmwidget, read as the frame covering the chosen input frame (``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -16,41 +14,17 @@ import torch
 import torchvision
 import traitlets
 from fakecomm import FakeComm
+from models import reference_outputs, state_copy
 from torch import nn
 
 from fmwidget.capture import capture, capture_layer
 from fmwidget.gradcam import gradcam_layer
-from fmwidget.names import display
 from fmwidget.widget import FeatureMapWidget
 
 torch.set_num_threads(1)
 
 Make = Callable[..., FeatureMapWidget]
 CLIP = 8
-
-
-@contextmanager
-def clips(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    """Each module's 5-D output (first call), cloned when the module returned."""
-    clones: dict[str, torch.Tensor] = {}
-
-    def hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
-        def keep(_m: nn.Module, _a: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor) and out.dim() == 5 and display(name) not in clones:
-                clones[display(name)] = out.detach().clone()
-
-        return keep
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
-    try:
-        yield clones
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +37,9 @@ def r3d() -> tuple[nn.Module, torch.Tensor]:
 @pytest.mark.parametrize("frame", [0, 5, CLIP - 1])
 def test_every_video_layer_is_its_frame_covering_the_input_frame(r3d, frame):
     model, x = r3d
-    before = _state(model)
+    before = state_copy(model)
     cap = capture(model, x, frame=frame)
-    with torch.no_grad(), clips(model) as raw:
+    with torch.no_grad(), reference_outputs(model) as raw:
         model(x)
     infos = cap.report.captured
     assert len(infos) == 58 and all(i.layout == "ncthw" for i in infos)
@@ -110,7 +84,7 @@ def test_channels_last_video_transformer_layers_read_as_channels():
     model = torchvision.models.video.swin3d_t().eval()
     x = torch.randn(1, 3, CLIP, 32, 32)
     cap = capture(model, x, frame=6)
-    with torch.no_grad(), clips(model) as raw:
+    with torch.no_grad(), reference_outputs(model) as raw:
         model(x)
     layouts = {i.name: i.layout for i in cap.report.captured}
     assert layouts["patch_embed.proj"] == "ncthw"
@@ -144,7 +118,7 @@ def test_the_frame_slider_moves_every_layer_both_ways(make: Make, r3d):
     assert (w.frame, w.frames) == (2, CLIP)
     meta = next(m for m in w.layers if m["name"] == "layer2.0.conv1.0")
     assert (meta["layout"], meta["frames"], meta["frame"]) == ("ncthw", 4, 1)
-    with torch.no_grad(), clips(model) as raw:
+    with torch.no_grad(), reference_outputs(model) as raw:
         model(x)
     revision = w.revision
     _browser(w).update(frame=7)
@@ -168,7 +142,7 @@ def test_the_frame_slider_moves_every_layer_both_ways(make: Make, r3d):
 def test_a_dropped_layer_is_recomputed_at_the_shown_frame(make: Make, r3d):
     model, x = r3d
     w = make(model, x, frame=5, budget_bytes=64 * 1024)
-    with torch.no_grad(), clips(model) as raw:
+    with torch.no_grad(), reference_outputs(model) as raw:
         model(x)
     store = w.session.store
     assert store.evicted, "the budget should drop most layers"
