@@ -27,7 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from fmwidget.calling import input_clip, rebuild, tensors_in, training_flags, versions
+from fmwidget.calling import (
+    any_training,
+    input_clip,
+    rebuild,
+    tensors_in,
+    training_flags,
+    versions,
+)
 from fmwidget.capture import (
     CaptureBuffers,
     CaptureReport,
@@ -229,7 +236,7 @@ class Source:
         model = self.model
         # Recomputing in training mode would give other values (dropout, batch statistics), so
         # such a model's layers all stay.
-        training = any(module.training for module in model.modules())
+        training = any_training(model)
         signature = tuple(
             (name, tuple(t.shape), str(t.dtype), str(t.device))
             for name, t in tensors_in(inputs, "")

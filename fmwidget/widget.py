@@ -32,6 +32,7 @@ from torch import nn
 
 from fmwidget import allocator, export, router, tasks
 from fmwidget.ablation import AblationFeature
+from fmwidget.calling import any_training
 from fmwidget.capture import CaptureReport, LayerSelector
 from fmwidget.dataset import DatasetContext, ScanFeature
 from fmwidget.files import load
@@ -563,7 +564,7 @@ class FeatureMapWidget(StepFeature, ScanFeature, AblationFeature, anywidget.AnyW
     def _ran_in_training(self) -> bool:
         """Whether the model of the last capture had a module in training mode."""
         model = self._session.model
-        return model is not None and any(m.training for m in model.modules())
+        return model is not None and any_training(model)
 
     def _require_model(self, action: str) -> Source:
         if self._source is None and self._session.closed:

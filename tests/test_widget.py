@@ -904,7 +904,11 @@ def test_recomputing_a_layer_for_a_model_switched_to_training_mode_is_refused(
 
 @pytest.mark.parametrize(
     ("changed", "message"),
-    [("inputs", "inputs were changed in place"), ("weights", "parameters or buffers were changed")],
+    [
+        ("inputs", "inputs were changed in place"),
+        ("weights", "parameters or buffers were changed"),
+        ("buffers", "parameters or buffers were changed"),
+    ],
 )
 def test_recomputing_a_layer_after_inputs_or_weights_changed_is_refused(
     make: Make, changed: str, message: str
@@ -913,7 +917,8 @@ def test_recomputing_a_layer_after_inputs_or_weights_changed_is_refused(
     w = make(model, x, budget_bytes=1)
     browser = _browser(w)
     with torch.no_grad():
-        (x if changed == "inputs" else model[2].weight).mul_(2)
+        changes = {"inputs": x, "weights": model[2].weight, "buffers": model[3].running_mean}
+        changes[changed].add_(1)
     reply = browser.request("layer", layer="3", sample=0, revision=1)
     assert not reply.ok and message in reply.error and "w.inputs = " in reply.error
     w.inputs = x
