@@ -257,9 +257,7 @@ def versions(model: nn.Module, inputs: Any) -> tuple[tuple[int, ...], int]:
     total = 0
     for module in walk_modules(model)[0].values():
         for group in (module._parameters, module._buffers):
-            for t in group.values():
-                if t is not None:
-                    total += 0 if t.is_inference() else t._version
+            total += sum(_version(t) for t in group.values() if t is not None)
     return tuple(_version(t) for _, t in tensors_in(inputs, "")), total
 
 
