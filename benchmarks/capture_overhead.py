@@ -2,8 +2,9 @@
 widget's session (``Source.run``: capture + store statistics) and a whole ``FeatureMapWidget``.
 
 ResNet-50, MobileNetV2 and EfficientNet-B0 (random weights, eval mode), batch 1 at 224×224,
-repeats interleaved so that load from other processes hits every variant alike; prints medians and
-ratios to the bare forward.
+repeats interleaved so that load from other processes hits every variant alike, each variant with
+only its own previous result alive (``--hold-all``: every variant's, as this benchmark measured
+before 2026-12-02); prints medians and ratios to the bare forward.
 
     PYTHONPATH=. .venv/bin/python benchmarks/capture_overhead.py --threads 1   # CPU
     .venv/bin/python benchmarks/capture_overhead.py --device cuda --repeats 50
@@ -37,11 +38,13 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
     return timed
 
 
-def bench(name: str, device: torch.device, repeats: int, batch: int) -> None:
+def bench(name: str, device: torch.device, repeats: int, batch: int, hold_all: bool) -> None:
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None).eval().to(device)
     x = torch.randn(batch, 3, 224, 224, device=device)
     pool, copy_pool = CaptureBuffers(), CaptureBuffers(copy_all=True)
+    # Each variant's last result, by variant: a re-run lets go of its own previous result first,
+    # as a widget does (its release is part of what it costs).
     held: dict[str, object] = {}
 
     def bare() -> None:
@@ -66,8 +69,7 @@ def bench(name: str, device: torch.device, repeats: int, batch: int) -> None:
         held["references"] = kept
 
     def fresh() -> None:
-        # As the widget does on a re-run: the previous capture is released before the next one.
-        held.pop("fresh", None)
+        release("fresh")
         held["fresh"] = capture(model, x)
 
     def fresh_held() -> None:
@@ -75,25 +77,28 @@ def bench(name: str, device: torch.device, repeats: int, batch: int) -> None:
         held["held"] = capture(model, x)
 
     def pooled() -> None:
-        held.pop("pooled", None)
+        release("pooled")
         held["pooled"] = capture(model, x, buffers=pool)
 
     def copied() -> None:
-        held.pop("copied", None)
+        release("copied")
         held["copied"] = capture(model, x, buffers=copy_pool)
 
     def session() -> None:
         # As a widget's re-run: the previous session is closed first, the buffers are reused.
-        old = held.pop("session", None)
-        if old is not None:
-            old.close("replaced")  # type: ignore[attr-defined]
+        release("session")
         held["session"] = source.run(x)
 
     def widget() -> None:
-        old = held.pop("widget", None)
-        if old is not None:
-            old.close()  # type: ignore[attr-defined]
+        release("widget")
         held["widget"] = FeatureMapWidget(model, x)
+
+    def release(key: str) -> None:
+        old = held.pop(key, None)
+        if isinstance(old, FeatureMapWidget):
+            old.close()
+        elif hasattr(old, "close"):
+            old.close("replaced")  # type: ignore[union-attr]
 
     source = Source(model)
     variants = {
@@ -106,20 +111,36 @@ def bench(name: str, device: torch.device, repeats: int, batch: int) -> None:
         "session (Source.run)": session,
         "FeatureMapWidget": widget,
     }
+    keys = {
+        "hooks keeping references": "references",
+        "capture": "fresh",
+        "capture, previous held": "held",
+        "capture + pool": "pooled",
+        "capture + pool, copy_all": "copied",
+        "session (Source.run)": "session",
+        "FeatureMapWidget": "widget",
+    }
     timed = _timer(device)
     for fn in variants.values():  # warm-up: allocator, learned in-place layers, pool buffers
         for _ in range(3):
             fn()
+    layers = len(capture(model, x))
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeats):
         for key, fn in variants.items():
+            if not hold_all:
+                # Only this variant's own previous result alive, so that variants do not pay
+                # for each other's memory (what they hold shapes where the next one's goes).
+                for other in [k for k in held if k != keys.get(key)]:
+                    release(other)
             times[key].append(timed(fn))
-            if key != "capture, previous held":
-                # Only one capture alive at a time, so variants do not pay for each other's memory.
-                held.pop("held", None)
+            if hold_all and key != "capture, previous held":
+                held.pop("held", None)  # its previous result is the "capture" variant's
+    for key in list(held):
+        release(key)
     base = statistics.median(times["bare forward"])
-    layers = len(held["fresh"])  # type: ignore[arg-type]
-    print(f"{name} batch {batch} on {device} ({layers} layers, {repeats} interleaved repeats)")
+    how = "each variant's last result held through the others" if hold_all else "one at a time"
+    print(f"{name} batch {batch} on {device} ({layers} layers, {repeats} interleaved repeats, {how})")
     for key, samples in times.items():
         med = statistics.median(samples)
         print(f"  {key:<26} {med * 1e3:8.2f} ms  {med / base:5.2f}×")
@@ -138,12 +159,18 @@ def main() -> None:
         "--models", nargs="+", default=["resnet50", "mobilenet_v2", "efficientnet_b0"]
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--hold-all",
+        action="store_true",
+        help="keep each variant's last result alive through the other variants' runs (how this "
+        "benchmark measured before 2026-12-02; every variant that keeps memory reads slower)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     for name in args.models:
-        bench(name, torch.device(args.device), args.repeats, args.batch)
+        bench(name, torch.device(args.device), args.repeats, args.batch, args.hold_all)
 
 
 if __name__ == "__main__":

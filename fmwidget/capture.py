@@ -52,7 +52,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -76,9 +76,10 @@ from fmwidget.layouts import (
     Layout,
     as_map,
     from_map,
-    is_attention,
+    attention_class,
     map_layout,
-    reorders,
+    reorders_class,
+    reorders_dims,
     token_layout,
 )
 from fmwidget.names import (
@@ -166,20 +167,6 @@ class LayerInfo:
     def __post_init__(self) -> None:
         # A loaded capture (fmwidget.load) gives a JSON list.
         object.__setattr__(self, "aliases", tuple(self.aliases))
-
-
-def _layer_info(**fields: Any) -> LayerInfo:
-    """A LayerInfo of fields already checked (``aliases`` a tuple), made without the frozen
-    dataclass's ``__init__``, which sets each field through ``object.__setattr__``: seven times
-    faster, and a capture makes one per layer."""
-    info = object.__new__(LayerInfo)
-    info.__dict__.update(_LAYER_INFO_DEFAULTS, **fields)
-    return info
-
-
-_LAYER_INFO_DEFAULTS = {
-    f.name: f.default for f in dataclasses.fields(LayerInfo) if f.default is not dataclasses.MISSING
-}
 
 
 @dataclass
@@ -328,6 +315,10 @@ _TIMM_ELEMENTWISE = frozenset(
 #: give the same bits for the same tensor layout, which the first read of a layer uses.
 _EXACT = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU)
 
+# What _Selection.fast says of a module whose output may be kept as Derived.
+_NORM, _ACTIVATION = 1, 2
+_STRIDED = torch.strided
+
 
 def elementwise_activation(module: nn.Module) -> bool:
     """Whether ``module`` is one of the known value-by-value activations (its exact class: a
@@ -364,7 +355,7 @@ def _norm_tensors(module: nn.Module) -> tuple[torch.Tensor | None, ...]:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, eq=False)
 class Derived:
     """A layer kept as how to compute it: ``module`` applied to the maps of captured layer
     ``source``, its input, read in ``layout``: an elementwise activation, or an eval-mode
@@ -392,7 +383,8 @@ class Derived:
     @staticmethod
     def frozen(derived: dict[str, Derived]) -> dict[str, Derived]:
         """``derived`` with each norm's statistics, weight and bias copied as they are now, in
-        one copy for all of them (per device and dtype)."""
+        one copy for all of them (per device and dtype): set on the run's own Derived objects,
+        so that layers sharing one (a Dropout after a norm) still do."""
         # Derived norms are eval-mode BatchNorm2d by construction; a layer that is another's
         # output as it is (Dropout, StochasticDepth) shares its Derived.
         norms = {id(d): d for d in derived.values() if d.norm is None and frozen_norm(d.module)}
@@ -413,17 +405,30 @@ class Derived:
                     size = t.shape[0]
                     at[id(t)] = (flat, start, size)
                     start += size
-        made = {
-            key: Derived(
-                d.module,
-                d.source,
-                d.layout,
-                tuple(None if t is None else at[id(t)] for t in parts[key]),
-            )
-            for key, d in norms.items()
-        }
-        frozen = {name: made.get(id(d), d) for name, d in derived.items()}
-        return frozen
+        for key, d in norms.items():
+            d.norm = tuple(None if t is None else at[id(t)] for t in parts[key])
+        return derived
+        parts = [(d, _norm_tensors(d.module)) for d in norms]
+        # Per device and dtype: the tensors, and where each one goes (its norm, its place).
+        groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        places: dict[tuple[torch.device, torch.dtype], list[tuple[Derived, int]]] = {}
+        for d, four in parts:
+            d.norm = (None, None, None, None)
+            for k, t in enumerate(four):
+                if t is not None:
+                    key = (t.device, t.dtype)
+                    groups.setdefault(key, []).append(t)
+                    places.setdefault(key, []).append((d, k))
+        with torch.no_grad():
+            for key, group in groups.items():
+                flat = torch.cat(group)  # 1-D (C,) each
+                start = 0
+                for t, (d, k) in zip(group, places[key], strict=True):
+                    size = t.shape[0]
+                    norm = cast(tuple[Any, ...], d.norm)
+                    d.norm = (*norm[:k], (flat, start, size), *norm[k + 1 :])
+                    start += size
+        return derived
 
     @property
     def exact(self) -> bool:
@@ -845,6 +850,31 @@ def _is_activation(module: nn.Module) -> bool:
     return code is not None and not _ACT_FUNCTIONS.isdisjoint(code.co_names)
 
 
+class _ClassFacts(NamedTuple):
+    """What a module's class alone says, for :meth:`_Selection.build` (a model has a few classes
+    and many modules)."""
+
+    inplace: Any  # the class's ``inplace`` attribute (an instance's own overrides it)
+    dims: Any  # the class's ``dims`` attribute (a Permute's permutation; the instance's wins)
+    reorders: bool  # fmwidget.layouts.reorders_class
+    attention: bool
+    scripted: bool
+
+
+_CLASS_FACTS: dict[type, _ClassFacts] = {}
+
+
+def _class_facts(cls: type) -> _ClassFacts:
+    facts = _CLASS_FACTS[cls] = _ClassFacts(
+        getattr(cls, "inplace", False),
+        getattr(cls, "dims", None),
+        reorders_class(cls),
+        attention_class(cls),
+        issubclass(cls, torch.jit.ScriptModule),
+    )
+    return facts
+
+
 @dataclass
 class _Selection:
     """Which modules get hooks, and which of their outputs are kept."""
@@ -872,11 +902,10 @@ class _Selection:
     # Some module is torch.compile'd (wrapped or in place): the forward runs it eagerly.
     compiled: bool = False
     # Selected leaves whose every output is kept under its own name (no Linear, no name[i]
-    # selection, not inside attention): what _Run.on_output's fast path may take.
-    fast: frozenset[nn.Module] = frozenset()
-    # Selected modules whose output may be kept as Derived (an eval-mode BatchNorm2d, an
-    # elementwise activation): the others skip that check.
-    derivers: frozenset[nn.Module] = frozenset()
+    # selection, not inside attention): what _Run.on_output's fast path may take, each with
+    # whether its output may be kept as Derived (_NORM: an eval-mode BatchNorm2d, _ACTIVATION:
+    # an elementwise activation, 0: neither).
+    fast: dict[nn.Module, int] = field(default_factory=dict)
 
     @classmethod
     def build(cls, model: nn.Module, layers: LayerSelector | None) -> _Selection:
@@ -887,17 +916,22 @@ class _Selection:
         # says is cached per class).
         leaves, inplace, attention_list, scripted = [], [], [], set()
         training = reorder = False
+        facts_of = _CLASS_FACTS
         for m, n in by_module.items():
-            children = m._modules
+            facts = facts_of.get(type(m)) or _class_facts(type(m))
+            own = m.__dict__
+            children = own["_modules"]
             if not children or all(child is None for child in children.values()):
                 leaves.append(m)
-            if m.__dict__.get("inplace", getattr(type(m), "inplace", False)) is True:
+            if own.get("inplace", facts.inplace) is True:
                 inplace.append(m)
-            training = training or m.training
-            reorder = reorder or reorders(m)
-            if n and is_attention(m):
+            training = training or own["training"]
+            if not reorder:
+                dims = own.get("dims", facts.dims)
+                reorder = facts.reorders or (dims is not None and reorders_dims(dims))
+            if facts.attention and n:
                 attention_list.append(n)
-            if isinstance(m, torch.jit.ScriptModule):
+            if facts.scripted:
                 scripted.add(m)
         exact: dict[str, set[str]] = {}
         if layers is None:
@@ -935,15 +969,14 @@ class _Selection:
         attention = frozenset(attention_list)
         prefixes = tuple(a + "." for a in attention)
         inner = frozenset(n for n in named if n.startswith(prefixes)) if prefixes else frozenset()
-        fast = frozenset(
-            m
+        fast = {
+            m: _NORM if frozen_norm(m) else _ACTIVATION if elementwise_activation(m) else 0
             for m in leaves
             if m in names
             and names[m] not in exact
             and not isinstance(m, nn.Linear)
             and not (layers is None and names[m] in inner)
-        )
-        derivers = frozenset(m for m in names if frozen_norm(m) or elementwise_activation(m))
+        }
         return cls(
             names,
             blocks,
@@ -955,7 +988,6 @@ class _Selection:
             plain=not reorder,
             compiled=compiled,
             fast=fast,
-            derivers=derivers,
             default=layers is None,
             attention=attention,
             attention_inner=inner,
@@ -1101,8 +1133,7 @@ class _Run:
     ) -> None:
         self.exact = selection.exact
         self.hooked = selection.names
-        self.fast = selection.fast if type(self) is _Run and not (grad or copy_all) else frozenset()
-        self.derivers = selection.derivers
+        self.fast = selection.fast if type(self) is _Run and not (grad or copy_all) else {}
         self.leaves = selection.leaves
         # Every layer so far is (N, C, H, W) as it is, and nothing can make one otherwise but a
         # Linear: layouts need no bookkeeping (see _Selection.plain).
@@ -1121,9 +1152,12 @@ class _Run:
         self.admit = admit
         self.stored: dict[str, torch.Tensor] = {}
         # Shape and dtype of every layer seen, kept or let go by admit, in call order.
-        self.described: dict[str, tuple[tuple[int, ...], str]] = {}
+        # Every layer seen, kept or let go by admit, in call order: its map shape and dtype,
+        # and where it came from (module name, call, module, input_from); :meth:`info` reads it.
+        self.described: dict[
+            str, tuple[tuple[int, ...], torch.dtype, str, int, nn.Module, str | None]
+        ] = {}
         self.versions: dict[str, int] = {}
-        self.origin: dict[str, tuple[str, int, nn.Module, str | None]] = {}
         self.seen: dict[int, _Seen] = {}
         self.calls: dict[str, int] = {}
         self.consumed: set[str] = set()
@@ -1138,8 +1172,9 @@ class _Run:
         self.aliases: dict[str, str] = {}
         self.own_buffers: set[str] = set()
         self.output: Any = None
-        # What each layer's stored tensor is (fmwidget.layouts); with grad, the map a layer's
-        # onward tensor was computed from, so that gradients with respect to it flow.
+        # What each described layer's stored tensor is (fmwidget.layouts) where it is not NCHW,
+        # which most are (read with .get(name, NCHW)); with grad, the map a layer's onward
+        # tensor was computed from, so that gradients with respect to it flow.
         self.layouts: dict[str, Layout] = {}
         self.views: dict[str, torch.Tensor] = {}
         # Channel count -> (h, w) of the latest convolution output: a patch embedding's grid.
@@ -1192,18 +1227,30 @@ class _Run:
     def on_output(
         self, module: nn.Module, module_name: str, args: tuple[Any, ...], output: Any
     ) -> Any:
-        call = self.calls[module_name] = self.calls.get(module_name, 0) + 1
-        base = display(module_name) if call == 1 else f"{display(module_name)}:{call}"
+        calls = self.calls
+        call = calls[module_name] = calls.get(module_name, 0) + 1
+        base = (module_name or ROOT_NAME) if call == 1 else f"{module_name or ROOT_NAME}:{call}"
         if self.swapping and module in self.swapping:
             output = self.swap_back(module, output)
         if self.pending_source and module in self.pending_source:
             src = self.pending_source.pop(module)
+        elif not args:
+            src = None
         else:
-            src = self.source(args[0]) if args else None
-        if self.plain and module in self.fast and type(output) is torch.Tensor:
-            kept = self.keep_plain(base, output, module, module_name, call, src)
-            if kept is not None:
-                return kept
+            # source(), with its common case first: the input is a layer's output itself.
+            x = args[0]
+            entry = self.seen.get(id(x))
+            if entry is not None and entry.ref() is x and entry.version == x._version:
+                src = entry.names[-1]
+                self.consumed.add(src)
+            else:
+                src = self.source(x)
+        if self.plain and type(output) is torch.Tensor:
+            kind = self.fast.get(module)
+            if kind is not None and self.keep_plain(
+                base, output, module, module_name, call, src, kind
+            ):
+                return output
         only = self.exact.get(module_name)
         if self.default and module_name in self.attention_inner:
             self.skipped.setdefault(module_name, _ATTENTION_REASON)
@@ -1243,8 +1290,9 @@ class _Run:
         """A container's output: an alias of the captured layer whose output tensor it still is
         (same object, unchanged since), else captured as a layer of its own; the root's output
         is the capture's ``output``, not a layer."""
-        call = self.calls[module_name] = self.calls.get(module_name, 0) + 1
-        base = display(module_name) if call == 1 else f"{display(module_name)}:{call}"
+        calls = self.calls
+        call = calls[module_name] = calls.get(module_name, 0) + 1
+        base = (module_name or ROOT_NAME) if call == 1 else f"{module_name or ROOT_NAME}:{call}"
         # Also marks the input as consumed by a module (a conv feeding timm's BatchNormAct2d).
         src = self.source(args[0]) if args else None
         if type(output) is torch.Tensor:
@@ -1255,9 +1303,8 @@ class _Run:
                 return output
             if self.plain and self.fast and module_name and module_name not in self.attention_inner:
                 # A new (N, C, H, W) tensor (a residual sum): a layer of its own.
-                kept = self.keep_plain(base, output, module, module_name, call, src)
-                if kept is not None:
-                    return kept
+                if self.keep_plain(base, output, module, module_name, call, src, 0):
+                    return output
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
         swaps = {}
         for name, t in tensors_in(output, base):
@@ -1331,7 +1378,7 @@ class _Run:
             return None
         entry = self.seen.get(id(x))
         if entry is not None and entry.ref() is x and entry.version == x._version:
-            return self.layouts.get(entry.names[-1])
+            return self.layouts.get(entry.names[-1], NCHW)
         ref, layout, version = self.tracked.get(id(x), (None, None, 0))
         return layout if ref is not None and ref() is x and version == x._version else None
 
@@ -1462,37 +1509,49 @@ class _Run:
         module_name: str,
         call: int,
         src: str | None,
-    ) -> torch.Tensor | None:
-        """:meth:`take` of an (N, C, H, W) leaf output in a plain model, without grad or copies:
-        the same result in fewer steps (a hook runs once per module call, between kernels that
-        leave the caches cold, so each step counts). ``None``: not this case, take it the long
-        way (not an (N, C, H, W) floating map, a first dimension not the batch, an output seen
-        already, a layer to copy)."""
-        if not (t.dim() == 4 and t.is_floating_point() and t.layout == torch.strided):
-            return None
-        shape = tuple(t.shape)
+        kind: int,
+    ) -> bool:
+        """:meth:`take` of an (N, C, H, W) output in a plain model, without grad or copies: the
+        same result in fewer steps (a hook runs once per module call, between kernels that leave
+        the caches cold, so each step counts: :meth:`derivable` and :meth:`keep_derived` are
+        inlined for this case). ``kind``: what :class:`_Selection` ``.fast`` says of the module.
+        False: not this case, take it the long way (not an (N, C, H, W) floating map, a first
+        dimension not the batch, an output seen already, a layer to copy)."""
+        if not (t.dim() == 4 and t.is_floating_point() and t.layout is _STRIDED):
+            return False
+        shape = t.shape
         version = t._version
-        entry = self.seen.get(id(t))
+        seen = self.seen
+        entry = seen.get(id(t))
         if (
-            (self.default and self.batch is not None and shape[0] != self.batch)
-            or (entry is not None and entry.ref() is t and entry.version == version)
+            (entry is not None and entry.ref() is t and entry.version == version)
+            or (self.default and self.batch is not None and shape[0] != self.batch)
             or name in self.copy_names
         ):
-            return None
+            return False
         if self.pending_layout:
             self.pending_layout.pop(module, None)
-        self.origin[name] = (module_name, call, module, src)
-        self.described[name] = (shape, _dtype_name(t.dtype))
-        self.layouts[name] = NCHW
-        self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
-        if module in self.derivers and self.derivable(module, src, t, NCHW):
-            self.keep_derived(name, t, module, src, Derived(module, cast(str, src)))
-            return t
+        described = self.described
+        described[name] = (shape, t.dtype, module_name, call, module, src)
+        seen[id(t)] = _Seen(weakref.ref(t), [name], version)
+        if kind and src is not None and src not in self.layouts:  # an NCHW source
+            # derivable(), for an (N, C, H, W) layer: an activation of a stored or derived layer,
+            # a norm of a stored one, of the same shape.
+            of_derived = src in self.derived
+            if (
+                (kind == _ACTIVATION if of_derived else src in self.stored)
+                and described[src][0] == shape
+            ):
+                if self.admit is None:
+                    self.derived[name] = Derived(module, src)
+                else:
+                    self.keep_derived(name, t, module, src, Derived(module, src))
+                return True
         if self.admit is not None and not self.admit(name, t, module, src):
-            return t
+            return True
         self.stored[name] = t
         self.versions[name] = version
-        return t
+        return True
 
     def derivable(
         self, module: nn.Module, src: str | None, view: torch.Tensor, layout: Layout
@@ -1503,7 +1562,7 @@ class _Run:
         on). Not in training mode, where the capture copies every output."""
         if src is None or self.copy_all:
             return False
-        fed = self.layouts.get(src)
+        fed = self.layouts.get(src, NCHW)
         if fed is not layout and fed != layout:
             return False
         if src in self.derived:
@@ -1523,7 +1582,7 @@ class _Run:
             # Computed again on the very tensor layout the forward had: an (N, C, H, W) or an
             # (N, H, W, C) tensor, whose maps are it or a permuted view of it.
             return False
-        return self.described[src][0] == tuple(view.shape)
+        return self.described[src][0] == view.shape
 
     def describe(
         self,
@@ -1537,9 +1596,9 @@ class _Run:
     ) -> torch.Tensor:
         """Record where layer ``name`` comes from, its shape, dtype and layout; its map view."""
         view = t if layout is NCHW else as_map(t, layout)
-        self.origin[name] = (module_name, call, module, src)
-        self.described[name] = (tuple(view.shape), _dtype_name(t.dtype))
-        self.layouts[name] = layout
+        self.described[name] = (view.shape, t.dtype, module_name, call, module, src)
+        if layout is not NCHW and layout != NCHW:
+            self.layouts[name] = layout
         return view
 
     def keep_differentiable(self, name: str, t: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -1673,7 +1732,9 @@ class _Run:
     def maps(self) -> dict[str, torch.Tensor]:
         """Every stored layer as its (N, C, H, W) view."""
         return {
-            name: self.views[name] if name in self.views else as_map(t, self.layouts[name])
+            name: self.views[name]
+            if name in self.views
+            else as_map(t, self.layouts.get(name, NCHW))
             for name, t in self.stored.items()
         }
 
@@ -1734,24 +1795,32 @@ class _Run:
         return notes
 
     def info(self, name: str, aliases: tuple[str, ...] = ()) -> LayerInfo:
-        module_name, call, module, src = self.origin[name]
-        shape, dtype = self.described[name]
-        layout = self.layouts[name]
-        return _layer_info(
-            name=name,
-            module_name=module_name,
-            call=call,
-            type=type(module).__name__,
-            kind=_kind(module),
-            shape=shape,
-            dtype=dtype,
-            input_from=src,
-            layout=layout.kind,
-            extra_tokens=layout.extra,
-            frames=layout.frames,
-            frame=layout.frame,
-            aliases=aliases,
+        shape, dtype, module_name, call, module, src = self.described[name]
+        layout = self.layouts.get(name, NCHW)
+        # Made without the frozen dataclass's __init__, which sets each field through
+        # object.__setattr__: its fields in one dict, twice as fast (one per layer; the
+        # aliases already a tuple).
+        info = object.__new__(LayerInfo)
+        object.__setattr__(
+            info,
+            "__dict__",
+            {
+                "name": name,
+                "module_name": module_name,
+                "call": call,
+                "type": type(module).__name__,
+                "kind": _kind(module),
+                "shape": tuple(shape),
+                "dtype": _dtype_name(dtype),
+                "input_from": src,
+                "aliases": aliases,
+                "layout": layout.kind,
+                "extra_tokens": layout.extra,
+                "frames": layout.frames,
+                "frame": layout.frame,
+            },
         )
+        return info
 
     def aliases_of(self) -> dict[str, tuple[str, ...]]:
         """Layer name -> the blocks whose output it was."""
@@ -1883,9 +1952,11 @@ def _global_hooks(
         return None
 
     def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
-        run = current()
-        if run is not None and args and module in inplace and threading.get_ident() == owner:
-            run.before_inplace(module, args[0])
+        # Called before every module of the process: the one look-up first.
+        if module in inplace and args and threading.get_ident() == owner:
+            run = current()
+            if run is not None:
+                run.before_inplace(module, args[0])
 
     handles = [nn.modules.module.register_module_forward_hook(post)]
     if inplace:
@@ -2059,7 +2130,7 @@ def layer_layout(model: nn.Module, inputs: Any, name: str, frame: int = 0) -> La
 
     def keep(layer: str, _t: torch.Tensor) -> None:
         if layer == name and taps._run is not None:
-            found.append(taps._run.layouts[layer])
+            found.append(taps._run.layouts.get(layer, NCHW))
             raise _Produced
 
     with LayerTaps(model, [name], keep, frame) as taps, contextlib.suppress(_Produced):
@@ -2085,7 +2156,7 @@ def capture_layer(model: nn.Module, inputs: Any, name: str, frame: int = 0) -> t
     def keep(layer: str, t: torch.Tensor) -> None:
         if layer == name:
             # A video layer's frame is a view of the clip: its own copy, as capture keeps it.
-            video = taps._run is not None and taps._run.layouts[layer].frames
+            video = taps._run is not None and taps._run.layouts.get(layer, NCHW).frames
             found.append(t.clone() if video else t)
             raise _Produced
 

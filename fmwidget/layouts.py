@@ -46,11 +46,14 @@ __all__ = [
     "Layout",
     "as_clip",
     "as_map",
+    "attention_class",
     "from_map",
     "is_attention",
     "map_layout",
     "may_reorder",
     "reorders",
+    "reorders_class",
+    "reorders_dims",
     "token_layout",
 ]
 
@@ -238,13 +241,22 @@ def reorders(module: nn.Module) -> bool:
     """Whether ``module`` is one that makes :func:`may_reorder` true."""
     cls = type(module)
     # From the instance or its class, without nn.Module.__getattr__'s slow miss.
-    dims = module.__dict__.get("dims", getattr(cls, "dims", None))
-    if isinstance(dims, (list, tuple)) and len(dims) in (4, 5):
-        return True
+    return reorders_dims(module.__dict__.get("dims", getattr(cls, "dims", None))) or (
+        reorders_class(cls)
+    )
+
+
+def reorders_dims(dims: object) -> bool:
+    """Whether a module's ``dims`` attribute is a 4-D or 5-D permutation (a ``Permute``)."""
+    return isinstance(dims, (list, tuple)) and len(dims) in (4, 5)
+
+
+def reorders_class(cls: type) -> bool:
+    """What :func:`reorders` says of every module of class ``cls`` (its ``dims`` aside)."""
     found = _REORDERS_BY_TYPE.get(cls)
     if found is None:
         kinds = (nn.LayerNorm, nn.RMSNorm, nn.MultiheadAttention, nn.Conv3d)
-        found = _REORDERS_BY_TYPE[cls] = issubclass(cls, kinds) or _attention_class(cls)
+        found = _REORDERS_BY_TYPE[cls] = issubclass(cls, kinds) or attention_class(cls)
     return found
 
 
@@ -272,13 +284,13 @@ def is_attention(module: nn.Module) -> bool:
     timm's ``Attention``, ``WindowAttention``, ``ClassAttn``, EdgeNeXt's ``CrossCovarianceAttn``,
     torchvision's ``ShiftedWindowAttention``): what runs inside one (q/k/v, attention weights, a
     position-bias table) is not a feature map of the input."""
-    return _attention_class(type(module))
+    return attention_class(type(module))
 
 
 _ATTENTION_BY_TYPE: dict[type, bool] = {}
 
 
-def _attention_class(cls: type) -> bool:
+def attention_class(cls: type) -> bool:
     found = _ATTENTION_BY_TYPE.get(cls)
     if found is None:
         name = cls.__name__.lower()
