@@ -140,7 +140,8 @@ def bench(name: str, device: torch.device, repeats: int, batch: int, hold_all: b
         release(key)
     base = statistics.median(times["bare forward"])
     how = "each variant's last result held through the others" if hold_all else "one at a time"
-    print(f"{name} batch {batch} on {device} ({layers} layers, {repeats} interleaved repeats, {how})")
+    repeated = f"{repeats} interleaved repeats, {how}"
+    print(f"{name} batch {batch} on {device} ({layers} layers, {repeated})")
     for key, samples in times.items():
         med = statistics.median(samples)
         print(f"  {key:<26} {med * 1e3:8.2f} ms  {med / base:5.2f}×")

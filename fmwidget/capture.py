@@ -75,8 +75,8 @@ from fmwidget.layouts import (
     Frame,
     Layout,
     as_map,
-    from_map,
     attention_class,
+    from_map,
     map_layout,
     reorders_class,
     reorders_dims,
@@ -407,27 +407,6 @@ class Derived:
                     start += size
         for key, d in norms.items():
             d.norm = tuple(None if t is None else at[id(t)] for t in parts[key])
-        return derived
-        parts = [(d, _norm_tensors(d.module)) for d in norms]
-        # Per device and dtype: the tensors, and where each one goes (its norm, its place).
-        groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-        places: dict[tuple[torch.device, torch.dtype], list[tuple[Derived, int]]] = {}
-        for d, four in parts:
-            d.norm = (None, None, None, None)
-            for k, t in enumerate(four):
-                if t is not None:
-                    key = (t.device, t.dtype)
-                    groups.setdefault(key, []).append(t)
-                    places.setdefault(key, []).append((d, k))
-        with torch.no_grad():
-            for key, group in groups.items():
-                flat = torch.cat(group)  # 1-D (C,) each
-                start = 0
-                for t, (d, k) in zip(group, places[key], strict=True):
-                    size = t.shape[0]
-                    norm = cast(tuple[Any, ...], d.norm)
-                    d.norm = (*norm[:k], (flat, start, size), *norm[k + 1 :])
-                    start += size
         return derived
 
     @property
@@ -1238,13 +1217,14 @@ class _Run:
             src = None
         else:
             # source(), with its common case first: the input is a layer's output itself.
-            x = args[0]
-            entry = self.seen.get(id(x))
-            if entry is not None and entry.ref() is x and entry.version == x._version:
+            first = args[0]
+            entry = self.seen.get(id(first))
+            same = entry.ref() if entry is not None else None
+            if entry is not None and same is first and entry.version == same._version:
                 src = entry.names[-1]
                 self.consumed.add(src)
             else:
-                src = self.source(x)
+                src = self.source(first)
         if self.plain and type(output) is torch.Tensor:
             kind = self.fast.get(module)
             if kind is not None and self.keep_plain(
@@ -1301,10 +1281,15 @@ class _Run:
                 # The common case, in one look-up: the block returned its last layer's output.
                 self.aliases[base] = entry.names[0]
                 return output
-            if self.plain and self.fast and module_name and module_name not in self.attention_inner:
+            if (
+                self.plain
+                and self.fast
+                and module_name
+                and module_name not in self.attention_inner
                 # A new (N, C, H, W) tensor (a residual sum): a layer of its own.
-                if self.keep_plain(base, output, module, module_name, call, src, 0):
-                    return output
+                and self.keep_plain(base, output, module, module_name, call, src, 0)
+            ):
+                return output
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
         swaps = {}
         for name, t in tensors_in(output, base):
@@ -1538,10 +1523,9 @@ class _Run:
             # derivable(), for an (N, C, H, W) layer: an activation of a stored or derived layer,
             # a norm of a stored one, of the same shape.
             of_derived = src in self.derived
-            if (
-                (kind == _ACTIVATION if of_derived else src in self.stored)
-                and described[src][0] == shape
-            ):
+            if (kind == _ACTIVATION if of_derived else src in self.stored) and described[src][
+                0
+            ] == shape:
                 if self.admit is None:
                     self.derived[name] = Derived(module, src)
                 else:
@@ -1922,16 +1906,17 @@ def _run(
 def _global_hooks(
     selection: _Selection, current: Callable[[], _Run | None]
 ) -> list[torch.utils.hooks.RemovableHandle]:
-    """One forward hook (and one pre-hook, for in-place modules) for every module of the
-    process, dispatching the selection's modules to the current run and ignoring the others.
+    """One forward hook for every module of the process, dispatching the selection's modules
+    to the current run and ignoring the others, and a pre-hook on each in-place module.
 
-    Two handles instead of one per module: registering and removing a module's hook costs
-    about 10 µs, a quarter of what a capture adds per layer. Global hooks run before a module's
-    own, so a capture reads a module's output as it returned it, before any hook of the user's
-    replaces it. Only this thread's calls count: a forward of the same model on another thread
-    (a widget's job) is not this capture's."""
+    One forward handle instead of one per module: a module's hook costs registering and removing,
+    and a global hook runs before a module's own, so a capture reads a module's output as it
+    returned it, before any hook of the user's replaces it. The pre-hooks are the module's own
+    (a global one would run before every module call, a few hundred per forward, for the few
+    in-place ones), after the user's: they see the input the module's forward overwrites.
+    Only this thread's calls count: a forward of the same model on another thread (a widget's
+    job) is not this capture's."""
     names, blocks, trackers = selection.names, selection.blocks, selection.trackers
-    inplace = frozenset(selection.inplace)
     owner = threading.get_ident()
 
     def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
@@ -1952,15 +1937,18 @@ def _global_hooks(
         return None
 
     def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
-        # Called before every module of the process: the one look-up first.
-        if module in inplace and args and threading.get_ident() == owner:
+        if args and threading.get_ident() == owner:
             run = current()
             if run is not None:
                 run.before_inplace(module, args[0])
 
     handles = [nn.modules.module.register_module_forward_hook(post)]
-    if inplace:
-        handles.append(nn.modules.module.register_module_forward_pre_hook(pre))
+    try:
+        handles += [m.register_forward_pre_hook(pre) for m in dict.fromkeys(selection.inplace)]
+    except BaseException:
+        for handle in handles:
+            handle.remove()
+        raise
     return handles
 
 
