@@ -387,15 +387,19 @@ class Derived:
         so that layers sharing one (a Dropout after a norm) still do."""
         # Derived norms are eval-mode BatchNorm2d by construction; a layer that is another's
         # output as it is (Dropout, StochasticDepth) shares its Derived.
-        norms = {id(d): d for d in derived.values() if d.norm is None and frozen_norm(d.module)}
+        unique = {id(d): d for d in derived.values()}
+        norms = [d for d in unique.values() if d.norm is None and frozen_norm(d.module)]
         if not norms:
             return derived
-        parts = {key: _norm_tensors(d.module) for key, d in norms.items()}
-        groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-        for four in parts.values():
-            for t in four:
-                if t is not None:
-                    groups.setdefault((t.device, t.dtype), []).append(t)
+        parts = [_norm_tensors(d.module) for d in norms]
+        present = [t for four in parts for t in four if t is not None]
+        groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]]
+        if len({(t.device, t.dtype) for t in present}) == 1:
+            groups = {(present[0].device, present[0].dtype): present}  # the usual case
+        else:
+            groups = {}
+            for t in present:
+                groups.setdefault((t.device, t.dtype), []).append(t)
         at: dict[int, tuple[torch.Tensor, int, int]] = {}
         with torch.no_grad():
             for group in groups.values():
@@ -405,8 +409,8 @@ class Derived:
                     size = t.shape[0]
                     at[id(t)] = (flat, start, size)
                     start += size
-        for key, d in norms.items():
-            d.norm = tuple(None if t is None else at[id(t)] for t in parts[key])
+        for d, four in zip(norms, parts, strict=True):
+            d.norm = tuple(None if t is None else at[id(t)] for t in four)
         return derived
 
     @property
