@@ -27,13 +27,14 @@ import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fmwidget import allocator
 from fmwidget.analysis import health_masks
 from fmwidget.capture import Capture, CaptureReport, LayerInfo, derive, derived_exactly
 from fmwidget.names import UnknownLayerError, resolve_name
@@ -164,6 +165,7 @@ class LayerIntake:
         self.means = means
         self.taken: dict[str, _Taken] = {}
         self.kept_bytes = 0
+        self._let_go = 0  # bytes let go since the heap was last trimmed
 
     def take_derived(
         self, name: str, maps: torch.Tensor, module: nn.Module, source: str | None
@@ -206,8 +208,21 @@ class LayerIntake:
             if self.means:
                 # The same reduction group_differences makes, so the effect sizes are identical.
                 taken.means = maps.mean(dim=(2, 3), dtype=torch.float32)
+            if maps.device.type == "cpu":
+                self._trim_after(nbytes)
         self.taken[name] = taken
         return keep
+
+    def _trim_after(self, nbytes: int) -> None:
+        """Hand the C heap's free pages back each time the layers let go reach a quarter of the
+        budget: the forward frees them as it goes on, and glibc, whose heap the kept layers
+        break up, serves later tensors from fresh pages while their holes stay resident (the
+        process would hold tens of MiB more than the budget with a small one). A trim costs the
+        page faults of reusing those pages, once per quarter budget let go."""
+        self._let_go += nbytes
+        if self._let_go >= cast(int, self.budget_bytes) // 4:
+            self._let_go = 0
+            allocator.trim()
 
     def _derived(
         self, maps: torch.Tensor, module: nn.Module, source: str | None
