@@ -36,7 +36,14 @@ from torch import nn
 
 from fmwidget import allocator
 from fmwidget.analysis import health_masks
-from fmwidget.capture import Capture, CaptureReport, LayerInfo, derive, derived_exactly
+from fmwidget.capture import (
+    Capture,
+    CaptureReport,
+    LayerInfo,
+    derive,
+    derived_exactly,
+    frozen_norm,
+)
 from fmwidget.names import UnknownLayerError, resolve_name
 from fmwidget.wire import FLAG_CONSTANT, FLAG_DEAD, FLAG_NONFINITE, channel_stats
 
@@ -227,16 +234,41 @@ class LayerIntake:
     def _derived(
         self, maps: torch.Tensor, module: nn.Module, source: str | None
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The extremes of a clamp (ReLU, ReLU6, Hardtanh) from those of its input, without a
-        pass over the maps: a monotone function takes each channel's min to the min of its
-        outputs, and the very function applied to that one value gives it exactly (NaN stays)."""
+        """The extremes of a clamp (ReLU, ReLU6, Hardtanh) or of an eval-mode BatchNorm2d from
+        those of its input, without a pass over the maps: a monotone function takes each
+        channel's min and max to the min and max of its outputs (a norm with a negative scale
+        swaps them), and the very function applied to those values gives them exactly: an
+        elementwise kernel does the same arithmetic on each value wherever it sits (NaN stays)."""
+        if source is None:
+            return None
         clamp = _CLAMPS.get(type(module))
-        if clamp is None or source is None:
+        if clamp is None and not frozen_norm(module):
             return None
         taken = self.taken.get(source)
-        if taken is None or taken.lo.shape != maps.shape[:2] or taken.lo.dtype != maps.dtype:
+        if (
+            taken is None
+            or taken.lo.shape != maps.shape[:2]
+            or taken.lo.dtype != maps.dtype
+            # The input is the source's whole output, not a view of part of it.
+            or taken.nbytes != maps.numel() * maps.element_size()
+        ):
             return None
-        return clamp(module, taken.lo), clamp(module, taken.hi)
+        if clamp is not None:
+            return clamp(module, taken.lo), clamp(module, taken.hi)
+        norm: Any = module
+        with torch.no_grad():
+            # What nn.BatchNorm2d.forward calls in eval mode, on (N, C, 2): each channel's two.
+            ends = F.batch_norm(
+                torch.stack((taken.lo, taken.hi), dim=-1),
+                norm.running_mean,
+                norm.running_var,
+                norm.weight,
+                norm.bias,
+                False,
+                0.0,
+                norm.eps,
+            )
+            return ends.amin(-1), ends.amax(-1)
 
 
 def _relu(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -346,6 +346,55 @@ def test_clamp_extremes_taken_from_their_input_equal_those_of_their_maps() -> No
             np.testing.assert_array_equal(store.flags(name), full.flags(name))
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_norm_extremes_taken_from_their_input_equal_those_of_their_maps(
+    memory_format: torch.memory_format, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An eval-mode BatchNorm2d gets its min/max from its input's, not from a pass, bit for bit:
+    with any statistics, a negative scale (min and max swap), a zero one, NaN and infinities."""
+    from fmwidget import store as store_module
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2().eval()
+    for norm in model.modules():
+        if isinstance(norm, nn.BatchNorm2d):
+            c = norm.num_features
+            weight = torch.randn(c)
+            weight[::5] = 0.0
+            with torch.no_grad():
+                norm.running_mean.copy_(torch.randn(c))
+                norm.running_var.copy_(torch.rand(c) * 3 + 0.05)
+                norm.weight.copy_(weight)
+                norm.bias.copy_(torch.randn(c))
+    x = torch.randn(3, 3, 32, 32).contiguous(memory_format=memory_format)
+    x[1, 0, 0, 0] = math.nan
+    x[2, 1, 4, 4] = math.inf
+    x[2, 2, 5, 5] = -math.inf
+    passes = []
+    extremes = store_module._extremes
+    monkeypatch.setattr(
+        store_module, "_extremes", lambda maps: passes.append(maps.shape) or extremes(maps)
+    )
+    intake = store_module.LayerIntake(keep_all=True)
+    cap = capture(model, x, admit=intake)
+    monkeypatch.undo()
+    norms = [i.name for i in cap.report.captured if i.type == "BatchNorm2d"]
+    for name in norms:
+        lo, hi = extremes(cap[name])
+        taken = intake.taken[name]
+        for want, got in ((lo, taken.lo), (hi, taken.hi)):
+            assert torch.equal(want.isnan(), got.isnan()), name
+            assert torch.equal(want.nan_to_num(0.0), got.nan_to_num(0.0)), name
+    # One pass per layer that is neither a norm nor a clamp (each conv, each residual sum).
+    passing = [i for i in cap.report.captured if i.type not in ("BatchNorm2d", "ReLU6")]
+    assert len(passes) == len(passing) < len(cap.report.captured) / 2
+    assert len(norms) == 52
+    store, full = ActivationStore(cap, intake=intake), ActivationStore(capture(model, x))
+    assert store.layers_meta() == full.layers_meta()
+    for name in store.names:
+        np.testing.assert_array_equal(store.flags(name), full.flags(name))
+
+
 def test_a_dropped_layer_is_served_from_a_forward_of_its_sample_only() -> None:
     torch.manual_seed(0)
     model = _Batched(torchvision.models.resnet18(weights=None)).eval()
