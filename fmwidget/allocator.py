@@ -4,7 +4,9 @@ glibc's malloc keeps freed memory for reuse, and after a large tensor is freed i
 up to that size from its heap instead of fresh pages (its dynamic mmap threshold). A closed
 session's tensors then stay in the process's resident set, and the next capture's peak is added
 on top of them: :func:`trim` hands the free pages back (``malloc_trim``), where glibc is the C
-library; elsewhere it does nothing.
+library; elsewhere it does nothing. A widget's re-run calls it before the new capture, and a
+capture's intake (:class:`fmwidget.store.LayerIntake`) as the layers it lets go add up: the layers
+it keeps break up the heap, and the holes of those the forward frees would otherwise stay resident.
 """
 
 from __future__ import annotations
