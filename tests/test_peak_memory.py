@@ -71,20 +71,19 @@ print(json.dumps({"peak": (kib("VmHWM") - base) * 1024}))
 """
 
 
-def _peak(*args: str) -> int:
+def _peak(*args: str, script: str = _SCRIPT, mmap_threshold: str | None = "65536") -> int:
+    """The peak one case of ``script`` prints, run in a fresh process."""
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    if mmap_threshold is not None:
+        # Tensors in mmapped chunks (all three cases alike): the peak then counts what is held,
+        # not how glibc's heap fragments around it, which varies with the machine's load.
+        env["MALLOC_MMAP_THRESHOLD_"] = mmap_threshold
     done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, *args],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        # Tensors in mmapped chunks (all three cases alike): the peak then counts what is held, not
-        # how glibc's heap fragments around it, which varies with the machine's load.
-        env={
-            "PYTHONPATH": str(ROOT),
-            "OMP_NUM_THREADS": "1",
-            "PATH": "/usr/bin:/bin",
-            "MALLOC_MMAP_THRESHOLD_": "65536",
-        },
+        env=env,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -143,20 +142,8 @@ print(json.dumps({"peak": (kib("VmHWM") - base) * 1024}))
 @pytest.mark.parametrize("step", ["build", "set_inputs"])
 def test_a_small_budget_holds_under_default_malloc_settings(step: str) -> None:
     budget = 64 * MIB
-
-    def peak(*args: str) -> int:
-        done = subprocess.run(
-            [sys.executable, "-c", _RESNET, *args],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr
-        return int(json.loads(done.stdout.strip().splitlines()[-1])["peak"])
-
-    bare, widget = peak("bare"), peak(step, str(budget))
+    bare = _peak("bare", script=_RESNET, mmap_threshold=None)
+    widget = _peak(step, str(budget), script=_RESNET, mmap_threshold=None)
     # Measured 124-128 MiB against a bare forward's 87-92 (without the intake's trims: 134-222,
     # varying from run to run with where the heap's holes fall).
     assert widget <= bare + budget, (bare / MIB, widget / MIB)
