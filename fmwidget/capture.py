@@ -344,29 +344,6 @@ def frozen_norm(module: nn.Module) -> bool:
     return buffers.get("running_mean") is not None and buffers.get("running_var") is not None
 
 
-# An eval-mode norm's last copy (Derived.norm), and the state of its four tensors then: a later
-# capture of an unchanged model shares it (a norm's copy is never written to).
-_COPIED_NORMS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], Any]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _state_of(four: tuple[torch.Tensor | None, ...]) -> tuple[Any, ...]:
-    """Which tensors these are and how they stand: the object (weakly), its version counter
-    (bumped by every in-place change) and its memory (a ``.data =`` swap changes it)."""
-    return tuple(None if t is None else (weakref.ref(t), t._version, t.data_ptr()) for t in four)
-
-
-def _unchanged(state: tuple[Any, ...], four: tuple[torch.Tensor | None, ...]) -> bool:
-    for was, t in zip(state, four, strict=True):
-        if t is None or was is None:
-            if t is not was:
-                return False
-        elif was[0]() is not t or was[1] != t._version or was[2] != t.data_ptr():
-            return False
-    return True
-
-
 def _norm_tensors(module: nn.Module) -> tuple[torch.Tensor | None, ...]:
     """Running mean, running var, weight, bias (read past nn.Module.__getattr__)."""
     buffers, params = module._buffers, module._parameters
@@ -407,27 +384,15 @@ class Derived:
     def frozen(derived: dict[str, Derived]) -> dict[str, Derived]:
         """``derived`` with each norm's statistics, weight and bias copied as they are now, in
         one copy for all of them (per device and dtype): set on the run's own Derived objects,
-        so that layers sharing one (a Dropout after a norm) still do. A norm whose tensors are
-        the same objects, unchanged (version counter, memory), since an earlier capture copied
-        them shares that copy: re-running an unchanged model copies nothing."""
+        so that layers sharing one (a Dropout after a norm) still do."""
         # Derived norms are eval-mode BatchNorm2d by construction; a layer that is another's
         # output as it is (Dropout, StochasticDepth) shares its Derived.
         unique = {id(d): d for d in derived.values()}
         norms = [d for d in unique.values() if d.norm is None and frozen_norm(d.module)]
         if not norms:
             return derived
-        copied = _COPIED_NORMS
-        parts = []
-        for d in norms:
-            four = _norm_tensors(d.module)
-            last = copied.get(d.module)
-            if last is not None and _unchanged(last[0], four):
-                d.norm = last[1]  # the copy an earlier capture made, of these very values
-            else:
-                parts.append((d, four))
-        if not parts:
-            return derived
-        present = [t for _, four in parts for t in four if t is not None]
+        parts = [_norm_tensors(d.module) for d in norms]
+        present = [t for four in parts for t in four if t is not None]
         groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]]
         if len({(t.device, t.dtype) for t in present}) == 1:
             groups = {(present[0].device, present[0].dtype): present}  # the usual case
@@ -444,9 +409,8 @@ class Derived:
                     size = t.shape[0]
                     at[id(t)] = (flat, start, size)
                     start += size
-        for d, four in parts:
+        for d, four in zip(norms, parts, strict=True):
             d.norm = tuple(None if t is None else at[id(t)] for t in four)
-            copied[d.module] = (_state_of(four), d.norm)
         return derived
 
     @property
