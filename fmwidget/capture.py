@@ -613,7 +613,8 @@ def capture(
             ``grad``).
         admit: called as ``admit(name, tensor, module, source)`` the moment each layer is
             produced (before any later in-place op); ``source`` is the captured layer whose
-            output, unchanged, was the module's input (``LayerInfo.input_from``). A false result
+            output tensor itself, unchanged, was the module's input (``LayerInfo.input_from``;
+            ``None`` where the input was a view of it, which ``input_from`` names). A false result
             lets the layer go: it is described in the report and listed in ``Capture.dropped``
             but not kept, so it costs no memory and no copy. A layer the capture keeps as how to
             compute it (``Capture.derived``: an eval-mode BatchNorm2d or an elementwise
@@ -903,12 +904,12 @@ class _Selection:
         for m, n in by_module.items():
             facts = facts_of.get(type(m)) or _class_facts(type(m))
             own = m.__dict__
-            children = own["_modules"]
+            children = m._modules
             if not children or all(child is None for child in children.values()):
                 leaves.append(m)
             if own.get("inplace", facts.inplace) is True:
                 inplace.append(m)
-            training = training or own["training"]
+            training = training or m.training
             if not reorder:
                 dims = own.get("dims", facts.dims)
                 reorder = facts.reorders or (dims is not None and reorders_dims(dims))
@@ -1144,7 +1145,10 @@ class _Run:
         self.seen: dict[int, _Seen] = {}
         self.calls: dict[str, int] = {}
         self.consumed: set[str] = set()
-        self.pending_source: dict[nn.Module, str | None] = {}
+        self.pending_source: dict[nn.Module, tuple[str | None, bool]] = {}
+        # Whether the module call being taken had the source's output tensor itself as its
+        # input (pairing), not a view of it.
+        self.direct = False
         self.pending_layout: dict[nn.Module, Layout] = {}
         # Activations kept as how to compute them from the stored layer they ran on.
         self.derived: dict[str, Derived] = {}
@@ -1178,25 +1182,31 @@ class _Run:
 
     def source(self, x: Any) -> str | None:
         """The captured layer whose output ``x`` still is (or is a view of), unchanged since."""
+        return self.pairing(x)[0]
+
+    def pairing(self, x: Any) -> tuple[str | None, bool]:
+        """:meth:`source`, and whether ``x`` is that layer's output tensor itself (False: a view
+        of it, whose values may be other than the layer's: a transpose, a slice)."""
         if not isinstance(x, torch.Tensor):
-            return None
+            return None, False
         entry = self.seen.get(id(x))
-        if entry is None or entry.ref() is not x or entry.version != x._version:
+        direct = entry is not None and entry.ref() is x and entry.version == x._version
+        if not direct:
             base = x._base  # read only when needed: a property, not a field
             if base is None:
-                return None
+                return None, False
             entry = self.seen.get(id(base))
             if entry is None or entry.ref() is not base or entry.version != base._version:
-                return None
-        name = entry.names[-1]
+                return None, False
+        name = cast(_Seen, entry).names[-1]
         self.consumed.add(name)
-        return name
+        return name, direct
 
     def before_inplace(self, module: nn.Module, x: Any) -> None:
         """Pair an ``inplace=True`` module with its input before it overwrites it, and (when
         keeping references) clone the stored tensors it is about to overwrite."""
         if module in self.hooked:
-            self.pending_source[module] = self.source(x)
+            self.pending_source[module] = self.pairing(x)
         # In a plain model every layer is (N, C, H, W): layout_of needs no pending layout.
         fed = self.layout_fed(x) if not self.plain and isinstance(x, torch.Tensor) else None
         if fed is not None:
@@ -1215,8 +1225,11 @@ class _Run:
         base = (module_name or ROOT_NAME) if call == 1 else f"{module_name or ROOT_NAME}:{call}"
         if self.swapping and module in self.swapping:
             output = self.swap_back(module, output)
+        # Whether the input is the source's output tensor itself: only then may the layer be
+        # computed from the source's maps (Derived), or its extremes from the source's.
+        self.direct = False
         if self.pending_source and module in self.pending_source:
-            src = self.pending_source.pop(module)
+            src, self.direct = self.pending_source.pop(module)
         elif not args:
             src = None
         else:
@@ -1227,6 +1240,7 @@ class _Run:
             if entry is not None and same is first and entry.version == same._version:
                 src = entry.names[-1]
                 self.consumed.add(src)
+                self.direct = True
             else:
                 src = self.source(first)
         if self.plain and type(output) is torch.Tensor:
@@ -1278,7 +1292,7 @@ class _Run:
         call = calls[module_name] = calls.get(module_name, 0) + 1
         base = (module_name or ROOT_NAME) if call == 1 else f"{module_name or ROOT_NAME}:{call}"
         # Also marks the input as consumed by a module (a conv feeding timm's BatchNormAct2d).
-        src = self.source(args[0]) if args else None
+        src, self.direct = self.pairing(args[0]) if args else (None, False)
         if type(output) is torch.Tensor:
             entry = self.seen.get(id(output))
             if entry is not None and entry.ref() is output and entry.version == output._version:
@@ -1461,7 +1475,7 @@ class _Run:
             self.keep_derived(name, view, module, src, Derived(module, cast(str, src), layout))
             self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
             return t
-        if self.admit is not None and not self.admit(name, view, module, src):
+        if self.admit is not None and not self.admit(name, view, module, self.admitted(src)):
             # Let go: still known as this layer's output, for pairing ``input_from``.
             self.seen[id(t)] = _Seen(weakref.ref(t), [name], version)
             return t
@@ -1485,10 +1499,16 @@ class _Run:
         """Keep layer ``name`` as how to compute it; an ``admit`` with ``take_derived`` takes its
         statistics (no bytes), a plain ``admit`` may still let it go."""
         take = getattr(self.admit, "take_derived", None)
+        source = self.admitted(src)
         if take is not None:
-            take(name, view, module, src)
-        if take is not None or self.admit is None or self.admit(name, view, module, src):
+            take(name, view, module, source)
+        if take is not None or self.admit is None or self.admit(name, view, module, source):
             self.derived[name] = how
+
+    def admitted(self, src: str | None) -> str | None:
+        """The ``source`` an ``admit`` is told of: the layer whose output tensor itself was the
+        input, else None (a view of one: its values may be other than the layer's)."""
+        return src if self.direct else None
 
     def keep_plain(
         self,
@@ -1523,7 +1543,7 @@ class _Run:
         described = self.described
         described[name] = (shape, t.dtype, module_name, call, module, src)
         seen[id(t)] = _Seen(weakref.ref(t), [name], version)
-        if kind and src is not None and src not in self.layouts:  # an NCHW source
+        if kind and src is not None and self.direct and src not in self.layouts:  # NCHW
             # derivable(), for an (N, C, H, W) layer: an activation of a stored or derived layer,
             # a norm of a stored one, of the same shape.
             of_derived = src in self.derived
@@ -1535,7 +1555,7 @@ class _Run:
                 else:
                     self.keep_derived(name, t, module, src, Derived(module, src))
                 return True
-        if self.admit is not None and not self.admit(name, t, module, src):
+        if self.admit is not None and not self.admit(name, t, module, self.admitted(src)):
             return True
         self.stored[name] = t
         self.versions[name] = version
@@ -1548,7 +1568,7 @@ class _Run:
         stored layer ``src``, with its shape and layout: it is then kept as :class:`Derived`, not
         as a tensor (and its output may be freed, or changed in place, by the model as it goes
         on). Not in training mode, where the capture copies every output."""
-        if src is None or self.copy_all:
+        if src is None or self.copy_all or not self.direct:
             return False
         fed = self.layouts.get(src, NCHW)
         if fed is not layout and fed != layout:
@@ -1948,7 +1968,8 @@ def _global_hooks(
 
     handles = [nn.modules.module.register_module_forward_hook(post)]
     try:
-        handles += [m.register_forward_pre_hook(pre) for m in dict.fromkeys(selection.inplace)]
+        for module in dict.fromkeys(selection.inplace):
+            handles.append(module.register_forward_pre_hook(pre))
     except BaseException:
         for handle in handles:
             handle.remove()

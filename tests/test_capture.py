@@ -812,3 +812,75 @@ def test_allocator_trim_gives_back_freed_heap_memory() -> None:
     assert allocator.trim() is True
     assert rss_mib() < before - 28, "trim() gave back less than half of the 56 MiB freed"
     del kept
+
+
+def test_a_norm_trained_between_captures_is_copied_again() -> None:
+    """Each capture copies a norm's statistics as they are then: a training forward updates the
+    running statistics without bumping their version counters, and a weight changed through
+    ``.data`` bypasses them too, so nothing may stand for "unchanged since the last capture"."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    x = torch.randn(2, 3, 8, 8)
+
+    def bare() -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    first = capture(model, x)
+    assert "1" in first.derived
+    before = first["1"].clone()
+    model.train()
+    model(torch.randn(8, 3, 8, 8) * 3 + 1)
+    model.eval()
+    second = capture(model, x)
+    assert torch.equal(second["1"], bare()) and not torch.equal(second["1"], before)
+    assert torch.equal(first["1"], before)  # what the earlier capture copied stays
+    model[1].weight.data.mul_(5.0)
+    third = capture(model, x)
+    assert torch.equal(third["1"], bare()) and not torch.equal(third["1"], second["1"])
+
+
+def test_traced_and_scripted_children_are_captured_around() -> None:
+    """A traced or scripted module inside an eager model (its hooks do not fire inside) does not
+    keep what an eager one keeps in its __dict__; the eager layers around it are captured."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    traced = torch.jit.trace(nn.Conv2d(3, 4, 3).eval(), x)
+    scripted = torch.jit.script(nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU()).eval())
+    model = nn.Sequential(traced, scripted, nn.ReLU()).eval()
+    cap = capture(model, x)
+    with torch.no_grad():
+        assert torch.equal(cap["2"], model(x))
+    assert "0" in cap and "2" in cap
+
+
+def test_a_norm_of_a_view_of_a_layer_is_kept_as_it_is_not_derived() -> None:
+    """A BatchNorm2d fed a same-shape view of a conv's output (a transpose, C == H) is kept as
+    its own values: computing it from the conv's maps would give other ones, and so would
+    taking its extremes from the conv's."""
+    from fmwidget.store import LayerIntake, _extremes
+
+    class Transposed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+            self.bn = nn.BatchNorm2d(8)
+            self.relu = nn.ReLU()
+            with torch.no_grad():
+                self.bn.running_mean.uniform_(-1, 1)
+                self.bn.weight.uniform_(-2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.relu(self.bn(self.conv(x).transpose(1, 2)))
+
+    torch.manual_seed(0)
+    model = Transposed().eval()
+    x = torch.randn(2, 3, 8, 5)
+    intake = LayerIntake(keep_all=True)
+    cap = capture(model, x, admit=intake)
+    with torch.no_grad():
+        bn = model.bn(model.conv(x).transpose(1, 2))
+    assert cap.info("bn").input_from == "conv" and "bn" not in cap.derived
+    assert torch.equal(cap["bn"], bn) and torch.equal(cap["relu"], bn.relu())
+    lo, hi = _extremes(bn)
+    assert torch.equal(intake.taken["bn"].lo, lo) and torch.equal(intake.taken["bn"].hi, hi)
