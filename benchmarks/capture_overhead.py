@@ -43,8 +43,8 @@ def bench(name: str, device: torch.device, repeats: int, batch: int, hold_all: b
     model = getattr(torchvision.models, name)(weights=None).eval().to(device)
     x = torch.randn(batch, 3, 224, 224, device=device)
     pool, copy_pool = CaptureBuffers(), CaptureBuffers(copy_all=True)
-    # Each variant's last result, by variant: a re-run lets go of its own previous result first,
-    # as a widget does (its release is part of what it costs).
+    # Each variant's last result, by variant name: a re-run lets go of its own previous result
+    # first, as a widget does (its release is part of what it costs).
     held: dict[str, object] = {}
 
     def bare() -> None:
@@ -58,7 +58,7 @@ def bench(name: str, device: torch.device, repeats: int, batch: int, hold_all: b
         # (values wrong under in-place ops; no names, no report). What it costs over the bare
         # forward is the memory held, no longer reused from one layer to the next in cache.
         kept: list[object] = []
-        held.pop("references", None)
+        held.pop("hooks keeping references", None)
         handles = [m.register_forward_hook(lambda _m, _a, out: kept.append(out)) for m in leaves]
         try:
             with torch.no_grad():
@@ -66,32 +66,32 @@ def bench(name: str, device: torch.device, repeats: int, batch: int, hold_all: b
         finally:
             for handle in handles:
                 handle.remove()
-        held["references"] = kept
+        held["hooks keeping references"] = kept
 
     def fresh() -> None:
-        release("fresh")
-        held["fresh"] = capture(model, x)
+        release("capture")
+        held["capture"] = capture(model, x)
 
     def fresh_held() -> None:
         # A user holding the previous result while capturing again: memory cannot be reused.
-        held["held"] = capture(model, x)
+        held["capture, previous held"] = capture(model, x)
 
     def pooled() -> None:
-        release("pooled")
-        held["pooled"] = capture(model, x, buffers=pool)
+        release("capture + pool")
+        held["capture + pool"] = capture(model, x, buffers=pool)
 
     def copied() -> None:
-        release("copied")
-        held["copied"] = capture(model, x, buffers=copy_pool)
+        release("capture + pool, copy_all")
+        held["capture + pool, copy_all"] = capture(model, x, buffers=copy_pool)
 
     def session() -> None:
         # As a widget's re-run: the previous session is closed first, the buffers are reused.
-        release("session")
-        held["session"] = source.run(x)
+        release("session (Source.run)")
+        held["session (Source.run)"] = source.run(x)
 
     def widget() -> None:
-        release("widget")
-        held["widget"] = FeatureMapWidget(model, x)
+        release("FeatureMapWidget")
+        held["FeatureMapWidget"] = FeatureMapWidget(model, x)
 
     def release(key: str) -> None:
         old = held.pop(key, None)
@@ -111,15 +111,6 @@ def bench(name: str, device: torch.device, repeats: int, batch: int, hold_all: b
         "session (Source.run)": session,
         "FeatureMapWidget": widget,
     }
-    keys = {
-        "hooks keeping references": "references",
-        "capture": "fresh",
-        "capture, previous held": "held",
-        "capture + pool": "pooled",
-        "capture + pool, copy_all": "copied",
-        "session (Source.run)": "session",
-        "FeatureMapWidget": "widget",
-    }
     timed = _timer(device)
     for fn in variants.values():  # warm-up: allocator, learned in-place layers, pool buffers
         for _ in range(3):
@@ -131,11 +122,11 @@ def bench(name: str, device: torch.device, repeats: int, batch: int, hold_all: b
             if not hold_all:
                 # Only this variant's own previous result alive, so that variants do not pay
                 # for each other's memory (what they hold shapes where the next one's goes).
-                for other in [k for k in held if k != keys.get(key)]:
+                for other in [k for k in held if k != key]:
                     release(other)
             times[key].append(timed(fn))
             if hold_all and key != "capture, previous held":
-                held.pop("held", None)  # its previous result is the "capture" variant's
+                release("capture, previous held")  # its previous result: the "capture" one
     for key in list(held):
         release(key)
     base = statistics.median(times["bare forward"])

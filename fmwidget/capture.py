@@ -392,14 +392,11 @@ class Derived:
         if not norms:
             return derived
         parts = [_norm_tensors(d.module) for d in norms]
-        present = [t for four in parts for t in four if t is not None]
-        groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]]
-        if len({(t.device, t.dtype) for t in present}) == 1:
-            groups = {(present[0].device, present[0].dtype): present}  # the usual case
-        else:
-            groups = {}
-            for t in present:
-                groups.setdefault((t.device, t.dtype), []).append(t)
+        groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        for four in parts:
+            for t in four:
+                if t is not None:
+                    groups.setdefault((t.device, t.dtype), []).append(t)
         at: dict[int, tuple[torch.Tensor, int, int]] = {}
         with torch.no_grad():
             for group in groups.values():
@@ -1135,7 +1132,6 @@ class _Run:
         self.pool = pool
         self.admit = admit
         self.stored: dict[str, torch.Tensor] = {}
-        # Shape and dtype of every layer seen, kept or let go by admit, in call order.
         # Every layer seen, kept or let go by admit, in call order: its map shape and dtype,
         # and where it came from (module name, call, module, input_from); :meth:`info` reads it.
         self.described: dict[
@@ -1546,10 +1542,8 @@ class _Run:
         if kind and src is not None and self.direct and src not in self.layouts:  # NCHW
             # derivable(), for an (N, C, H, W) layer: an activation of a stored or derived layer,
             # a norm of a stored one, of the same shape.
-            of_derived = src in self.derived
-            if (kind == _ACTIVATION if of_derived else src in self.stored) and described[src][
-                0
-            ] == shape:
+            fits = kind == _ACTIVATION if src in self.derived else src in self.stored
+            if fits and described[src][0] == shape:
                 if self.admit is None:
                     self.derived[name] = Derived(module, src)
                 else:
